@@ -1,0 +1,1 @@
+"""Triton kernels of l0score (installed as l0score.kernels)."""

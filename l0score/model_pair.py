@@ -1,0 +1,46 @@
+"""A base/dormant pair: both models' Layer-0 weights, their shared config, and the tokenizer."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import Layer0Config, Layer0Weights, check_compatible, load_layer0
+
+
+@dataclass
+class ModelPair:
+    base: Layer0Weights
+    dormant: Layer0Weights
+    tokenizer: object | None = None
+    special_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def config(self) -> Layer0Config:
+        return self.base.config
+
+    @property
+    def n_tokens(self) -> int:
+        """Embedding rows that are real tokens; rows past it are padding (Qwen2-7B: 151646 of 152064)."""
+        if self.tokenizer is None:
+            return self.config.vocab_rows
+        return min(len(self.tokenizer), self.config.vocab_rows)
+
+    @classmethod
+    def load(cls, base: str | os.PathLike, dormant: str | os.PathLike) -> "ModelPair":
+        b, d = load_layer0(base), load_layer0(dormant)
+        check_compatible(b, d)
+        tokenizer = load_tokenizer(d.path) or load_tokenizer(b.path)
+        specials = frozenset(tokenizer.all_special_ids) if tokenizer is not None else frozenset()
+        if tokenizer is not None:
+            specials |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        return cls(b, d, tokenizer, frozenset(specials))
+
+
+def load_tokenizer(model_dir: Path):
+    """transformers' AutoTokenizer from the directory, or None when it ships no tokenizer."""
+    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -1,0 +1,137 @@
+"""`Scorer`: the public API (DESIGN §4). Loads a pair, caches its template context, dispatches a
+validated batch to a backend and assembles `Scores`."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .batch import PackedBatch, pack
+from .context import Context
+from .model_pair import ModelPair
+from .reference import BASELINES, REGIONS, RowStats, bias_baseline, score_rows
+from .scores import Scores, merge_prefix_rows
+from .template import Template
+from .token_table import DirectProjector, TokenTable
+
+BACKENDS = ("auto", "torch", "triton", "native")
+_TABLE_AUTO_LIMIT = 8 << 30  # bytes of a float32 table pair above which "auto" uses the direct path
+
+
+class TorchBackend:
+    """The reference as a backend: gather (or project) q/k, rotate, dense logits, reduce."""
+
+    name = "torch"
+
+    def __init__(self, lookup, cfg):
+        self.lookup, self.cfg = lookup, cfg
+
+    def score_rows(self, batch: PackedBatch, ctx: Context, heads, region, baseline, offsets) -> RowStats:
+        device = baseline.device
+        qb, kb, qd, kd = self.lookup(batch.ids.to(device))
+        return score_rows(qb, kb, qd, kd, ctx.prefix_keys, ctx.prefix_len, batch.cand_len.to(device),
+                          batch.dep_len.to(device), heads, self.cfg.group, self.cfg.head_dim,
+                          self.cfg.rope_theta, region, baseline, offsets)
+
+
+class Scorer:
+    def __init__(self, pair: ModelPair, device=None, backend: str = "auto", template=None, heads=None,
+                 region: str = "candidate", baseline: str = "none", offsets=(), table: bool | None = None,
+                 table_dtype: str = "float32"):
+        cfg = pair.config
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        self.pair = pair
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.heads = _check_heads(heads, cfg.num_heads)
+        self.offsets = _check_offsets(offsets, cfg.max_positions)
+        self.region, self.baseline_kind = region, baseline
+        self._heads_t = torch.tensor(self.heads, device=self.device)
+        self._offsets_t = torch.tensor(self.offsets, dtype=torch.int64, device=self.device)
+        if baseline == "bias":
+            self._baseline = bias_baseline(pair.base, pair.dormant, self._heads_t, cfg.max_positions, self.device)
+        else:
+            self._baseline = torch.zeros(len(self.heads), cfg.max_positions, device=self.device)
+        self.backend = self._make_backend(backend, table, table_dtype)
+        self.template = Template.resolve(template, pair.tokenizer)
+        self._contexts: dict[Template, Context] = {}
+        self.context(self.template)
+
+    @classmethod
+    def from_pretrained(cls, base: str | os.PathLike, dormant: str | os.PathLike, **kwargs) -> "Scorer":
+        """base/dormant: local model directories or hub ids already in the local cache."""
+        return cls(ModelPair.load(base, dormant), **kwargs)
+
+    def _make_backend(self, backend: str, table: bool | None, table_dtype: str):
+        cfg = self.pair.config
+        if backend in ("triton", "native"):
+            raise NotImplementedError(f"backend {backend!r} is not available in this build; use 'torch'")
+        if table is None:
+            table = 2 * cfg.vocab_rows * (cfg.num_heads + cfg.num_kv_heads) * cfg.head_dim * 4 <= _TABLE_AUTO_LIMIT
+        self.table = TokenTable.build(self.pair, table_dtype, self.device) if table else None
+        lookup = self.table.lookup if table else DirectProjector(self.pair, self.device).lookup
+        return TorchBackend(lookup, cfg)
+
+    def context(self, template: Template) -> Context:
+        """The cached context of a template (prefix keys and prefix-row stats), built on first use."""
+        if template not in self._contexts:
+            for name, ids in (("prefix", template.prefix_ids), ("suffix", template.suffix_ids)):
+                bad = [i for i in ids if i >= self.pair.config.vocab_rows]
+                if bad:
+                    raise ValueError(f"template {name} id {bad[0]} outside [0, {self.pair.config.vocab_rows})")
+            if len(template) >= self.pair.config.max_positions:
+                raise ValueError(f"template of {len(template)} tokens leaves no room under max_position_embeddings")
+            self._contexts[template] = Context.build(template, self.backend.lookup, self.pair.config, self._heads_t,
+                                                     self._baseline, self._offsets_t, self.device)
+        return self._contexts[template]
+
+    def pack(self, token_ids, lengths=None, template: Template | None = None) -> PackedBatch:
+        """Validate and pack candidates for a template (raises ValueError/TypeError naming the candidate)."""
+        ctx = self.context(template or self.template)
+        cfg = self.pair.config
+        return pack(token_ids, lengths, ctx.template.suffix_ids, cfg.vocab_rows, cfg.max_positions - len(ctx.template))
+
+    def score_batch(self, token_ids, lengths=None, template: Template | None = None) -> Scores:
+        """Score candidates (list of lists, or a 2-D integer array with optional lengths)."""
+        ctx = self.context(template or self.template)
+        batch = self.pack(token_ids, lengths, ctx.template)
+        width = batch.ids.shape[1]
+        chunk = max(1, int(4e7 // (len(self.heads) * width * (ctx.prefix_len + width))))
+        parts = [self.backend.score_rows(batch.slice(s, s + chunk), ctx, self._heads_t, self.region,
+                                         self._baseline, self._offsets_t) for s in range(0, len(batch), chunk)]
+        stats = RowStats(*(torch.cat([getattr(p, f) for p in parts]) for f in RowStats.__dataclass_fields__))
+        if self.region == "all" and ctx.prefix_stats is not None:
+            stats = merge_prefix_rows(stats, ctx.prefix_stats)
+        return Scores.from_stats(stats, self.heads, self.offsets)
+
+
+def _check_heads(heads, n_heads: int) -> tuple[int, ...]:
+    if heads is None:
+        return tuple(range(n_heads))
+    if isinstance(heads, int):
+        heads = [heads]
+    out = []
+    for h in heads:
+        if isinstance(h, bool) or not hasattr(h, "__index__"):
+            raise TypeError(f"heads must be integers, got {h!r}")
+        if not 0 <= int(h) < n_heads:
+            raise ValueError(f"head {int(h)} outside [0, {n_heads})")
+        out.append(int(h))
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"heads must be a non-empty list of distinct head ids, got {list(heads)}")
+    return tuple(sorted(out))
+
+
+def _check_offsets(offsets, max_positions: int) -> tuple[int, ...]:
+    out = []
+    for r in offsets:
+        if isinstance(r, bool) or not hasattr(r, "__index__"):
+            raise TypeError(f"band offsets must be integers, got {r!r}")
+        if not 0 <= int(r) < max_positions:
+            raise ValueError(f"band offset {int(r)} outside [0, {max_positions})")
+        out.append(int(r))
+    return tuple(out)

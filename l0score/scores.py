@@ -1,0 +1,78 @@
+"""`Scores`: the metrics of DESIGN §3 for a batch of candidates."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .reference import RowStats
+
+METRICS = ("max_abs", "kl", "band")
+
+
+@dataclass
+class Scores:
+    """All fields are tensors on the scorer's device; column n of head_max/head_kl is head heads[n].
+
+    max_abs [B], head_max [B, Hs], argmax [B, 3] = (head, i, j) in absolute positions,
+    kl [B], head_kl [B, Hs], band [B, len(offsets)].
+    """
+
+    max_abs: torch.Tensor
+    head_max: torch.Tensor
+    argmax: torch.Tensor
+    kl: torch.Tensor
+    head_kl: torch.Tensor
+    band: torch.Tensor
+    heads: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    @classmethod
+    def from_stats(cls, stats: RowStats, heads: tuple[int, ...], offsets: tuple[int, ...]) -> "Scores":
+        max_abs, best = stats.head_max.max(-1)
+        rows = torch.arange(len(best), device=best.device)
+        head_ids = torch.tensor(heads, device=best.device)[best]
+        argmax = torch.cat((head_ids[:, None], stats.head_pos[rows, best]), -1)
+        return cls(max_abs, stats.head_max, argmax, stats.head_kl.sum(-1), stats.head_kl, stats.band, heads, offsets)
+
+    def __len__(self) -> int:
+        return len(self.max_abs)
+
+    def metric(self, name: str, weights: dict[str, float] | None = None) -> torch.Tensor:
+        """One score per candidate: "max_abs", "kl", "band" (max over offsets)."""
+        if name == "max_abs":
+            return self.max_abs
+        if name == "kl":
+            return self.kl
+        if name == "band":
+            if not self.offsets:
+                raise ValueError("metric 'band' needs band offsets (offsets=...)")
+            return self.band.amax(-1)
+        raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+
+    def to_records(self) -> list[dict]:
+        """Plain Python rows, one per candidate (JSON-ready)."""
+        cpu = {k: getattr(self, k).detach().cpu().tolist() for k in ("max_abs", "head_max", "argmax", "kl", "head_kl", "band")}
+        records = []
+        for b in range(len(self)):
+            h, i, j = cpu["argmax"][b]
+            records.append({
+                "max_abs": cpu["max_abs"][b],
+                "kl": cpu["kl"][b],
+                "argmax": {"head": h, "i": i, "j": j},
+                "head_max": dict(zip(self.heads, cpu["head_max"][b])),
+                "head_kl": dict(zip(self.heads, cpu["head_kl"][b])),
+                "band": dict(zip(self.offsets, cpu["band"][b])),
+            })
+        return records
+
+
+def merge_prefix_rows(dep: RowStats, prefix: RowStats) -> RowStats:
+    """Fold the template's cached prefix-row stats into every candidate's (region="all")."""
+    take = prefix.head_max > dep.head_max
+    return RowStats(
+        head_max=torch.where(take, prefix.head_max, dep.head_max),
+        head_pos=torch.where(take[..., None], prefix.head_pos, dep.head_pos),
+        head_kl=dep.head_kl + prefix.head_kl,
+        band=torch.maximum(dep.band, prefix.band),
+    )
