@@ -67,9 +67,18 @@ class Scorer:
         return cls(ModelPair.load(base, dormant), **kwargs)
 
     def _make_backend(self, backend: str, table: bool | None, table_dtype: str):
+        """Each backend exposes lookup(ids) (pre-RoPE float32 q/k, used for contexts) and score_rows."""
         cfg = self.pair.config
-        if backend in ("triton", "native"):
-            raise NotImplementedError(f"backend {backend!r} is not available in this build; use 'torch'")
+        if backend == "auto":
+            backend = "torch"
+        if backend == "native":
+            from .native_backend import NativeBackend
+
+            return NativeBackend.create(self.pair, self.device, table, table_dtype)
+        if backend == "triton":
+            from .triton_backend import TritonBackend
+
+            return TritonBackend.create(self.pair, self.device, table, table_dtype)
         if table is None:
             table = 2 * cfg.vocab_rows * (cfg.num_heads + cfg.num_kv_heads) * cfg.head_dim * 4 <= _TABLE_AUTO_LIMIT
         self.table = TokenTable.build(self.pair, table_dtype, self.device) if table else None
