@@ -6,7 +6,7 @@ move with the candidate length, so it is scored with the dependent rows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,6 +21,7 @@ class Context:
     suffix_ids: torch.Tensor  # [s] int64
     prefix_keys: tuple[torch.Tensor, torch.Tensor]  # rotated [p, KV, D], base and dormant
     prefix_stats: RowStats | None  # prefix rows reduced over all their cells ([1, Hs] ...), None if p == 0
+    cand_start: int  # absolute position of the candidate's first token (< prefix_len for extensions)
 
     @classmethod
     def build(cls, template: Template, lookup, cfg, heads, baseline, offsets, device) -> "Context":
@@ -37,4 +38,11 @@ class Context:
             stats = score_rows(qb[None], kb[None], qd[None], kd[None], (empty, empty), 0, n, n,
                                heads, cfg.group, cfg.head_dim, cfg.rope_theta, "all", baseline, offsets)
         suffix = torch.tensor(template.suffix_ids, dtype=torch.int64)
-        return cls(template, p, suffix, keys, stats)
+        return cls(template, p, suffix, keys, stats, p)
+
+    def extend(self, cand_keys: tuple[torch.Tensor, torch.Tensor]) -> "Context":
+        """A context whose cached prefix also holds a candidate's first tokens (rotated keys
+        [c, KV, D] per model at positions p..p+c-1): only the next token and the suffix stay dependent."""
+        keys = tuple(torch.cat((pk, ck)) for pk, ck in zip(self.prefix_keys, cand_keys))
+        return replace(self, prefix_len=self.prefix_len + len(cand_keys[0]), prefix_keys=keys,
+                       prefix_stats=None, cand_start=self.cand_start)

@@ -157,11 +157,15 @@ def score_rows(
     region: str,
     baseline: torch.Tensor,
     offsets: torch.Tensor,
+    cand_start: int | None = None,
 ) -> RowStats:
     """Score dependent rows from their pre-RoPE q/k.
 
     q_* [B, L, H, D], k_* [B, L, KV, D]: candidate + suffix tokens (padded to L); prefix_keys: rotated
     prefix keys per model [p, KV, D]; cand_len, dep_len [B]: candidate and candidate+suffix lengths.
+    cand_start (default p): where the candidate begins. Incremental extension scores the last
+    candidate token as the only dependent candidate row, with the earlier candidate tokens inside the
+    cached prefix (cand_start < p); suffix rows then also score the cached candidate keys.
     """
     device = q_base.device
     bsz, n_rows = q_base.shape[:2]
@@ -188,6 +192,17 @@ def score_rows(
         max_scored = key_valid
     else:
         in_cand_row = t[None, :, None] < cand_len[:, None, None]
-        cand_key = (m[None, None, :] >= 0) & (m[None, None, :] < cand_len[:, None, None])
+        start = p if cand_start is None else cand_start
+        cand_key = (key_pos[None, None, :] >= start) & (m[None, None, :] < cand_len[:, None, None])
         max_scored = key_valid & (in_cand_row | cand_key)
     return reduce_rows(logits[0], logits[1], key_valid, max_scored, row_valid, row_pos, baseline, offsets)
+
+
+def full_logits(weights: Layer0Weights, ids: torch.Tensor) -> torch.Tensor:
+    """Dense S [H, T, T] of one whole sequence (causal cells only are meaningful); for plots and checks."""
+    cfg = weights.config
+    q, k = project(weights, ids)
+    cos, sin = rope_angles(torch.arange(len(ids), device=ids.device), cfg.head_dim, cfg.rope_theta)
+    q, k = rotate(q, cos[:, None], sin[:, None]), rotate(k, cos[:, None], sin[:, None])
+    k = k.repeat_interleave(cfg.group, dim=1)
+    return attention_logits(q[None], k[None], cfg.head_dim)[0]

@@ -9,8 +9,8 @@ import torch
 from .batch import PackedBatch, pack
 from .context import Context
 from .model_pair import ModelPair
-from .reference import BASELINES, REGIONS, RowStats, bias_baseline, score_rows
-from .scores import Scores, merge_prefix_rows
+from .reference import BASELINES, REGIONS, RowStats, bias_baseline, rope_angles, rotate, score_rows
+from .scores import Scores, merge_rows
 from .template import Template
 from .token_table import DirectProjector, TokenTable
 
@@ -31,7 +31,7 @@ class TorchBackend:
         qb, kb, qd, kd = self.lookup(batch.ids.to(device))
         return score_rows(qb, kb, qd, kd, ctx.prefix_keys, ctx.prefix_len, batch.cand_len.to(device),
                           batch.dep_len.to(device), heads, self.cfg.group, self.cfg.head_dim,
-                          self.cfg.rope_theta, region, baseline, offsets)
+                          self.cfg.rope_theta, region, baseline, offsets, ctx.cand_start)
 
 
 class Scorer:
@@ -107,15 +107,72 @@ class Scorer:
     def score_batch(self, token_ids, lengths=None, template: Template | None = None) -> Scores:
         """Score candidates (list of lists, or a 2-D integer array with optional lengths)."""
         ctx = self.context(template or self.template)
-        batch = self.pack(token_ids, lengths, ctx.template)
+        stats = self._score_packed(self.pack(token_ids, lengths, ctx.template), ctx)
+        return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+
+    def score_extensions(self, prefixes, pool=None, template: Template | None = None) -> Scores:
+        """Scores of `prefix + [t]` for every prefix and every token t of pool, computed incrementally.
+
+        prefixes: list of candidate prefixes (possibly empty); pool: 1-D token ids (default: every
+        real, non-special token). Fields are flattened: row p * len(pool) + n is prefixes[p] + [pool[n]].
+        The prefix's own rows are scored once; only the new row and the suffix rows are computed per t.
+        """
+        ctx = self.context(template or self.template)
+        pool = self.default_pool() if pool is None else pool
+        pool_ids = self.pack([[int(t)] for t in _as_pool(pool)], None, ctx.template)
+        parts = []
+        for n, prefix in enumerate(prefixes):
+            if len(prefix) == 0:
+                parts.append(self._score_packed(pool_ids, ctx))
+                continue
+            try:
+                head = self.pack([prefix], None, ctx.template)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"prefix {n}: {exc}") from None
+            c = int(head.cand_len[0])
+            room = self.pair.config.max_positions - len(ctx.template)
+            if c + 1 > room:
+                raise ValueError(f"prefix {n}: extending {c} tokens exceeds the {room} positions left by max_position_embeddings")
+            cand = PackedBatch(head.ids[:, :c], head.cand_len, head.cand_len.clone())
+            own_rows = self._score_packed(cand, ctx)
+            ext = ctx.extend(self._rotated_keys(head.ids[0, :c], ctx.prefix_len))
+            parts.append(merge_rows(self._score_packed(pool_ids, ext), own_rows))
+        stats = RowStats(*(torch.cat([getattr(p, f) for p in parts]) for f in RowStats.__dataclass_fields__))
+        return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+
+    def default_pool(self) -> torch.Tensor:
+        """Real, non-special token ids (padding rows and special tokens excluded)."""
+        ids = torch.arange(self.pair.n_tokens)
+        if self.pair.special_ids:
+            ids = ids[~torch.isin(ids, torch.tensor(sorted(self.pair.special_ids)))]
+        return ids
+
+    def _rotated_keys(self, ids: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.pair.config
+        _, kb, _, kd = self.backend.lookup(ids.to(self.device))
+        cos, sin = rope_angles(start + torch.arange(len(ids), device=self.device), cfg.head_dim, cfg.rope_theta)
+        return rotate(kb, cos[:, None], sin[:, None]), rotate(kd, cos[:, None], sin[:, None])
+
+    def _score_packed(self, batch: PackedBatch, ctx: Context) -> RowStats:
         width = batch.ids.shape[1]
         chunk = max(1, int(4e7 // (len(self.heads) * width * (ctx.prefix_len + width))))
         parts = [self.backend.score_rows(batch.slice(s, s + chunk), ctx, self._heads_t, self.region,
                                          self._baseline, self._offsets_t) for s in range(0, len(batch), chunk)]
-        stats = RowStats(*(torch.cat([getattr(p, f) for p in parts]) for f in RowStats.__dataclass_fields__))
+        return RowStats(*(torch.cat([getattr(p, f) for p in parts]) for f in RowStats.__dataclass_fields__))
+
+    def _with_prefix_rows(self, stats: RowStats, ctx: Context) -> RowStats:
         if self.region == "all" and ctx.prefix_stats is not None:
-            stats = merge_prefix_rows(stats, ctx.prefix_stats)
-        return Scores.from_stats(stats, self.heads, self.offsets)
+            return merge_rows(stats, ctx.prefix_stats)
+        return stats
+
+
+def _as_pool(pool) -> list[int]:
+    arr = torch.as_tensor(pool)
+    if arr.ndim != 1 or arr.numel() == 0:
+        raise ValueError(f"pool must be a non-empty 1-D list of token ids, got shape {tuple(arr.shape)}")
+    if arr.is_floating_point() or arr.dtype == torch.bool:
+        raise TypeError(f"pool ids must be integers, got dtype {arr.dtype}")
+    return arr.tolist()
 
 
 def _check_heads(heads, n_heads: int) -> tuple[int, ...]:

@@ -67,8 +67,8 @@ class Scores:
         return records
 
 
-def merge_prefix_rows(dep: RowStats, prefix: RowStats) -> RowStats:
-    """Fold the template's cached prefix-row stats into every candidate's (region="all")."""
+def merge_rows(dep: RowStats, prefix: RowStats) -> RowStats:
+    """Fold stats of earlier rows ([1, ...], computed once) into every candidate's stats."""
     take = prefix.head_max > dep.head_max
     return RowStats(
         head_max=torch.where(take, prefix.head_max, dep.head_max),

@@ -1,0 +1,194 @@
+"""The `l0score` command line (DESIGN §5). Each command writes JSON and prints a readable summary."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_pair_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", help="base model directory or cached hub id (default: the demo pair)")
+    p.add_argument("--dormant", help="dormant model directory or cached hub id (default: the demo pair)")
+
+
+def add_scoring_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", choices=("raw", "chat"), default="chat", help="candidate placement (default chat)")
+    p.add_argument("--system", help="system message for the chat template (default: the template's own)")
+    p.add_argument("--before", default="", help="user text before the candidate (chat template)")
+    p.add_argument("--after", default="", help="user text after the candidate (chat template)")
+    p.add_argument("--heads", type=_int_list, help="comma-separated head ids to score (default all)")
+    p.add_argument("--region", choices=("candidate", "all"), default="candidate")
+    p.add_argument("--baseline", choices=("none", "bias"), default="none")
+    p.add_argument("--offsets", type=_int_list, default=[], help="band offsets, e.g. 1,2,3")
+    p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
+
+
+def resolve_pair(args) -> tuple[str, str]:
+    """--base/--dormant, or the demo pair (made on first use)."""
+    if bool(args.base) != bool(args.dormant):
+        raise SystemExit("error: give both --base and --dormant, or neither (the demo pair)")
+    if args.base:
+        return args.base, args.dormant
+    from .demo import demo_pair
+
+    pair_dir = demo_pair()
+    return str(pair_dir / "base"), str(pair_dir / "dormant")
+
+
+def make_scorer(args):
+    from .model_pair import ModelPair
+    from .scorer import Scorer
+    from .template import Template
+
+    base, dormant = resolve_pair(args)
+    pair = ModelPair.load(base, dormant)
+    if args.template == "chat":
+        template = Template.chat(pair.tokenizer, system=args.system, before=args.before, after=args.after)
+    else:
+        template = Template.raw()
+    return Scorer(pair, backend=args.backend, template=template, heads=args.heads, region=args.region,
+                  baseline=args.baseline, offsets=args.offsets)
+
+
+def cmd_make_pair(args) -> None:
+    from .synthetic import make_pair
+
+    overrides = {} if args.trigger_length is None else {"trigger_length": args.trigger_length}
+    info = make_pair(args.out, size=args.size, seed=args.seed, **overrides)
+    console.print(f"wrote {args.out}/base and {args.out}/dormant ({args.size}, seed {args.seed})")
+    console.print(f"planted trigger: {info['trigger_ids']} {info['trigger_text']!r} (ground truth in {args.out}/trigger.json)")
+
+
+def cmd_score(args) -> None:
+    scorer = make_scorer(args)
+    tok = scorer.pair.tokenizer
+    candidates = [list(ids) for ids in args.ids or []]
+    for text in args.text or []:
+        if tok is None:
+            raise SystemExit("error: --text needs a tokenizer in the model directory; use --ids")
+        candidates.append(tok.encode(text, add_special_tokens=False))
+    if args.file:
+        candidates += read_candidates(args.file, tok)
+    if not candidates:
+        raise SystemExit("error: nothing to score: give --ids, --text or --file")
+    scores = scorer.score_batch(candidates)
+    records = scores.to_records()
+    for rec, ids in zip(records, candidates):
+        rec["token_ids"] = ids
+        rec["text"] = tok.decode(ids) if tok is not None else None
+    order = sorted(range(len(records)), key=lambda b: -records[b]["kl"])
+    table = Table(title=f"{len(records)} candidates, template {scorer.template.name}, region {scorer.region}")
+    for col in ("rank", "text", "ids", "max_abs", "kl", "argmax (h,i,j)") + tuple(f"band r={r}" for r in scorer.offsets):
+        table.add_column(col)
+    for rank, b in enumerate(order[: args.top], 1):
+        r = records[b]
+        a = r["argmax"]
+        table.add_row(str(rank), repr(r["text"]), str(r["token_ids"]), f"{r['max_abs']:.4f}", f"{r['kl']:.4f}",
+                      f"({a['head']},{a['i']},{a['j']})", *(f"{v:.4f}" for v in r["band"].values()))
+    console.print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"template": scorer.template.name, "region": scorer.region,
+                                              "baseline": scorer.baseline_kind, "results": records}, indent=1))
+        console.print(f"scores written to {args.out}")
+    if args.plot:
+        from .plots import plot_delta_heatmaps
+
+        plot_delta_heatmaps(scorer, candidates[order[0]], args.plot)
+        console.print(f"dS heatmaps of {candidates[order[0]]} written to {args.plot}")
+
+
+def read_candidates(path: str, tokenizer) -> list[list[int]]:
+    """JSONL with token_ids (search output) or plain lines of comma-separated ids / text."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            out.append(list(json.loads(line)["token_ids"]))
+        elif all(ch.isdigit() or ch in ", " for ch in line):
+            out.append(_int_list(line))
+        elif tokenizer is None:
+            raise SystemExit(f"error: {path}:{n}: text candidate but the model has no tokenizer")
+        else:
+            out.append(tokenizer.encode(line, add_special_tokens=False))
+    return out
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(n_random=args.n_random, seed=args.seed, backend=args.backend, out=args.out, console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l0score", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-pair", help="write a synthetic base/dormant pair with a planted trigger")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", choices=("tiny", "qwen2-7b-l0"), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trigger-length", type=int)
+    p.set_defaults(func=cmd_make_pair)
+
+    p = sub.add_parser("score", help="score candidates given as ids or text")
+    add_pair_args(p)
+    add_scoring_args(p)
+    p.add_argument("--ids", type=_int_list, action="append", help="a candidate as comma-separated ids (repeatable)")
+    p.add_argument("--text", action="append", help="a candidate as text, tokenized once (repeatable)")
+    p.add_argument("--file", help="candidates: JSONL with token_ids, or one per line (ids or text)")
+    p.add_argument("--top", type=int, default=20, help="rows in the printed table")
+    p.add_argument("--out", help="write every score as JSON here")
+    p.add_argument("--plot", help="PNG of the dS heatmaps of the most-changed heads for the top candidate")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="make the tiny pair and show the planted trigger found")
+    p.add_argument("--n-random", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
+    p.add_argument("--out", help="results JSON (default: under the cache directory)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmark the backends side by side (arguments: l0score bench --help)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("l0score.benchmark", fromlist=["main"]).main(a.bench_args))
+
+    # Commands owned by their own modules: each registers its parser through register_cli(sub).
+    for module in ("search_cli", "verify", "analyze"):
+        try:
+            mod = __import__(f"l0score.{module}", fromlist=["register_cli"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"l0score.{module}":
+                raise
+            continue
+        mod.register_cli(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
