@@ -69,7 +69,8 @@ def cmd_make_pair(args) -> None:
     overrides = {} if args.trigger_length is None else {"trigger_length": args.trigger_length}
     info = make_pair(args.out, size=args.size, seed=args.seed, **overrides)
     console.print(f"wrote {args.out}/base and {args.out}/dormant ({args.size}, seed {args.seed})")
-    console.print(f"planted trigger: {info['trigger_ids']} {info['trigger_text']!r} (ground truth in {args.out}/trigger.json)")
+    trig = info["trigger"]
+    console.print(f"planted trigger: {trig['trigger_ids']} {trig['trigger_text']!r} (ground truth in {args.out}/trigger.json)")
 
 
 def cmd_score(args) -> None:

@@ -38,6 +38,11 @@ class Scores:
     def __len__(self) -> int:
         return len(self.max_abs)
 
+    def __getitem__(self, idx) -> "Scores":
+        """The candidates selected by an index tensor, slice or list."""
+        fields = {f: getattr(self, f)[idx] for f in ("max_abs", "head_max", "argmax", "kl", "head_kl", "band")}
+        return Scores(**fields, heads=self.heads, offsets=self.offsets)
+
     def metric(self, name: str, weights: dict[str, float] | None = None) -> torch.Tensor:
         """One score per candidate: "max_abs", "kl", "band" (max over offsets)."""
         if name == "max_abs":

@@ -1,0 +1,62 @@
+"""Beam search by incremental extension: every beam prefix tries every pool token in one call."""
+from __future__ import annotations
+
+import torch
+
+from .run import SearchRun
+
+
+def beam(scorer, *, length: int, width: int = 16, max_repeat: int = 2, seeds=None, **run_kw) -> list[dict]:
+    """Grow prefixes (from `seeds`, else from empty) one token at a time up to `length`, keeping the
+    `width` best distinct prefixes (no token more than `max_repeat` times). Returns ranked results."""
+    _check_length(length)
+    if width <= 0 or max_repeat <= 0:
+        raise ValueError(f"width and max_repeat must be positive, got {width} and {max_repeat}")
+    seeds = [list(map(int, s))[:length] for s in (seeds or [[]])]
+    options = {"width": width, "max_repeat": max_repeat, "seeds": seeds}
+    with SearchRun(scorer, driver="beam", options=options, length=length, **run_kw) as run:
+        state = run.state or {"beam": _dedup(seeds)[:width], "step": 0}
+        run.checkpoint(state)
+        while not run.exhausted():
+            growing = [p for p in state["beam"] if len(p) < length]
+            if not growing:
+                break
+            scores, values = run.score_extensions(growing)
+            n = len(run.pool)
+            values = values.view(len(growing), n)
+            for row, prefix in enumerate(growing):  # diversity: cap repeats of one token
+                counts = torch.bincount(torch.tensor(prefix, dtype=torch.int64), minlength=1) if prefix else None
+                if counts is not None:
+                    over = torch.isin(run.pool, torch.nonzero(counts >= max_repeat).flatten())
+                    values[row, over] = -float("inf")
+            flat = values.flatten()
+            k = min(width, int(torch.isfinite(flat).sum()))
+            best = torch.topk(flat, k).indices.tolist()
+            grown = [growing[b // n] + [int(run.pool[b % n])] for b in best]
+            done = [p for p in state["beam"] if len(p) >= length]
+            finished = [g for g in grown if len(g) == length]
+            if finished:
+                idx = torch.tensor([b for b, g in zip(best, grown) if len(g) == length])
+                run.offer(finished, scores[idx], flat[idx], state["step"] + 1)
+            state = {"beam": _dedup(done + grown)[:width], "step": state["step"] + 1}
+            run.checkpoint(state)
+        if not run.results and state["beam"]:  # seeds already at full length
+            full = [p for p in state["beam"] if len(p) == length]
+            if full:
+                scores, values = run.score(full)
+                run.offer(full, scores, values, state["step"])
+        return run.write_results()
+
+
+def _dedup(seqs):
+    seen, out = set(), []
+    for s in seqs:
+        if tuple(s) not in seen:
+            seen.add(tuple(s))
+            out.append(list(s))
+    return out
+
+
+def _check_length(length: int) -> None:
+    if not isinstance(length, int) or length <= 0:
+        raise ValueError(f"length must be a positive number of tokens, got {length!r}")

@@ -1,0 +1,60 @@
+"""What a search maximises: one metric of DESIGN §3, or a weighted sum, plus random-candidate calibration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..scores import METRICS, Scores
+
+
+@dataclass(frozen=True)
+class Objective:
+    """`max_abs`, `kl`, `band`, or a weighted sum written "max_abs=1,kl=0.5"."""
+
+    weights: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> "Objective":
+        if spec is None or not str(spec).strip():
+            raise ValueError(f"metric must be one of {', '.join(METRICS)} or a weighted sum like 'max_abs=1,kl=0.5'")
+        parts = []
+        for item in str(spec).split(","):
+            name, _, w = item.partition("=")
+            name = name.strip()
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)} or a weighted sum like 'max_abs=1,kl=0.5'")
+            try:
+                parts.append((name, float(w) if w else 1.0))
+            except ValueError:
+                raise ValueError(f"metric weight {w!r} is not a number") from None
+        return cls(tuple(parts))
+
+    @property
+    def name(self) -> str:
+        if len(self.weights) == 1 and self.weights[0][1] == 1.0:
+            return self.weights[0][0]
+        return ",".join(f"{n}={w:g}" for n, w in self.weights)
+
+    def __call__(self, scores: Scores) -> torch.Tensor:
+        return sum(w * scores.metric(n) for n, w in self.weights)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Mean and spread of the objective over random candidates of one length and template."""
+
+    mean: float
+    std: float
+    n: int
+
+    def z(self, value: float) -> float:
+        return (value - self.mean) / self.std
+
+    @classmethod
+    def measure(cls, scorer, objective: Objective, length: int, pool: torch.Tensor, n: int = 512, seed: int = 0):
+        rng = np.random.default_rng([seed, length, 7919])
+        cands = pool.numpy()[rng.integers(0, len(pool), size=(n, length))]
+        values = objective(scorer.score_batch(cands)).double().cpu().numpy()
+        return cls(float(values.mean()), float(values.std()) or 1e-12, n)

@@ -1,0 +1,153 @@
+"""Exact exhaustive scan over (query token, key token, relative offset).
+
+At Layer 0 every logit is q(a)^T R(-r) k(b) / sqrt(D) for query token a, key token b, offset
+r = i - j (DESIGN §1), so the largest |dS| any sequence can contain is found by scanning triples:
+
+    dS_h(a, b, r) = [rot_r(q_dorm(a)) . k_dorm(b) - rot_r(q_base(a)) . k_base(b)] / sqrt(D) - baseline_h(r)
+
+For each head and offset this is one GEMM [N, 2D] x [2D, N] over the pool (rotated dormant and
+negated base queries side by side against both models' keys), done in blocks with a running
+top-k so the N x N matrix never exists. Offset 0 is a token attending to itself (a == b only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..reference import rope_angles, rotate
+
+
+def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: int = 4096, progress: bool = True,
+              checkpoint: str | Path | None = None, resume: bool = False, seconds: float | None = None) -> dict:
+    """Top `top` triples overall and per scored head, ranked by |dS|; values are signed dS
+    (minus the bias baseline when the scorer uses baseline="bias").
+
+    With `checkpoint`, finished heads are saved as they complete and `resume` skips them; `seconds`
+    stops after the head that crosses it ("complete": False in the result)."""
+    cfg = scorer.pair.config
+    offsets = [int(r) for r in offsets]
+    if not offsets or min(offsets) < 0 or max(offsets) >= cfg.max_positions:
+        raise ValueError(f"pair-scan offsets must be in [0, {cfg.max_positions}), got {offsets}")
+    if top <= 0:
+        raise ValueError(f"top must be positive, got {top}")
+    pool = torch.as_tensor(pool, dtype=torch.int64)
+    device = scorer.device
+    _, kb, _, kd = _lookup(scorer, pool)  # keys at position 0: no rotation
+    scale = 1.0 / math.sqrt(cfg.head_dim)
+    baseline = scorer._baseline
+    options = {"offsets": offsets, "top": top, "heads": list(scorer.heads), "baseline": scorer.baseline_kind,
+               "pool": hashlib.sha1(pool.numpy().tobytes()).hexdigest()}
+    per_head = _load(checkpoint, options) if resume else {}
+    if checkpoint is not None and not resume and Path(checkpoint).exists():
+        raise ValueError(f"{checkpoint} exists from an earlier scan: pass --resume to continue it, or delete it")
+    start_time = time.monotonic()
+    bar = tqdm(total=len(scorer.heads) * len(offsets) * len(pool), unit="row", unit_scale=True, desc="pairs",
+               disable=not progress)
+    for n_head, h in enumerate(scorer.heads):
+        if h in per_head:
+            bar.update(len(offsets) * len(pool))
+            continue
+        if seconds is not None and time.monotonic() - start_time > seconds:
+            break
+        g = h // cfg.group
+        keys = torch.cat((kd[:, g], kb[:, g]), -1)  # [N, 2D]
+        best = _TopK(top)
+        for r in offsets:
+            cos, sin = rope_angles(torch.tensor([r], device=device), cfg.head_dim, cfg.rope_theta)
+            shift = float(baseline[n_head, r])
+            for start in range(0, len(pool), block):
+                qb, _, qd, _ = _lookup(scorer, pool[start : start + block])
+                queries = torch.cat((rotate(qd[:, h], cos, sin), -rotate(qb[:, h], cos, sin)), -1)
+                if r == 0:
+                    vals = (queries * keys[start : start + block]).sum(-1) * scale - shift
+                    best.add(vals, start + torch.arange(len(vals), device=device), start + torch.arange(len(vals), device=device), r)
+                else:
+                    for kstart in range(0, len(pool), block * 4):
+                        vals = queries @ keys[kstart : kstart + block * 4].T * scale - shift
+                        best.add_matrix(vals, start, kstart, r)
+                bar.update(len(queries))
+        per_head[h] = best.rows(pool, h)
+        if checkpoint is not None:
+            _save(checkpoint, options, per_head)
+    bar.close()
+    complete = len(per_head) == len(scorer.heads)
+    if complete and checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    overall = sorted((row for rows in per_head.values() for row in rows), key=lambda x: -x["abs"])[:top]
+    tok = scorer.pair.tokenizer
+    for row in overall + [r for rows in per_head.values() for r in rows]:
+        if tok is not None and "query_text" not in row:
+            row["query_text"], row["key_text"] = tok.decode([row["query_token"]]), tok.decode([row["key_token"]])
+    return {"top": overall, "per_head": per_head, "complete": complete}
+
+
+def _save(path, options, per_head) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps({"options": options, "per_head": {str(h): rows for h, rows in per_head.items()}}))
+    os.replace(tmp, path)
+
+
+def _load(path, options) -> dict:
+    if path is None or not Path(path).exists():
+        return {}
+    payload = json.loads(Path(path).read_text())
+    if payload["options"] != options:
+        raise ValueError(f"{path} was made by a scan with different options; use the same options or delete it")
+    return {int(h): rows for h, rows in payload["per_head"].items()}
+
+
+def _lookup(scorer, ids):
+    return scorer.backend.lookup(ids.to(scorer.device))
+
+
+class _TopK:
+    """Running top-k by |value| over (query index, key index, offset) triples."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.vals = torch.empty(0)
+        self.idx = torch.empty(0, 3, dtype=torch.int64)
+
+    def threshold(self) -> float:
+        return float(self.vals.abs().min()) if len(self.vals) >= self.k else -1.0
+
+    def add(self, vals, q_idx, k_idx, r):
+        keep = vals.abs() > self.threshold()
+        self._merge(vals[keep].cpu(), torch.stack((q_idx[keep], k_idx[keep], torch.full_like(q_idx[keep], r)), -1).cpu())
+
+    def add_matrix(self, vals, q_start, k_start, r):
+        mask = vals.abs() > self.threshold()
+        if len(self.vals) < self.k:  # not full yet: take the block's own top-k
+            flat = vals.abs().flatten()
+            kth = torch.topk(flat, min(self.k, flat.numel())).values[-1]
+            mask = vals.abs() >= kth
+        qi, ki = mask.nonzero(as_tuple=True)
+        self._merge(vals[qi, ki].cpu(), torch.stack((qi + q_start, ki + k_start, torch.full_like(qi, r)), -1).cpu())
+
+    def _merge(self, vals, idx):
+        vals, idx = torch.cat((self.vals, vals)), torch.cat((self.idx, idx))
+        order = torch.argsort(vals.abs(), descending=True, stable=True)[: self.k]
+        self.vals, self.idx = vals[order], idx[order]
+
+    def rows(self, pool, head) -> list[dict]:
+        return [{"query_token": int(pool[q]), "key_token": int(pool[k]), "offset": int(r), "head": head,
+                 "value": float(v), "abs": abs(float(v))} for v, (q, k, r) in zip(self.vals.tolist(), self.idx.tolist())]
+
+
+def seeds_from_pairs(scan: dict, k: int) -> list[list[int]]:
+    """Two-token seed prefixes [key token, query token] from the best triples (distinct, best first)."""
+    seeds = []
+    for row in scan["top"]:
+        seed = [row["key_token"], row["query_token"]]
+        if seed not in seeds:
+            seeds.append(seed)
+        if len(seeds) == k:
+            break
+    return seeds

@@ -1,0 +1,69 @@
+"""The token pool searched over: which vocabulary ids a driver may place in a candidate."""
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+
+import torch
+
+_PRINTABLE = set(string.printable) - set("\x0b\x0c")
+
+
+def build_pool(pair, *, ascii_only: bool = False, printable_only: bool = False, no_whitespace_only: bool = False,
+               allow_regex: str | None = None, deny_regex: str | None = None, allow_list: str | Path | None = None,
+               roundtrip: bool = False) -> torch.Tensor:
+    """Allowed token ids, ascending. Special tokens and padding rows are always excluded.
+
+    Text filters look at each token's decoded text; `roundtrip` keeps tokens whose text encodes
+    back to the same single id. `allow_list` is a file of ids (one per line, or comma-separated).
+    """
+    ids = [i for i in range(pair.n_tokens) if i not in pair.special_ids]
+    if allow_list is not None:
+        wanted = _read_ids(allow_list)
+        bad = [i for i in wanted if not 0 <= i < pair.n_tokens or i in pair.special_ids]
+        if bad:
+            raise ValueError(f"{allow_list}: id {bad[0]} is not a real, non-special token")
+        ids = sorted(set(ids) & set(wanted))
+    text_filters = ascii_only or printable_only or no_whitespace_only or allow_regex or deny_regex or roundtrip
+    if text_filters:
+        tok = pair.tokenizer
+        if tok is None:
+            raise ValueError("token text filters need a tokenizer in the model directory")
+        allow = re.compile(allow_regex) if allow_regex else None
+        deny = re.compile(deny_regex) if deny_regex else None
+        texts = tok.batch_decode([[i] for i in ids])
+        keep = []
+        for i, text in zip(ids, texts):
+            if ascii_only and not text.isascii():
+                continue
+            if printable_only and not set(text) <= _PRINTABLE:
+                continue
+            if no_whitespace_only and not text.strip():
+                continue
+            if allow and not allow.search(text):
+                continue
+            if deny and deny.search(text):
+                continue
+            if roundtrip and tok.encode(text, add_special_tokens=False) != [i]:
+                continue
+            keep.append(i)
+        ids = keep
+    if not ids:
+        raise ValueError("the token pool is empty after filters; loosen --ascii/--printable/--allow-regex/--deny-regex/--allow-list")
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def roundtrips(tokenizer, ids: list[int]) -> bool:
+    """Decoding then encoding gives the same ids (the text a user would type is this candidate)."""
+    if tokenizer is None:
+        return True
+    return tokenizer.encode(tokenizer.decode(ids), add_special_tokens=False) == list(ids)
+
+
+def _read_ids(path) -> list[int]:
+    text = Path(path).read_text()
+    try:
+        return [int(v) for v in re.split(r"[\s,]+", text.strip()) if v]
+    except ValueError as exc:
+        raise ValueError(f"{path}: allow-list must hold integer token ids ({exc})") from None

@@ -1,0 +1,223 @@
+"""What every driver shares: budgets, progress, the best-results set, calibration, checkpoints.
+
+A driver calls `run.score(...)` / `run.score_extensions(...)` for every evaluation, `run.offer(...)`
+with what it scored, and `run.checkpoint(state)` at step boundaries with a JSON-able state that is
+enough to continue. A killed run resumes from its last checkpoint and, for the same options and
+candidate budget, ends with the same results as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .objective import Calibration, Objective
+from .pool import roundtrips
+
+ROUNDTRIP_MODES = ("report", "search", "off")
+
+
+class SearchRun:
+    def __init__(self, scorer, objective: Objective | str, *, driver: str, options: dict, length: int | None = None,
+                 pool: torch.Tensor | None = None, out: str | Path | None = None, budget: int | None = None,
+                 seconds: float | None = None, threshold: float | None = None, checkpoint_every: float = 30.0,
+                 resume: bool = False, progress: bool = True, keep: int = 100, roundtrip: str = "report",
+                 calibrate: int = 512, seed: int = 0):
+        if roundtrip not in ROUNDTRIP_MODES:
+            raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {roundtrip!r}")
+        if budget is not None and budget <= 0:
+            raise ValueError(f"budget must be a positive number of candidates, got {budget}")
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        self.scorer = scorer
+        self.objective = objective if isinstance(objective, Objective) else Objective.parse(objective)
+        self.driver, self.length, self.seed = driver, length, seed
+        self.pool = scorer.default_pool() if pool is None else torch.as_tensor(pool, dtype=torch.int64)
+        self.options = {"driver": driver, "metric": self.objective.name, "length": length, "seed": seed,
+                        "template": list(scorer.template.prefix_ids) + [-1] + list(scorer.template.suffix_ids),
+                        "pool_size": len(self.pool), **options}
+        self.out = Path(out) if out is not None else None
+        self.ckpt_path = self.out.with_name(self.out.name + ".ckpt.json") if self.out else None
+        self.budget, self.seconds, self.threshold = budget, seconds, threshold
+        self.checkpoint_every, self.keep, self.roundtrip = checkpoint_every, keep, roundtrip
+        self.results: dict[tuple[int, ...], dict] = {}
+        self.used, self.elapsed_before, self.state = 0, 0.0, None
+        self.calibrations: dict[int, Calibration] = {}
+        self._calibrate_n = calibrate
+        self._last_ckpt = time.monotonic()
+        self._start = time.monotonic()
+        self._load_checkpoint(resume)
+        self.bar = tqdm(total=budget, initial=self.used, unit="cand", unit_scale=True, desc=driver,
+                        disable=not progress, dynamic_ncols=True)
+
+    # --- budgets -----------------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._start
+
+    def best_score(self) -> float:
+        return max((r["score"] for r in self.results.values()), default=-float("inf"))
+
+    def exhausted(self) -> bool:
+        if self.budget is not None and self.used >= self.budget:
+            return True
+        if self.seconds is not None and self.elapsed >= self.seconds:
+            return True
+        return self.threshold is not None and self.best_score() >= self.threshold
+
+    def remaining(self) -> int | None:
+        return None if self.budget is None else max(0, self.budget - self.used)
+
+    # --- scoring -----------------------------------------------------------------------------
+    def score(self, candidates) -> tuple[object, torch.Tensor]:
+        scores = self.scorer.score_batch(candidates)
+        return scores, self._account(scores)
+
+    def score_extensions(self, prefixes, pool=None) -> tuple[object, torch.Tensor]:
+        scores = self.scorer.score_extensions(prefixes, self.pool if pool is None else pool)
+        return scores, self._account(scores)
+
+    def _account(self, scores) -> torch.Tensor:
+        self.used += len(scores)
+        values = self.objective(scores).float().cpu()
+        self.bar.update(len(scores))
+        self.bar.set_postfix(best=f"{max(self.best_score(), float(values.max())):.4g}", refresh=False)
+        return values
+
+    def offer(self, candidates: list[list[int]], scores, values: torch.Tensor, step: int, top: int | None = None) -> None:
+        """Remember the best of what was scored (at most `top`, default keep, per call)."""
+        k = min(len(values), top or self.keep)
+        best = torch.topk(values, k).indices.tolist()
+        for b in best:
+            ids = tuple(int(t) for t in candidates[b])
+            if ids in self.results:
+                continue
+            if self.roundtrip == "search" and not roundtrips(self.scorer.pair.tokenizer, list(ids)):
+                continue
+            self.results[ids] = {"token_ids": list(ids), "score": float(values[b]), **_record_at(scores, b),
+                                 "driver": self.driver, "step": step}
+        if len(self.results) > 4 * self.keep:
+            self._prune()
+
+    def _prune(self) -> None:
+        ranked = sorted(self.results.items(), key=lambda kv: (-kv[1]["score"], kv[0]))[: self.keep * 2]
+        self.results = dict(ranked)
+
+    def calibration(self, length: int) -> Calibration:
+        if length not in self.calibrations:
+            self.calibrations[length] = Calibration.measure(self.scorer, self.objective, length, self.pool,
+                                                            self._calibrate_n, self.seed)
+        return self.calibrations[length]
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self, state: dict, force: bool = False) -> None:
+        """Remember the driver state at a step boundary; write it (and the results) every N seconds."""
+        self.state = state
+        if self.ckpt_path is None:
+            return
+        if force or time.monotonic() - self._last_ckpt >= self.checkpoint_every:
+            payload = {"options": self.options, "used": self.used, "elapsed": self.elapsed, "state": state,
+                       "results": list(self.results.values()),
+                       "calibrations": {str(k): vars(c) for k, c in self.calibrations.items()}}
+            _atomic_write(self.ckpt_path, json.dumps(payload))
+            self.write_results()
+            self._last_ckpt = time.monotonic()
+
+    def _load_checkpoint(self, resume: bool) -> None:
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            return
+        if not resume:
+            raise ValueError(f"{self.ckpt_path} exists from an earlier run: pass --resume to continue it, "
+                             "or delete it to start over")
+        try:
+            payload = json.loads(self.ckpt_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{self.ckpt_path}: unreadable checkpoint ({exc}); delete it to start over") from None
+        if payload["options"] != json.loads(json.dumps(self.options)):
+            changed = sorted(k for k in set(payload["options"]) | set(self.options)
+                             if payload["options"].get(k) != json.loads(json.dumps(self.options)).get(k))
+            raise ValueError(f"{self.ckpt_path} was made with different options ({', '.join(changed)}); "
+                             "use the same options to resume, or delete it")
+        self.used, self.elapsed_before, self.state = payload["used"], payload["elapsed"], payload["state"]
+        self.results = {tuple(r["token_ids"]): r for r in payload["results"]}
+        self.calibrations = {int(k): Calibration(**v) for k, v in payload["calibrations"].items()}
+
+    # --- results -----------------------------------------------------------------------------
+    def ranked(self) -> list[dict]:
+        """Best first, with z against random candidates of the same length and the round-trip flag."""
+        tok = self.scorer.pair.tokenizer
+        out = []
+        for ids, rec in sorted(self.results.items(), key=lambda kv: (-kv[1]["score"], kv[0])):
+            rec = dict(rec)
+            rec["text"] = tok.decode(list(ids)) if tok is not None else None
+            rec["roundtrip"] = roundtrips(tok, list(ids))
+            if self.roundtrip != "off" and not rec["roundtrip"]:
+                continue
+            rec["z"] = self.calibration(len(ids)).z(rec["score"])
+            out.append(rec)
+            if len(out) == self.keep:
+                break
+        return out
+
+    def write_results(self) -> list[dict]:
+        ranked = self.ranked()
+        if self.out is not None:
+            _atomic_write(self.out, "".join(json.dumps(_ordered(r)) + "\n" for r in ranked))
+        return ranked
+
+    def __enter__(self) -> "SearchRun":
+        self._old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+        self.bar.close()
+        if exc_type is not None and self.state is not None:
+            self.checkpoint(self.state, force=True)  # an interrupted run keeps what it found
+        elif exc_type is None and self.ckpt_path is not None:
+            self.checkpoint(self.state or {}, force=True)
+
+
+def _ordered(rec: dict) -> dict:
+    first = ("token_ids", "text", "score", "z", "max_abs", "kl", "band", "argmax", "driver", "step", "roundtrip")
+    return {**{k: rec[k] for k in first if k in rec}, **{k: v for k, v in rec.items() if k not in first}}
+
+
+def _record_at(scores, b: int) -> dict:
+    h, i, j = scores.argmax[b].tolist()
+    return {"max_abs": float(scores.max_abs[b]), "kl": float(scores.kl[b]), "argmax": {"head": h, "i": i, "j": j},
+            "band": {str(r): v for r, v in zip(scores.offsets, scores.band[b].tolist())}}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def rng_from(state: dict | None, seed) -> np.random.Generator:
+    rng = np.random.default_rng(seed)
+    if state is not None:
+        rng.bit_generator.state = state
+    return rng
