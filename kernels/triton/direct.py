@@ -23,41 +23,60 @@ import triton
 import triton.language as tl
 
 from ._launch import FLOAT_DTYPES, Launcher, check_tensor
-from .score import (_cos_sin, _fold_rows, _gather_halves, _logits, _reduce_tile, _rope, _run, _store_results,
-                    check_common, check_rows)
+from .score import _cached_keys, _fold_rows, _run, _score_tile, _store_results, check_common, check_rows
 
 
 @triton.jit
-def _project_rot(embed_ptr, stride_e, norm_ptr, w_ptr, stride_w, bias_ptr, tok, ok, w_row0, hidden, eps, cos, sin,
+def _project_rot(emb_b_ptr, emb_d_ptr, norm_b_ptr, norm_d_ptr, w_b_ptr, w_d_ptr, bias_b_ptr, bias_d_ptr,
+                 stride_e, stride_w, tok, ok, w_row0, pos, cos_ptr, sin_ptr, hidden, eps,
                  N: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_H: tl.constexpr,
                  DOT_PREC: tl.constexpr):
-    """Rotated (lo, hi) [N, HALF_PAD] of one head (weight rows w_row0..w_row0+D) for tokens tok [N]."""
+    """Rotated [lo | hi] halves [N, HALF_PAD] of one head (weight rows w_row0 .. w_row0 + D) for
+    tokens tok [N] at positions pos [N], both models, projected from the embeddings in one sweep."""
     hd = tl.arange(0, HALF_PAD)
     h_ok = hd < HALF
-    x_rows = embed_ptr + tok.to(tl.int64)[:, None] * stride_e
-    w_lo = w_ptr + (w_row0 + hd).to(tl.int64)[:, None] * stride_w
+    rows = tok.to(tl.int64)[:, None] * stride_e
+    w_lo = (w_row0 + hd).to(tl.int64)[:, None] * stride_w
     w_hi = w_lo + HALF * stride_w
-    acc_lo = tl.zeros((N, HALF_PAD), dtype=tl.float32)
-    acc_hi = tl.zeros((N, HALF_PAD), dtype=tl.float32)
-    ssq = tl.zeros((N,), dtype=tl.float32)
+    b_lo = tl.zeros((N, HALF_PAD), dtype=tl.float32)
+    b_hi = tl.zeros((N, HALF_PAD), dtype=tl.float32)
+    d_lo = tl.zeros((N, HALF_PAD), dtype=tl.float32)
+    d_hi = tl.zeros((N, HALF_PAD), dtype=tl.float32)
+    ssq_b = tl.zeros((N,), dtype=tl.float32)
+    ssq_d = tl.zeros((N,), dtype=tl.float32)
     for k0 in range(0, hidden, BLOCK_H):
         ks = k0 + tl.arange(0, BLOCK_H)
         k_ok = ks < hidden
-        x = tl.load(x_rows + ks[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        gn = tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-        ssq += tl.sum(x * x, 1)
-        xw = x * gn[None, :]
+        xm = ok[:, None] & k_ok[None, :]
         wm = h_ok[:, None] & k_ok[None, :]
-        wl = tl.load(w_lo + ks[None, :], mask=wm, other=0.0).to(tl.float32)
-        wh = tl.load(w_hi + ks[None, :], mask=wm, other=0.0).to(tl.float32)
-        acc_lo = tl.dot(xw, tl.trans(wl), acc_lo, input_precision=DOT_PREC)
-        acc_hi = tl.dot(xw, tl.trans(wh), acc_hi, input_precision=DOT_PREC)
-    rstd = tl.rsqrt(ssq / hidden + eps)[:, None]
-    b_lo = tl.load(bias_ptr + w_row0 + hd, mask=h_ok, other=0.0).to(tl.float32)
-    b_hi = tl.load(bias_ptr + w_row0 + HALF + hd, mask=h_ok, other=0.0).to(tl.float32)
-    lo = tl.where(ok[:, None], acc_lo * rstd + b_lo[None, :], 0.0)
-    hi = tl.where(ok[:, None], acc_hi * rstd + b_hi[None, :], 0.0)
-    return _rope(lo, hi, cos, sin)
+        x = tl.load(emb_b_ptr + rows + ks[None, :], mask=xm, other=0.0).to(tl.float32)
+        ssq_b += tl.sum(x * x, 1)
+        x = x * tl.load(norm_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        w = tl.load(w_b_ptr + w_lo + ks[None, :], mask=wm, other=0.0).to(tl.float32)
+        b_lo = tl.dot(x, tl.trans(w), b_lo, input_precision=DOT_PREC)
+        w = tl.load(w_b_ptr + w_hi + ks[None, :], mask=wm, other=0.0).to(tl.float32)
+        b_hi = tl.dot(x, tl.trans(w), b_hi, input_precision=DOT_PREC)
+        x = tl.load(emb_d_ptr + rows + ks[None, :], mask=xm, other=0.0).to(tl.float32)
+        ssq_d += tl.sum(x * x, 1)
+        x = x * tl.load(norm_d_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        w = tl.load(w_d_ptr + w_lo + ks[None, :], mask=wm, other=0.0).to(tl.float32)
+        d_lo = tl.dot(x, tl.trans(w), d_lo, input_precision=DOT_PREC)
+        w = tl.load(w_d_ptr + w_hi + ks[None, :], mask=wm, other=0.0).to(tl.float32)
+        d_hi = tl.dot(x, tl.trans(w), d_hi, input_precision=DOT_PREC)
+
+    mask = ok[:, None] & h_ok[None, :]
+    cs = pos.to(tl.int64)[:, None] * HALF + hd[None, :]
+    cos = tl.load(cos_ptr + cs, mask=mask, other=0.0)
+    sin = tl.load(sin_ptr + cs, mask=mask, other=0.0)
+    rb = tl.rsqrt(ssq_b / hidden + eps)[:, None]
+    rd = tl.rsqrt(ssq_d / hidden + eps)[:, None]
+    b_lo = b_lo * rb + tl.load(bias_b_ptr + w_row0 + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    b_hi = b_hi * rb + tl.load(bias_b_ptr + w_row0 + HALF + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    d_lo = d_lo * rd + tl.load(bias_d_ptr + w_row0 + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    d_hi = d_hi * rd + tl.load(bias_d_ptr + w_row0 + HALF + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    # cos = sin = 0 on masked rows/columns, so padding comes out as exact zeros
+    return (b_lo * cos - b_hi * sin, b_hi * cos + b_lo * sin,
+            d_lo * cos - d_hi * sin, d_hi * cos + d_lo * sin)
 
 
 @triton.jit
@@ -67,7 +86,7 @@ def _direct_kernel(
     pk_b_ptr, pk_d_ptr,
     heads_ptr, cos_ptr, sin_ptr, base_ptr, offs_ptr,
     max_ptr, pos_ptr, kl_ptr, band_ptr,
-    p, n_scored, k_col0, scale, hidden, eps,
+    p, cand_lo, n_scored, k_col0, scale, hidden, eps,
     stride_ids, stride_e, stride_w, stride_pk, stride_base,
     D: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, GROUP: tl.constexpr,
     REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr, N_OFFSETS: tl.constexpr,
@@ -84,22 +103,22 @@ def _direct_kernel(
     k_row0 = k_col0 + g * D
     row_ids = ids_ptr + b * stride_ids
     base_row = base_ptr + hs * stride_base
+    rr = tl.arange(0, N_OFF_PAD)
+    offs = tl.load(offs_ptr + rr, mask=rr < N_OFFSETS, other=-1)
 
     best = float("-inf")
     best_i = p
     best_j = 0
     kl_acc = 0.0
-    band = tl.zeros((N_OFF_PAD,), dtype=tl.float32)
+    band_row = tl.zeros((BLOCK_L, N_OFF_PAD), dtype=tl.float32)
     for t0 in range(0, dep, BLOCK_L):
         t = t0 + tl.arange(0, BLOCK_L)
         t_ok = t < dep
         tok = tl.load(row_ids + t, mask=t_ok, other=0)
-        cos, sin = _cos_sin(cos_ptr, sin_ptr, p + t, t_ok, HALF, HALF_PAD)
-        qb_lo, qb_hi = _project_rot(emb_b_ptr, stride_e, norm_b_ptr, w_b_ptr, stride_w, bias_b_ptr, tok, t_ok,
-                                    q_row0, hidden, eps, cos, sin, BLOCK_L, HALF, HALF_PAD, BLOCK_H, DOT_PREC)
-        qd_lo, qd_hi = _project_rot(emb_d_ptr, stride_e, norm_d_ptr, w_d_ptr, stride_w, bias_d_ptr, tok, t_ok,
-                                    q_row0, hidden, eps, cos, sin, BLOCK_L, HALF, HALF_PAD, BLOCK_H, DOT_PREC)
-
+        qb_lo, qb_hi, qd_lo, qd_hi = _project_rot(
+            emb_b_ptr, emb_d_ptr, norm_b_ptr, norm_d_ptr, w_b_ptr, w_d_ptr, bias_b_ptr, bias_d_ptr, stride_e,
+            stride_w, tok, t_ok, q_row0, p + t, cos_ptr, sin_ptr, hidden, eps, BLOCK_L, HALF, HALF_PAD, BLOCK_H,
+            DOT_PREC)
         m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
         j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
         mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
@@ -110,34 +129,29 @@ def _direct_kernel(
 
         for j0 in range(0, p, BLOCK_K):
             j = j0 + tl.arange(0, BLOCK_K)
-            j_ok = j < p
-            kb_lo, kb_hi = _gather_halves(pk_b_ptr, j, stride_pk, g * D, j_ok, HALF, HALF_PAD)
-            kd_lo, kd_hi = _gather_halves(pk_d_ptr, j, stride_pk, g * D, j_ok, HALF, HALF_PAD)
-            s_b = _logits(qb_lo, qb_hi, kb_lo, kb_hi, scale, DOT_PREC)
-            s_d = _logits(qd_lo, qd_hi, kd_lo, kd_hi, scale, DOT_PREC)
-            m_row, j_row, mb, lb, md, ld, a_kl, band = _reduce_tile(
-                s_b, s_d, t, j0, p, p, c, dep, base_row, offs_ptr, m_row, j_row, mb, lb, md, ld, a_kl, band,
-                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, N_OFF_PAD, WANT_KL)
+            kb_lo, kb_hi, kd_lo, kd_hi = _cached_keys(pk_b_ptr, pk_d_ptr, stride_pk, j, g * D, j < p, HALF, HALF_PAD)
+            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+                qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, j0, p, p, c, dep, cand_lo,
+                base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
 
         for m0 in range(0, tl.minimum(t0 + BLOCK_L, dep), BLOCK_K):
             m = m0 + tl.arange(0, BLOCK_K)
             m_ok = m < dep
             ktok = tl.load(row_ids + m, mask=m_ok, other=0)
-            kcos, ksin = _cos_sin(cos_ptr, sin_ptr, p + m, m_ok, HALF, HALF_PAD)
-            kb_lo, kb_hi = _project_rot(emb_b_ptr, stride_e, norm_b_ptr, w_b_ptr, stride_w, bias_b_ptr, ktok, m_ok,
-                                        k_row0, hidden, eps, kcos, ksin, BLOCK_K, HALF, HALF_PAD, BLOCK_H, DOT_PREC)
-            kd_lo, kd_hi = _project_rot(emb_d_ptr, stride_e, norm_d_ptr, w_d_ptr, stride_w, bias_d_ptr, ktok, m_ok,
-                                        k_row0, hidden, eps, kcos, ksin, BLOCK_K, HALF, HALF_PAD, BLOCK_H, DOT_PREC)
-            s_b = _logits(qb_lo, qb_hi, kb_lo, kb_hi, scale, DOT_PREC)
-            s_d = _logits(qd_lo, qd_hi, kd_lo, kd_hi, scale, DOT_PREC)
-            m_row, j_row, mb, lb, md, ld, a_kl, band = _reduce_tile(
-                s_b, s_d, t, p + m0, p + dep, p, c, dep, base_row, offs_ptr, m_row, j_row, mb, lb, md, ld, a_kl,
-                band, BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, N_OFF_PAD, WANT_KL)
+            kb_lo, kb_hi, kd_lo, kd_hi = _project_rot(
+                emb_b_ptr, emb_d_ptr, norm_b_ptr, norm_d_ptr, w_b_ptr, w_d_ptr, bias_b_ptr, bias_d_ptr, stride_e,
+                stride_w, ktok, m_ok, k_row0, p + m, cos_ptr, sin_ptr, hidden, eps, BLOCK_K, HALF, HALF_PAD,
+                BLOCK_H, DOT_PREC)
+            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+                qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, p + m0, p + dep, p, c, dep,
+                cand_lo, base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
 
         best, best_i, best_j, kl_acc = _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl,
                                                   best, best_i, best_j, kl_acc, BLOCK_L, WANT_KL)
 
-    _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, b * n_scored + hs, best, best_i, best_j, kl_acc, band,
+    _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, b * n_scored + hs, best, best_i, best_j, kl_acc, band_row,
                    N_OFFSETS, N_OFF_PAD)
 
 
@@ -147,7 +161,7 @@ _launch = Launcher(
     _direct_kernel,
     gpu_configs=[triton.Config({"BLOCK_K": bk, "BLOCK_H": bh}, num_warps=w, num_stages=s)
                  for bk in (16, 32) for bh in (64, 128) for w in (4, 8) for s in (2, 3)],
-    interp_config=triton.Config({"BLOCK_K": 16, "BLOCK_H": 32}, num_warps=4, num_stages=1),
+    interp_config=triton.Config({"BLOCK_K": 32, "BLOCK_H": 64}, num_warps=4, num_stages=1),
     key=["D", "GROUP", "BLOCK_L", "hidden", "REGION_ALL", "HAS_BASELINE", "N_OFFSETS", "WANT_KL"],
 )
 
@@ -156,7 +170,8 @@ def score_direct(weights_b, weights_d, eps: float, ids: torch.Tensor, cand_len: 
                  dep_len: torch.Tensor, prefix_keys, heads: torch.Tensor, rope_cos: torch.Tensor,
                  rope_sin: torch.Tensor, baseline: torch.Tensor | None, offsets: torch.Tensor, *, n_heads: int,
                  n_kv_heads: int, head_dim: int, region: str = "candidate", want_kl: bool = True,
-                 max_width: int | None = None, dot_precision: str = "ieee", check_id_range: bool = True):
+                 max_width: int | None = None, dot_precision: str = "ieee", check_id_range: bool = True,
+                 cand_start: int | None = None):
     """Like score.score_table, with q/k projected on the fly.
 
     weights_b / weights_d: (embed [V, hidden], norm [hidden], w [(H + KV) * D, hidden] = cat(Wq, Wk),
@@ -184,4 +199,4 @@ def score_direct(weights_b, weights_d, eps: float, ids: torch.Tensor, cand_len: 
                  w_b_ptr=weights_b[2], w_d_ptr=weights_d[2], bias_b_ptr=weights_b[3], bias_d_ptr=weights_d[3],
                  hidden=hidden, eps=float(eps), stride_e=embed.stride(0), stride_w=weights_b[2].stride(0))
     return _run(_launch, model, ids, cand_len, dep_len, prefix_keys, p, heads, rope_cos, rope_sin, baseline, offsets,
-                n_heads, n_kv_heads, head_dim, region, want_kl, max_width, dot_precision)
+                n_heads, n_kv_heads, head_dim, region, want_kl, max_width, dot_precision, cand_start)

@@ -36,51 +36,50 @@ import triton.language as tl
 
 from ._launch import FLOAT_DTYPES, TABLE_DTYPES, Launcher, check_ids, check_tensor, next_pow2
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-KL_M0 = -1.0e30  # running softmax max starts finite so exp2(m_old - m_new) never sees inf - inf
 
 
 @triton.jit
-def _cos_sin(cos_ptr, sin_ptr, pos, ok, HALF: tl.constexpr, HALF_PAD: tl.constexpr):
-    """cos, sin [N, HALF_PAD] of absolute positions pos [N] (zero where masked)."""
+def _rows_rot(tab_b_ptr, tab_d_ptr, stride, tok, col, pos, ok, cos_ptr, sin_ptr,
+              HALF: tl.constexpr, HALF_PAD: tl.constexpr):
+    """Gather one head's [lo | hi] halves for tokens tok [N] from both models' tables (any table
+    dtype, upcast right after the load) and rotate them to absolute positions pos [N]."""
     hd = tl.arange(0, HALF_PAD)
     mask = ok[:, None] & (hd < HALF)[None, :]
-    offs = pos.to(tl.int64)[:, None] * HALF + hd[None, :]
-    return tl.load(cos_ptr + offs, mask=mask, other=0.0), tl.load(sin_ptr + offs, mask=mask, other=0.0)
+    cs = pos.to(tl.int64)[:, None] * HALF + hd[None, :]
+    cos = tl.load(cos_ptr + cs, mask=mask, other=0.0)
+    sin = tl.load(sin_ptr + cs, mask=mask, other=0.0)
+    offs = tok.to(tl.int64)[:, None] * stride + col + hd[None, :]
+    lo = tl.load(tab_b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    hi = tl.load(tab_b_ptr + offs + HALF, mask=mask, other=0.0).to(tl.float32)
+    b_lo, b_hi = lo * cos - hi * sin, hi * cos + lo * sin
+    lo = tl.load(tab_d_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    hi = tl.load(tab_d_ptr + offs + HALF, mask=mask, other=0.0).to(tl.float32)
+    return b_lo, b_hi, lo * cos - hi * sin, hi * cos + lo * sin
 
 
 @triton.jit
-def _rope(lo, hi, cos, sin):
-    """Half-split RoPE: (lo cos - hi sin, hi cos + lo sin)."""
-    return lo * cos - hi * sin, hi * cos + lo * sin
-
-
-@triton.jit
-def _gather_halves(tab_ptr, row, stride, col, ok, HALF: tl.constexpr, HALF_PAD: tl.constexpr):
-    """lo, hi [N, HALF_PAD] fp32 of one head: columns col.. of table rows `row` (any table dtype)."""
+def _cached_keys(pk_b_ptr, pk_d_ptr, stride, j, col, ok, HALF: tl.constexpr, HALF_PAD: tl.constexpr):
+    """Already rotated fp32 prefix keys of one KV head at positions j [N], both models."""
     hd = tl.arange(0, HALF_PAD)
     mask = ok[:, None] & (hd < HALF)[None, :]
-    ptrs = tab_ptr + row.to(tl.int64)[:, None] * stride + col + hd[None, :]
-    lo = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    hi = tl.load(ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
-    return lo, hi
+    offs = j.to(tl.int64)[:, None] * stride + col + hd[None, :]
+    return (tl.load(pk_b_ptr + offs, mask=mask, other=0.0), tl.load(pk_b_ptr + offs + HALF, mask=mask, other=0.0),
+            tl.load(pk_d_ptr + offs, mask=mask, other=0.0), tl.load(pk_d_ptr + offs + HALF, mask=mask, other=0.0))
 
 
 @triton.jit
-def _logits(q_lo, q_hi, k_lo, k_hi, scale, DOT_PREC: tl.constexpr):
-    s = tl.dot(q_lo, tl.trans(k_lo), input_precision=DOT_PREC)
-    s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=DOT_PREC)
-    return s * scale
+def _score_tile(qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale,
+                t, j0, j_end, p, c, dep, cand_lo, base_row_ptr, offs,
+                m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                BLOCK_K: tl.constexpr, REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr,
+                N_OFFSETS: tl.constexpr, WANT_KL: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Logits of one [rows, keys] tile for both models (keys at absolute positions j0.., real below
+    j_end), folded at once into the per-row accumulators."""
+    s_b = tl.dot(qb_lo, tl.trans(kb_lo), input_precision=DOT_PREC)
+    s_b = tl.dot(qb_hi, tl.trans(kb_hi), s_b, input_precision=DOT_PREC) * scale
+    s_d = tl.dot(qd_lo, tl.trans(kd_lo), input_precision=DOT_PREC)
+    s_d = tl.dot(qd_hi, tl.trans(kd_hi), s_d, input_precision=DOT_PREC) * scale
 
-
-@triton.jit
-def _reduce_tile(s_b, s_d, t, j0, j_end, p, c, dep, base_row_ptr, offs_ptr,
-                 m_row, j_row, mb, lb, md, ld, a_kl, band,
-                 BLOCK_K: tl.constexpr, REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr,
-                 N_OFFSETS: tl.constexpr, N_OFF_PAD: tl.constexpr, WANT_KL: tl.constexpr):
-    """Fold one [rows, keys] tile of logits (keys at absolute positions j0.., real below j_end) into the
-    accumulators."""
     j = j0 + tl.arange(0, BLOCK_K)
     t2 = t[:, None]
     j2 = j[None, :]
@@ -88,7 +87,7 @@ def _reduce_tile(s_b, s_d, t, j0, j_end, p, c, dep, base_row_ptr, offs_ptr,
     if REGION_ALL:
         scored = valid
     else:
-        scored = valid & ((t2 < c) | ((j2 >= p) & (j2 < p + c)))
+        scored = valid & ((t2 < c) | ((j2 >= cand_lo) & (j2 < p + c)))
     off = p + t2 - j2
     ds = s_d - s_b
     if HAS_BASELINE:
@@ -97,18 +96,15 @@ def _reduce_tile(s_b, s_d, t, j0, j_end, p, c, dep, base_row_ptr, offs_ptr,
         ds_b = ds
     a = tl.where(scored, tl.abs(ds_b), float("-inf"))
 
-    t_max = tl.max(a, 1)
-    t_arg = tl.argmax(a, 1, tie_break_left=True)
+    t_max, t_arg = tl.max(a, 1, return_indices=True, return_indices_tie_break_left=True)
     better = t_max > m_row  # strict: on ties the earlier key (earlier tile) stays
     j_row = tl.where(better, j0 + t_arg, j_row)
     m_row = tl.where(better, t_max, m_row)
 
     if N_OFFSETS > 0:
-        rr = tl.arange(0, N_OFF_PAD)
-        for r in tl.static_range(N_OFFSETS):
-            r_val = tl.load(offs_ptr + r)
-            cell = tl.max(tl.max(tl.where(scored & (off == r_val), a, 0.0), 1), 0)
-            band = tl.where(rr == r, tl.maximum(band, cell), band)
+        # each band offset hits at most one key per row: [rows, keys, offsets] select, max over keys
+        hit = scored[:, :, None] & (off[:, :, None] == offs[None, None, :])
+        band_row = tl.maximum(band_row, tl.max(tl.where(hit, a[:, :, None], 0.0), 1))
 
     if WANT_KL:
         sb = tl.where(valid, s_b, float("-inf"))
@@ -117,22 +113,20 @@ def _reduce_tile(s_b, s_d, t, j0, j_end, p, c, dep, base_row_ptr, offs_ptr,
         md_new = tl.maximum(md, tl.max(sd, 1))
         eb = tl.exp2((sb - mb_new[:, None]) * 1.4426950408889634)
         ed = tl.exp2((sd - md_new[:, None]) * 1.4426950408889634)
-        alpha_b = tl.exp2((mb - mb_new) * 1.4426950408889634)
+        lb = lb * tl.exp2((mb - mb_new) * 1.4426950408889634) + tl.sum(eb, 1)
         alpha_d = tl.exp2((md - md_new) * 1.4426950408889634)
-        lb = lb * alpha_b + tl.sum(eb, 1)
         ld = ld * alpha_d + tl.sum(ed, 1)
         a_kl = a_kl * alpha_d + tl.sum(tl.where(valid, ed * ds, 0.0), 1)
         mb = mb_new
         md = md_new
-    return m_row, j_row, mb, lb, md, ld, a_kl, band
+    return m_row, j_row, mb, lb, md, ld, a_kl, band_row
 
 
 @triton.jit
 def _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl, best, best_i, best_j, kl_acc,
                BLOCK_L: tl.constexpr, WANT_KL: tl.constexpr):
     """End of a row tile: fold per-row max/argmax and row KLs into the per-program results."""
-    blk_max = tl.max(m_row, 0)
-    blk_row = tl.argmax(m_row, 0, tie_break_left=True)
+    blk_max, blk_row = tl.max(m_row, 0, return_indices=True, return_indices_tie_break_left=True)
     blk_j = tl.sum(tl.where(tl.arange(0, BLOCK_L) == blk_row, j_row, 0), 0)
     take = blk_max > best  # strict: earlier row tiles win ties
     best_i = tl.where(take, p + t0 + blk_row, best_i)
@@ -148,7 +142,7 @@ def _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl, best, best_i, 
 
 
 @triton.jit
-def _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, out_idx, best, best_i, best_j, kl_acc, band,
+def _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, out_idx, best, best_i, best_j, kl_acc, band_row,
                    N_OFFSETS: tl.constexpr, N_OFF_PAD: tl.constexpr):
     tl.store(max_ptr + out_idx, best)
     tl.store(pos_ptr + out_idx * 2, best_i.to(tl.int64))
@@ -156,7 +150,7 @@ def _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, out_idx, best, best_i, be
     tl.store(kl_ptr + out_idx, kl_acc)
     if N_OFFSETS > 0:
         rr = tl.arange(0, N_OFF_PAD)
-        tl.store(band_ptr + out_idx * N_OFFSETS + rr, band, mask=rr < N_OFFSETS)
+        tl.store(band_ptr + out_idx * N_OFFSETS + rr, tl.max(band_row, 0), mask=rr < N_OFFSETS)
 
 
 @triton.jit
@@ -166,7 +160,7 @@ def _score_kernel(
     pk_b_ptr, pk_d_ptr,
     heads_ptr, cos_ptr, sin_ptr, base_ptr, offs_ptr,
     max_ptr, pos_ptr, kl_ptr, band_ptr,
-    p, n_scored, k_col0, scale,
+    p, cand_lo, n_scored, k_col0, scale,
     stride_ids, stride_tab, stride_pk, stride_base,
     D: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, GROUP: tl.constexpr,
     REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr, N_OFFSETS: tl.constexpr,
@@ -183,22 +177,20 @@ def _score_kernel(
     k_col = k_col0 + g * D
     row_ids = ids_ptr + b * stride_ids
     base_row = base_ptr + hs * stride_base
+    rr = tl.arange(0, N_OFF_PAD)
+    offs = tl.load(offs_ptr + rr, mask=rr < N_OFFSETS, other=-1)  # -1 never matches a causal offset
 
     best = float("-inf")
     best_i = p
     best_j = 0
     kl_acc = 0.0
-    band = tl.zeros((N_OFF_PAD,), dtype=tl.float32)
+    band_row = tl.zeros((BLOCK_L, N_OFF_PAD), dtype=tl.float32)  # per row slot; max over slots at the end
     for t0 in range(0, dep, BLOCK_L):
         t = t0 + tl.arange(0, BLOCK_L)
         t_ok = t < dep
         tok = tl.load(row_ids + t, mask=t_ok, other=0)
-        cos, sin = _cos_sin(cos_ptr, sin_ptr, p + t, t_ok, HALF, HALF_PAD)
-        lo, hi = _gather_halves(tab_b_ptr, tok, stride_tab, q_col, t_ok, HALF, HALF_PAD)
-        qb_lo, qb_hi = _rope(lo, hi, cos, sin)
-        lo, hi = _gather_halves(tab_d_ptr, tok, stride_tab, q_col, t_ok, HALF, HALF_PAD)
-        qd_lo, qd_hi = _rope(lo, hi, cos, sin)
-
+        qb_lo, qb_hi, qd_lo, qd_hi = _rows_rot(tab_b_ptr, tab_d_ptr, stride_tab, tok, q_col, p + t, t_ok,
+                                               cos_ptr, sin_ptr, HALF, HALF_PAD)
         m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
         j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
         mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
@@ -210,35 +202,28 @@ def _score_kernel(
         # cached prefix keys (already rotated, fp32)
         for j0 in range(0, p, BLOCK_K):
             j = j0 + tl.arange(0, BLOCK_K)
-            j_ok = j < p
-            kb_lo, kb_hi = _gather_halves(pk_b_ptr, j, stride_pk, g * D, j_ok, HALF, HALF_PAD)
-            kd_lo, kd_hi = _gather_halves(pk_d_ptr, j, stride_pk, g * D, j_ok, HALF, HALF_PAD)
-            s_b = _logits(qb_lo, qb_hi, kb_lo, kb_hi, scale, DOT_PREC)
-            s_d = _logits(qd_lo, qd_hi, kd_lo, kd_hi, scale, DOT_PREC)
-            m_row, j_row, mb, lb, md, ld, a_kl, band = _reduce_tile(
-                s_b, s_d, t, j0, p, p, c, dep, base_row, offs_ptr, m_row, j_row, mb, lb, md, ld, a_kl, band,
-                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, N_OFF_PAD, WANT_KL)
+            kb_lo, kb_hi, kd_lo, kd_hi = _cached_keys(pk_b_ptr, pk_d_ptr, stride_pk, j, g * D, j < p, HALF, HALF_PAD)
+            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+                qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, j0, p, p, c, dep, cand_lo,
+                base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
 
         # the candidate's own keys, gathered from the table and rotated here (causal: up to this tile)
         for m0 in range(0, tl.minimum(t0 + BLOCK_L, dep), BLOCK_K):
             m = m0 + tl.arange(0, BLOCK_K)
             m_ok = m < dep
             ktok = tl.load(row_ids + m, mask=m_ok, other=0)
-            kcos, ksin = _cos_sin(cos_ptr, sin_ptr, p + m, m_ok, HALF, HALF_PAD)
-            lo, hi = _gather_halves(tab_b_ptr, ktok, stride_tab, k_col, m_ok, HALF, HALF_PAD)
-            kb_lo, kb_hi = _rope(lo, hi, kcos, ksin)
-            lo, hi = _gather_halves(tab_d_ptr, ktok, stride_tab, k_col, m_ok, HALF, HALF_PAD)
-            kd_lo, kd_hi = _rope(lo, hi, kcos, ksin)
-            s_b = _logits(qb_lo, qb_hi, kb_lo, kb_hi, scale, DOT_PREC)
-            s_d = _logits(qd_lo, qd_hi, kd_lo, kd_hi, scale, DOT_PREC)
-            m_row, j_row, mb, lb, md, ld, a_kl, band = _reduce_tile(
-                s_b, s_d, t, p + m0, p + dep, p, c, dep, base_row, offs_ptr, m_row, j_row, mb, lb, md, ld, a_kl, band,
-                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, N_OFF_PAD, WANT_KL)
+            kb_lo, kb_hi, kd_lo, kd_hi = _rows_rot(tab_b_ptr, tab_d_ptr, stride_tab, ktok, k_col, p + m, m_ok,
+                                                   cos_ptr, sin_ptr, HALF, HALF_PAD)
+            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+                qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, p + m0, p + dep, p, c, dep,
+                cand_lo, base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
 
         best, best_i, best_j, kl_acc = _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl,
                                                   best, best_i, best_j, kl_acc, BLOCK_L, WANT_KL)
 
-    _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, b * n_scored + hs, best, best_i, best_j, kl_acc, band,
+    _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, b * n_scored + hs, best, best_i, best_j, kl_acc, band_row,
                    N_OFFSETS, N_OFF_PAD)
 
 
@@ -251,7 +236,7 @@ def _gpu_configs():
 
 
 _launch = Launcher(_score_kernel, _gpu_configs(),
-                   interp_config=triton.Config({"BLOCK_K": 16}, num_warps=4, num_stages=1),
+                   interp_config=triton.Config({"BLOCK_K": 64}, num_warps=4, num_stages=1),
                    key=["D", "GROUP", "BLOCK_L", "REGION_ALL", "HAS_BASELINE", "N_OFFSETS", "WANT_KL"])
 
 
@@ -312,7 +297,8 @@ def score_table(table_b: torch.Tensor, table_d: torch.Tensor, ids: torch.Tensor,
                 dep_len: torch.Tensor, prefix_keys, heads: torch.Tensor, rope_cos: torch.Tensor,
                 rope_sin: torch.Tensor, baseline: torch.Tensor | None, offsets: torch.Tensor, *, n_heads: int,
                 n_kv_heads: int, head_dim: int, region: str = "candidate", want_kl: bool = True,
-                max_width: int | None = None, dot_precision: str = "ieee", check_id_range: bool = True) -> Metrics:
+                max_width: int | None = None, dot_precision: str = "ieee", check_id_range: bool = True,
+                cand_start: int | None = None) -> Metrics:
     """Score dependent rows against cached prefix keys, reading q/k from token tables.
 
     table_b/table_d [V, (H + KV) * D] fp32 or bf16 (rows may be strided, columns contiguous);
@@ -320,6 +306,9 @@ def score_table(table_b: torch.Tensor, table_d: torch.Tensor, ids: torch.Tensor,
     fp32 [p, KV, D] per model; heads [Hs] int32 absolute head ids; rope_cos/rope_sin [P, D/2]
     with P > p + W - 1 positions; baseline [Hs, P] fp32 or None; offsets [n] band offsets.
     `max_width` (host int, default ids.shape[1]) picks the row tile without reading device memory.
+    cand_start (default p): absolute position where the candidate begins; below p when the first
+    candidate tokens are inside the cached prefix (incremental extension), so that region
+    "candidate" also scores suffix rows against those cached candidate keys.
     """
     device = table_b.device
     for name, t in (("table_b", table_b), ("table_d", table_d)):
@@ -334,16 +323,19 @@ def score_table(table_b: torch.Tensor, table_d: torch.Tensor, ids: torch.Tensor,
                      head_dim)
     return _run(_launch, dict(tab_b_ptr=table_b, tab_d_ptr=table_d, stride_tab=table_b.stride(0)), ids, cand_len,
                 dep_len, prefix_keys, p, heads, rope_cos, rope_sin, baseline, offsets, n_heads, n_kv_heads, head_dim,
-                region, want_kl, max_width, dot_precision)
+                region, want_kl, max_width, dot_precision, cand_start)
 
 
 def _run(launch, model_kwargs, ids, cand_len, dep_len, prefix_keys, p, heads, rope_cos, rope_sin, baseline, offsets,
-         n_heads, n_kv_heads, head_dim, region, want_kl, max_width, dot_precision):
+         n_heads, n_kv_heads, head_dim, region, want_kl, max_width, dot_precision, cand_start):
     """Shared tail of the table and direct launchers: outputs, grid and constexpr flags."""
     if region not in ("candidate", "all"):
         raise ValueError(f"region must be 'candidate' or 'all', got {region!r}")
     if dot_precision not in ("ieee", "tf32", "tf32x3"):
         raise ValueError(f"dot_precision must be ieee, tf32 or tf32x3, got {dot_precision!r}")
+    cand_start = p if cand_start is None else int(cand_start)
+    if not 0 <= cand_start <= p:
+        raise ValueError(f"cand_start must be in [0, p={p}], got {cand_start}")
     device = ids.device
     bsz, width = ids.shape
     width = width if max_width is None else int(max_width)
@@ -367,7 +359,7 @@ def _run(launch, model_kwargs, ids, cand_len, dep_len, prefix_keys, p, heads, ro
            ids_ptr=ids, cand_ptr=cand_len, dep_ptr=dep_len, pk_b_ptr=pk_b, pk_d_ptr=pk_d, heads_ptr=heads,
            cos_ptr=rope_cos, sin_ptr=rope_sin, base_ptr=base, offs_ptr=offsets if n_off else heads,
            max_ptr=head_max, pos_ptr=head_pos, kl_ptr=head_kl, band_ptr=band,
-           p=p, n_scored=n_scored, k_col0=n_heads * head_dim, scale=head_dim ** -0.5,
+           p=p, cand_lo=cand_start, n_scored=n_scored, k_col0=n_heads * head_dim, scale=head_dim ** -0.5,
            stride_ids=ids.stride(0), stride_pk=pk_b.stride(0) if p else 0, stride_base=base.stride(0),
            D=head_dim, HALF=half, HALF_PAD=max(16, next_pow2(half)), GROUP=n_heads // n_kv_heads,
            REGION_ALL=region == "all", HAS_BASELINE=baseline is not None, N_OFFSETS=n_off,
