@@ -30,7 +30,6 @@ def register_cli(sub) -> None:
             _sequence_options(d)
         if name == "beam":
             d.add_argument("--width", type=int, default=16)
-            d.add_argument("--max-repeat", type=int, default=2, help="max occurrences of one token")
         if name == "mcts":
             d.add_argument("--branch", type=int, default=16, help="children kept per expanded node")
             d.add_argument("--batch", type=int, default=8, help="leaves evaluated together (virtual loss)")
@@ -72,6 +71,7 @@ def _sequence_options(d) -> None:
                    help="'pairs' (best token pairs from an exact scan), 'none', or a JSONL/ids file of prefixes")
     d.add_argument("--seeds-from", help="analysis.json from `l0score analyze`: its seed_tokens start the search")
     d.add_argument("--n-seeds", type=int, default=16)
+    d.add_argument("--max-repeat", type=int, default=2, help="max occurrences of one token in a candidate")
     d.add_argument("--minimize", action="store_true", help="also report each top result with tokens dropped while the score holds")
 
 
@@ -98,9 +98,10 @@ def run_search(args) -> None:
     seeds = _seeds(args, scorer, pool, seeds_from_pairs, pair_scan)
     run_kw = dict(objective=args.metric, pool=pool, out=args.out, budget=args.budget, seconds=args.seconds,
                   threshold=args.threshold, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                  progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip, seed=args.seed)
+                  progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip, seed=args.seed,
+                  max_repeat=args.max_repeat)
     if args.driver == "beam":
-        results = beam(scorer, length=args.length, width=args.width, max_repeat=args.max_repeat, seeds=seeds, **run_kw)
+        results = beam(scorer, length=args.length, width=args.width, seeds=seeds, **run_kw)
     elif args.driver == "mcts":
         results = mcts(scorer, length=args.length, branch=args.branch, batch=args.batch, c_puct=args.c_puct,
                        rollout=args.rollout, seeds=seeds, **run_kw)

@@ -6,14 +6,14 @@ import torch
 from .run import SearchRun
 
 
-def beam(scorer, *, length: int, width: int = 16, max_repeat: int = 2, seeds=None, **run_kw) -> list[dict]:
+def beam(scorer, *, length: int, width: int = 16, seeds=None, **run_kw) -> list[dict]:
     """Grow prefixes (from `seeds`, else from empty) one token at a time up to `length`, keeping the
     `width` best distinct prefixes (no token more than `max_repeat` times). Returns ranked results."""
     _check_length(length)
-    if width <= 0 or max_repeat <= 0:
-        raise ValueError(f"width and max_repeat must be positive, got {width} and {max_repeat}")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
     seeds = [list(map(int, s))[:length] for s in (seeds or [[]])]
-    options = {"width": width, "max_repeat": max_repeat, "seeds": seeds}
+    options = {"width": width, "seeds": seeds}
     with SearchRun(scorer, driver="beam", options=options, length=length, **run_kw) as run:
         state = run.state or {"beam": _dedup(seeds)[:width], "step": 0}
         run.checkpoint(state)
@@ -25,10 +25,7 @@ def beam(scorer, *, length: int, width: int = 16, max_repeat: int = 2, seeds=Non
             n = len(run.pool)
             values = values.view(len(growing), n)
             for row, prefix in enumerate(growing):  # diversity: cap repeats of one token
-                counts = torch.bincount(torch.tensor(prefix, dtype=torch.int64), minlength=1) if prefix else None
-                if counts is not None:
-                    over = torch.isin(run.pool, torch.nonzero(counts >= max_repeat).flatten())
-                    values[row, over] = -float("inf")
+                values[row, run.over_repeat(prefix)] = -float("inf")
             flat = values.flatten()
             k = min(width, int(torch.isfinite(flat).sum()))
             best = torch.topk(flat, k).indices.tolist()

@@ -40,6 +40,7 @@ def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=
             cands = np.tile(np.asarray(seq, dtype=np.int64), (len(pool), 1))
             cands[:, pos] = pool.numpy()
             scores, values = run.score(cands)
+            values[run.over_repeat(seq[:pos] + seq[pos + 1 :])] = -float("inf")
             step = state["sweep"] * length + pos + 1
             run.offer(cands, scores, values, step, top=8)
             b = int(torch.argmax(values))

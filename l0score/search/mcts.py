@@ -56,7 +56,9 @@ def _expand(run, tree, prefixes, branch, prior_temp, length):
     scores, values = run.score_extensions([list(p) for p in prefixes])
     n = len(run.pool)
     for row, prefix in enumerate(prefixes):
-        top = torch.topk(values[row * n : (row + 1) * n], min(branch, n))
+        v = values[row * n : (row + 1) * n].clone()
+        v[run.over_repeat(prefix)] = -float("inf")
+        top = torch.topk(v, min(branch, int(torch.isfinite(v).sum())))
         calib = run.calibration(len(prefix) + 1)
         z = (top.values.double().numpy() - calib.mean) / calib.std
         prior = np.exp((z - z.max()) / prior_temp)
@@ -87,10 +89,13 @@ def _evaluate(run, tree, leaves, length, rollout, calib, rng) -> dict:
             _, ext = run.score_extensions(active)
             ext = ext.view(len(active), -1)
             for s, row in zip(active, ext):
+                row[run.over_repeat(s)] = -float("inf")
                 s.append(int(run.pool[int(torch.argmax(row))]))
     else:
         for s in seqs:
-            s.extend(run.pool[rng.integers(0, len(run.pool), length - len(s))].tolist())
+            while len(s) < length:
+                allowed = torch.nonzero(~run.over_repeat(s)).flatten()
+                s.append(int(run.pool[allowed[rng.integers(0, len(allowed))]]))
     scores, final = run.score(seqs)
     run.offer(seqs, scores, final, tree.iteration)
     for leaf, v in zip(pending, final.tolist()):

@@ -28,20 +28,22 @@ class SearchRun:
                  pool: torch.Tensor | None = None, out: str | Path | None = None, budget: int | None = None,
                  seconds: float | None = None, threshold: float | None = None, checkpoint_every: float = 30.0,
                  resume: bool = False, progress: bool = True, keep: int = 100, roundtrip: str = "report",
-                 calibrate: int = 512, seed: int = 0):
+                 calibrate: int = 512, seed: int = 0, max_repeat: int | None = None):
         if roundtrip not in ROUNDTRIP_MODES:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {roundtrip!r}")
+        if max_repeat is not None and max_repeat <= 0:
+            raise ValueError(f"max_repeat must be positive, got {max_repeat}")
         if budget is not None and budget <= 0:
             raise ValueError(f"budget must be a positive number of candidates, got {budget}")
         if seconds is not None and seconds <= 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
         self.scorer = scorer
         self.objective = objective if isinstance(objective, Objective) else Objective.parse(objective)
-        self.driver, self.length, self.seed = driver, length, seed
+        self.driver, self.length, self.seed, self.max_repeat = driver, length, seed, max_repeat
         self.pool = scorer.default_pool() if pool is None else torch.as_tensor(pool, dtype=torch.int64)
         self.options = {"driver": driver, "metric": self.objective.name, "length": length, "seed": seed,
                         "template": list(scorer.template.prefix_ids) + [-1] + list(scorer.template.suffix_ids),
-                        "pool_size": len(self.pool), **options}
+                        "pool_size": len(self.pool), "max_repeat": max_repeat, **options}
         self.out = Path(out) if out is not None else None
         self.ckpt_path = self.out.with_name(self.out.name + ".ckpt.json") if self.out else None
         self.budget, self.seconds, self.threshold = budget, seconds, threshold
@@ -90,6 +92,13 @@ class SearchRun:
         self.bar.set_postfix(best=f"{max(self.best_score(), float(values.max())):.4g}", refresh=False)
         return values
 
+    def over_repeat(self, tokens) -> torch.Tensor:
+        """Bool mask over the pool: tokens that would occur more than max_repeat times if added."""
+        if self.max_repeat is None or len(tokens) == 0:
+            return torch.zeros(len(self.pool), dtype=torch.bool)
+        ids, counts = torch.unique(torch.as_tensor(list(tokens), dtype=torch.int64), return_counts=True)
+        return torch.isin(self.pool, ids[counts >= self.max_repeat])
+
     def offer(self, candidates: list[list[int]], scores, values: torch.Tensor, step: int, top: int | None = None) -> None:
         """Remember the best of what was scored (at most `top`, default keep, per call)."""
         k = min(len(values), top or self.keep)
@@ -118,11 +127,12 @@ class SearchRun:
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoint(self, state: dict, force: bool = False) -> None:
         """Remember the driver state at a step boundary; write it (and the results) every N seconds."""
-        self.state = state
+        # The budget spent up to this state: work after it is redone (and recounted) on resume.
+        self.state, self._state_used = state, self.used
         if self.ckpt_path is None:
             return
         if force or time.monotonic() - self._last_ckpt >= self.checkpoint_every:
-            payload = {"options": self.options, "used": self.used, "elapsed": self.elapsed, "state": state,
+            payload = {"options": self.options, "used": self._state_used, "elapsed": self.elapsed, "state": state,
                        "results": list(self.results.values()),
                        "calibrations": {str(k): vars(c) for k, c in self.calibrations.items()}}
             _atomic_write(self.ckpt_path, json.dumps(payload))
