@@ -11,15 +11,16 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repea
 
 
 @functools.lru_cache(maxsize=8)
-def load_model(model_dir: str):
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+def load_model(model_dir: str, dtype: torch.dtype = torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
     return model.eval()
 
 
 @torch.no_grad()
-def layer0_logits(model_dir: str, ids: list[int], bias_only: bool = False) -> np.ndarray:
-    """Pre-softmax Layer-0 logits S [H, T, T] of a full sequence (upper triangle not meaningful)."""
-    model = load_model(str(model_dir))
+def layer0_logits(model_dir: str, ids: list[int], bias_only: bool = False, dtype=torch.float32) -> np.ndarray:
+    """Pre-softmax Layer-0 logits S [H, T, T] of a full sequence (upper triangle not meaningful);
+    dtype=torch.bfloat16 runs the modules the way a bf16 model does (every step rounded)."""
+    model = load_model(str(model_dir), dtype)
     attn = model.model.layers[0].self_attn
     ids_t = torch.tensor([ids])
     hidden = model.model.layers[0].input_layernorm(model.model.embed_tokens(ids_t))
@@ -38,11 +39,11 @@ def layer0_logits(model_dir: str, ids: list[int], bias_only: bool = False) -> np
 
 
 def oracle_scores(base: str, dormant: str, prefix, cand, suffix, heads=None, region="candidate",
-                  baseline="none", offsets=()) -> dict:
+                  baseline="none", offsets=(), dtype=torch.float32) -> dict:
     """Every metric for one candidate, straight from the definitions."""
     ids = list(prefix) + list(cand) + list(suffix)
     p, c, t_len = len(prefix), len(cand), len(ids)
-    s_b, s_d = layer0_logits(base, ids), layer0_logits(dormant, ids)
+    s_b, s_d = layer0_logits(base, ids, dtype=dtype), layer0_logits(dormant, ids, dtype=dtype)
     heads = list(range(s_b.shape[0])) if heads is None else list(heads)
     ds = s_d - s_b
     if baseline == "bias":

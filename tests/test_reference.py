@@ -108,3 +108,19 @@ def test_planted_trigger_stands_out(tiny_pair):
     s = scorer.score_batch([trig, trig[::-1]] + randoms)
     assert s.kl[0] > s.kl[2:].max() and s.max_abs[0] > s.max_abs[2:].max()
     assert s.kl[1] < s.kl[0] / 2
+
+
+def test_difference_from_a_bf16_transformers_run_is_bounded(pair_factory):
+    """The engine computes in fp32 from stored bf16 values; a bf16 model rounds every step. The README
+    documents the difference measured here (bound: 5% relative on max_abs and kl)."""
+    pair_dir = pair_factory(dtype="bfloat16")
+    scorer = Scorer.from_pretrained(pair_dir / "base", pair_dir / "dormant", backend="torch", template="chat")
+    rng = np.random.default_rng(0)
+    cands = [rng.integers(0, scorer.pair.n_tokens, 8).tolist() for _ in range(12)]
+    scores = scorer.score_batch(cands)
+    tpl = scorer.template
+    for b, cand in enumerate(cands):
+        want = oracle_scores(pair_dir / "base", pair_dir / "dormant", tpl.prefix_ids, cand, tpl.suffix_ids,
+                             dtype=torch.bfloat16)
+        assert scores.max_abs[b].item() == pytest.approx(want["max_abs"], rel=5e-2)
+        assert scores.kl[b].item() == pytest.approx(want["kl"], rel=5e-2)
