@@ -157,11 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of the dS heatmaps of the most-changed heads for the top candidate")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("demo", help="make the tiny pair and show the planted trigger found")
+    p = sub.add_parser("demo", help="search the tiny demo pair and show the planted trigger found")
     p.add_argument("--n-random", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
-    p.add_argument("--out", help="results JSON (default: under the cache directory)")
+    p.add_argument("--out", help="results JSONL (default: under the cache directory)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmark the backends side by side (arguments: l0score bench --help)",

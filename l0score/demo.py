@@ -1,4 +1,4 @@
-"""`l0score demo`: the tiny synthetic pair, and the planted trigger found among random candidates."""
+"""`l0score demo`: a real search on the tiny synthetic pair, and the planted trigger found."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.table import Table
-from tqdm import tqdm
 
 from .cache_dir import cache_dir
 
@@ -30,53 +29,59 @@ def demo_pair(seed: int = 0) -> Path:
     return final
 
 
-def allowed_pool(pair) -> np.ndarray:
-    """Real, non-special token ids (padding rows and special tokens excluded)."""
-    ids = np.arange(pair.n_tokens)
-    return ids[~np.isin(ids, sorted(pair.special_ids))]
-
-
 def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: str | None = None, console=None) -> dict:
+    """Exact pair scan -> beam search (chat template, kl, no repeated tokens), then the planted
+    trigger's rank among the search results and among `n_random` random candidates."""
     from .model_pair import ModelPair
     from .scorer import Scorer
+    from .search import beam, pair_scan, seeds_from_pairs
 
-    start = time.perf_counter()
     pair_dir = demo_pair()
     truth = json.loads((pair_dir / "trigger.json").read_text())
     trigger = list(truth["trigger_ids"])
     pair = ModelPair.load(pair_dir / "base", pair_dir / "dormant")
     scorer = Scorer(pair, backend=backend, template="chat")
+    pool = scorer.default_pool()
+    out_path = Path(out) if out else cache_dir() / "demo-results.jsonl"
+    out_path.unlink(missing_ok=True)
+    Path(str(out_path) + ".ckpt.json").unlink(missing_ok=True)
+
+    start = time.perf_counter()
+    scan = pair_scan(scorer, pool, offsets=(1,), top=64, progress=console is not None)
+    seeds = seeds_from_pairs(scan, 8)
+    results = beam(scorer, length=len(trigger), width=8, seeds=seeds, objective="kl", max_repeat=1, pool=pool,
+                   out=out_path, progress=console is not None, seed=seed)
+    seconds = time.perf_counter() - start
+    n_scanned = len(pool) ** 2
+    n_scored = len(seeds) * len(pool) * (len(trigger) - 2) if len(trigger) > 2 else 0
+    found = [r["token_ids"] for r in results]
+    rank = found.index(trigger) + 1 if trigger in found else None
+
     rng = np.random.default_rng(seed)
-    pool = allowed_pool(pair)
-    candidates = [trigger] + rng.choice(pool, size=(n_random, len(trigger))).tolist()
-
-    chunk = 500
-    parts = []
-    for s in tqdm(range(0, len(candidates), chunk), desc="scoring", unit="batch", disable=console is None):
-        parts.append(scorer.score_batch(candidates[s : s + chunk]))
-    max_abs = np.concatenate([p.max_abs.cpu().numpy() for p in parts])
-    kl = np.concatenate([p.kl.cpu().numpy() for p in parts])
-    elapsed = time.perf_counter() - start
-
-    ranks = {name: int((vals > vals[0]).sum()) + 1 for name, vals in (("max_abs", max_abs), ("kl", kl))}
-    tok = pair.tokenizer
-    order = np.argsort(-kl)[:10]
-    result = {
-        "pair": str(pair_dir), "trigger_ids": trigger, "trigger_text": truth["trigger_text"],
-        "n_candidates": len(candidates), "rank": ranks, "seconds": elapsed, "backend": scorer.backend.name,
-        "top": [{"token_ids": candidates[b], "text": tok.decode(candidates[b]), "kl": float(kl[b]),
-                 "max_abs": float(max_abs[b]), "is_trigger": bool(b == 0)} for b in order],
-    }
-    out_path = Path(out) if out else cache_dir() / "demo-results.json"
-    out_path.write_text(json.dumps(result, indent=1))
+    randoms = pool.numpy()[rng.integers(0, len(pool), size=(n_random, len(trigger)))]
+    random_kl = scorer.score_batch(randoms).kl.cpu().numpy()
+    trigger_kl = float(scorer.score_batch([trigger]).kl[0])
+    summary = {"pair": str(pair_dir), "trigger_ids": trigger, "trigger_text": truth["trigger_text"],
+               "found_rank": rank, "top": results[:10], "seconds": seconds, "pairs_scanned": n_scanned,
+               "candidates_scored": n_scored, "backend": scorer.backend.name, "trigger_kl": trigger_kl,
+               "random_kl_max": float(random_kl.max()), "random_n": n_random, "results_file": str(out_path)}
+    (out_path.with_suffix(".summary.json")).write_text(json.dumps(summary, indent=1))
     if console is not None:
-        table = Table(title=f"top 10 of {len(candidates)} candidates by kl (chat template, backend {scorer.backend.name})")
-        for col in ("rank", "text", "kl", "max_abs", ""):
-            table.add_column(col)
-        for rank, row in enumerate(result["top"], 1):
-            table.add_row(str(rank), repr(row["text"]), f"{row['kl']:.4f}", f"{row['max_abs']:.4f}",
-                          "<- planted trigger" if row["is_trigger"] else "")
-        console.print(table)
-        console.print(f"planted trigger {truth['trigger_text']!r} ranks #{ranks['kl']} by kl and #{ranks['max_abs']} "
-                      f"by max_abs among {len(candidates)} candidates ({elapsed:.1f} s); results in {out_path}")
-    return result
+        _print(console, summary, scorer, len(pool))
+    return summary
+
+
+def _print(console, s: dict, scorer, pool_size: int) -> None:
+    table = Table(title=f"beam search on the demo pair: top {len(s['top'])} by kl "
+                        f"(chat template, backend {scorer.backend.name})")
+    for col in ("rank", "text", "token_ids", "kl", "z", ""):
+        table.add_column(col)
+    for n, r in enumerate(s["top"], 1):
+        mark = "<- planted trigger" if r["token_ids"] == s["trigger_ids"] else ""
+        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['kl']:.4f}", f"{r['z']:.1f}", mark)
+    console.print(table)
+    verdict = f"found at rank {s['found_rank']}" if s["found_rank"] else "NOT found"
+    console.print(f"planted trigger {s['trigger_text']!r} {s['trigger_ids']}: {verdict}, in {s['seconds']:.1f} s "
+                  f"(pair scan of {pool_size}^2 token pairs + {s['candidates_scored']} beam candidates)")
+    console.print(f"for scale: its kl {s['trigger_kl']:.3f} vs the best of {s['random_n']} random candidates "
+                  f"{s['random_kl_max']:.3f}; results in {s['results_file']}")

@@ -31,10 +31,14 @@ def beam(scorer, *, length: int, width: int = 16, seeds=None, **run_kw) -> list[
             best = torch.topk(flat, k).indices.tolist()
             grown = [growing[b // n] + [int(run.pool[b % n])] for b in best]
             done = [p for p in state["beam"] if len(p) >= length]
-            finished = [g for g in grown if len(g) == length]
-            if finished:
-                idx = torch.tensor([b for b, g in zip(best, grown) if len(g) == length])
-                run.offer(finished, scores[idx], flat[idx], state["step"] + 1)
+            # Every full-length candidate of this step competes for the results, not only the beam.
+            full_rows = torch.tensor([len(p) + 1 == length for p in growing]).repeat_interleave(n)
+            full_vals = flat.masked_fill(~full_rows, -float("inf"))
+            n_full = int(torch.isfinite(full_vals).sum())
+            if n_full:
+                idx = torch.topk(full_vals, min(run.keep, n_full)).indices
+                cands = [growing[b // n] + [int(run.pool[b % n])] for b in idx.tolist()]
+                run.offer(cands, scores[idx], flat[idx], state["step"] + 1)
             state = {"beam": _dedup(done + grown)[:width], "step": state["step"] + 1}
             run.checkpoint(state)
         if not run.results and state["beam"]:  # seeds already at full length
