@@ -30,24 +30,35 @@ class Launcher:
     """A @triton.jit kernel plus how to launch it.
 
     gpu_configs: `triton.Config`s autotuned over (keyed on `key`) when a GPU driver is active;
-    interp_config: the single config used by the interpreter (and when only one config is wanted).
+    interp_config: the single config used by the interpreter (and when only one config is wanted);
+    prune(configs, meta) -> configs: drops GPU configs that spill for the caller's constexprs.
     Meta-parameters named in the configs must not be passed by the caller.
     """
 
-    def __init__(self, kernel, gpu_configs, interp_config, key):
+    def __init__(self, kernel, gpu_configs, interp_config, key, prune=None):
         self.kernel, self.gpu_configs, self.interp_config, self.key = kernel, gpu_configs, interp_config, key
+        self.prune = prune or (lambda configs, meta: configs)
+
+    def configs_for(self, meta: dict) -> list:
+        """The GPU configs allowed for these launch meta-parameters (never empty)."""
+        return self.prune(self.gpu_configs, meta) or self.gpu_configs[:1]
 
     @functools.cached_property
     def _target(self):
         if interpreting(self.kernel) or not torch.cuda.is_available() or len(self.gpu_configs) < 2:
             return None
-        return triton.autotune(configs=self.gpu_configs, key=self.key)(self.kernel)
+        early = lambda configs, named_args, **meta: self.prune(configs, {**named_args, **meta}) or configs[:1]
+        return triton.autotune(configs=self.gpu_configs, key=self.key,
+                               prune_configs_by={"early_config_prune": early})(self.kernel)
 
     def __call__(self, grid, *args, **kwargs):
         tuned = self._target
         if tuned is not None:
             return tuned[grid](*args, **kwargs)
-        cfg = self.interp_config if interpreting(self.kernel) or not self.gpu_configs else self.gpu_configs[0]
+        if interpreting(self.kernel) or not self.gpu_configs:
+            cfg = self.interp_config
+        else:
+            cfg = self.configs_for(kwargs)[0]
         return self.kernel[grid](*args, **kwargs, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 

@@ -27,56 +27,38 @@ from .score import _cached_keys, _fold_rows, _run, _score_tile, _store_results, 
 
 
 @triton.jit
-def _project_rot(emb_b_ptr, emb_d_ptr, norm_b_ptr, norm_d_ptr, w_b_ptr, w_d_ptr, bias_b_ptr, bias_d_ptr,
-                 stride_e, stride_w, tok, ok, w_row0, pos, cos_ptr, sin_ptr, hidden, eps,
-                 N: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_H: tl.constexpr,
+def _project_rot(emb_ptr, norm_ptr, w_ptr, bias_ptr, stride_e, stride_w, tok, ok, w_row0, pos, cos_ptr, sin_ptr,
+                 hidden, eps, N: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_H: tl.constexpr,
                  DOT_PREC: tl.constexpr):
-    """Rotated [lo | hi] halves [N, HALF_PAD] of one head (weight rows w_row0 .. w_row0 + D) for
-    tokens tok [N] at positions pos [N], both models, projected from the embeddings in one sweep."""
+    """Rotated [lo | hi] halves [N, HALF_PAD] of one head (weight rows w_row0 .. w_row0 + D) of one
+    model, for tokens tok [N] at positions pos [N], projected from the embeddings in one sweep."""
     hd = tl.arange(0, HALF_PAD)
     h_ok = hd < HALF
     rows = tok.to(tl.int64)[:, None] * stride_e
     w_lo = (w_row0 + hd).to(tl.int64)[:, None] * stride_w
-    w_hi = w_lo + HALF * stride_w
-    b_lo = tl.zeros((N, HALF_PAD), dtype=tl.float32)
-    b_hi = tl.zeros((N, HALF_PAD), dtype=tl.float32)
-    d_lo = tl.zeros((N, HALF_PAD), dtype=tl.float32)
-    d_hi = tl.zeros((N, HALF_PAD), dtype=tl.float32)
-    ssq_b = tl.zeros((N,), dtype=tl.float32)
-    ssq_d = tl.zeros((N,), dtype=tl.float32)
+    acc_lo = tl.zeros((N, HALF_PAD), dtype=tl.float32)
+    acc_hi = tl.zeros((N, HALF_PAD), dtype=tl.float32)
+    ssq = tl.zeros((N,), dtype=tl.float32)
     for k0 in range(0, hidden, BLOCK_H):
         ks = k0 + tl.arange(0, BLOCK_H)
         k_ok = ks < hidden
-        xm = ok[:, None] & k_ok[None, :]
         wm = h_ok[:, None] & k_ok[None, :]
-        x = tl.load(emb_b_ptr + rows + ks[None, :], mask=xm, other=0.0).to(tl.float32)
-        ssq_b += tl.sum(x * x, 1)
-        x = x * tl.load(norm_b_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-        w = tl.load(w_b_ptr + w_lo + ks[None, :], mask=wm, other=0.0).to(tl.float32)
-        b_lo = tl.dot(x, tl.trans(w), b_lo, input_precision=DOT_PREC)
-        w = tl.load(w_b_ptr + w_hi + ks[None, :], mask=wm, other=0.0).to(tl.float32)
-        b_hi = tl.dot(x, tl.trans(w), b_hi, input_precision=DOT_PREC)
-        x = tl.load(emb_d_ptr + rows + ks[None, :], mask=xm, other=0.0).to(tl.float32)
-        ssq_d += tl.sum(x * x, 1)
-        x = x * tl.load(norm_d_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-        w = tl.load(w_d_ptr + w_lo + ks[None, :], mask=wm, other=0.0).to(tl.float32)
-        d_lo = tl.dot(x, tl.trans(w), d_lo, input_precision=DOT_PREC)
-        w = tl.load(w_d_ptr + w_hi + ks[None, :], mask=wm, other=0.0).to(tl.float32)
-        d_hi = tl.dot(x, tl.trans(w), d_hi, input_precision=DOT_PREC)
-
+        x = tl.load(emb_ptr + rows + ks[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        ssq += tl.sum(x * x, 1)
+        x = x * tl.load(norm_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        w = tl.load(w_ptr + w_lo + ks[None, :], mask=wm, other=0.0).to(tl.float32)
+        acc_lo = tl.dot(x, tl.trans(w), acc_lo, input_precision=DOT_PREC)
+        w = tl.load(w_ptr + w_lo + HALF * stride_w + ks[None, :], mask=wm, other=0.0).to(tl.float32)
+        acc_hi = tl.dot(x, tl.trans(w), acc_hi, input_precision=DOT_PREC)
+    rstd = tl.rsqrt(ssq / hidden + eps)[:, None]
+    lo = acc_lo * rstd + tl.load(bias_ptr + w_row0 + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    hi = acc_hi * rstd + tl.load(bias_ptr + w_row0 + HALF + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
     mask = ok[:, None] & h_ok[None, :]
     cs = pos.to(tl.int64)[:, None] * HALF + hd[None, :]
     cos = tl.load(cos_ptr + cs, mask=mask, other=0.0)
     sin = tl.load(sin_ptr + cs, mask=mask, other=0.0)
-    rb = tl.rsqrt(ssq_b / hidden + eps)[:, None]
-    rd = tl.rsqrt(ssq_d / hidden + eps)[:, None]
-    b_lo = b_lo * rb + tl.load(bias_b_ptr + w_row0 + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    b_hi = b_hi * rb + tl.load(bias_b_ptr + w_row0 + HALF + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    d_lo = d_lo * rd + tl.load(bias_d_ptr + w_row0 + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    d_hi = d_hi * rd + tl.load(bias_d_ptr + w_row0 + HALF + hd, mask=h_ok, other=0.0).to(tl.float32)[None, :]
     # cos = sin = 0 on masked rows/columns, so padding comes out as exact zeros
-    return (b_lo * cos - b_hi * sin, b_hi * cos + b_lo * sin,
-            d_lo * cos - d_hi * sin, d_hi * cos + d_lo * sin)
+    return lo * cos - hi * sin, hi * cos + lo * sin
 
 
 @triton.jit
@@ -97,8 +79,8 @@ def _direct_kernel(
     hs = tl.program_id(1)
     h = tl.load(heads_ptr + hs)
     g = h // GROUP
-    c = tl.load(cand_ptr + b)
-    dep = tl.load(dep_ptr + b)
+    c = tl.load(cand_ptr + b).to(tl.int32)  # int32 throughout: loop-carried positions keep one type
+    dep = tl.load(dep_ptr + b).to(tl.int32)
     q_row0 = h * D
     k_row0 = k_col0 + g * D
     row_ids = ids_ptr + b * stride_ids
@@ -115,10 +97,12 @@ def _direct_kernel(
         t = t0 + tl.arange(0, BLOCK_L)
         t_ok = t < dep
         tok = tl.load(row_ids + t, mask=t_ok, other=0)
-        qb_lo, qb_hi, qd_lo, qd_hi = _project_rot(
-            emb_b_ptr, emb_d_ptr, norm_b_ptr, norm_d_ptr, w_b_ptr, w_d_ptr, bias_b_ptr, bias_d_ptr, stride_e,
-            stride_w, tok, t_ok, q_row0, p + t, cos_ptr, sin_ptr, hidden, eps, BLOCK_L, HALF, HALF_PAD, BLOCK_H,
-            DOT_PREC)
+        qb_lo, qb_hi = _project_rot(emb_b_ptr, norm_b_ptr, w_b_ptr, bias_b_ptr, stride_e, stride_w, tok, t_ok,
+                                    q_row0, p + t, cos_ptr, sin_ptr, hidden, eps, BLOCK_L, HALF, HALF_PAD, BLOCK_H,
+                                    DOT_PREC)
+        qd_lo, qd_hi = _project_rot(emb_d_ptr, norm_d_ptr, w_d_ptr, bias_d_ptr, stride_e, stride_w, tok, t_ok,
+                                    q_row0, p + t, cos_ptr, sin_ptr, hidden, eps, BLOCK_L, HALF, HALF_PAD, BLOCK_H,
+                                    DOT_PREC)
         m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
         j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
         mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
@@ -139,10 +123,12 @@ def _direct_kernel(
             m = m0 + tl.arange(0, BLOCK_K)
             m_ok = m < dep
             ktok = tl.load(row_ids + m, mask=m_ok, other=0)
-            kb_lo, kb_hi, kd_lo, kd_hi = _project_rot(
-                emb_b_ptr, emb_d_ptr, norm_b_ptr, norm_d_ptr, w_b_ptr, w_d_ptr, bias_b_ptr, bias_d_ptr, stride_e,
-                stride_w, ktok, m_ok, k_row0, p + m, cos_ptr, sin_ptr, hidden, eps, BLOCK_K, HALF, HALF_PAD,
-                BLOCK_H, DOT_PREC)
+            kb_lo, kb_hi = _project_rot(emb_b_ptr, norm_b_ptr, w_b_ptr, bias_b_ptr, stride_e, stride_w, ktok, m_ok,
+                                        k_row0, p + m, cos_ptr, sin_ptr, hidden, eps, BLOCK_K, HALF, HALF_PAD, BLOCK_H,
+                                        DOT_PREC)
+            kd_lo, kd_hi = _project_rot(emb_d_ptr, norm_d_ptr, w_d_ptr, bias_d_ptr, stride_e, stride_w, ktok, m_ok,
+                                        k_row0, p + m, cos_ptr, sin_ptr, hidden, eps, BLOCK_K, HALF, HALF_PAD, BLOCK_H,
+                                        DOT_PREC)
             m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
                 qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, p + m0, p + dep, p, c, dep,
                 cand_lo, base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
@@ -155,12 +141,13 @@ def _direct_kernel(
                    N_OFFSETS, N_OFF_PAD)
 
 
-# H100: the projection dominates (rows x hidden x D per head and model); 64-wide hidden slices
-# with 2-3 stages keep the W stream pipelined.
+# H100 (sm_90), checked with aot_check.py for Qwen2-7B shapes: the fp32 IEEE projection runs on FMA
+# units, whose dot operands live in registers, so the hidden slice is kept at 16 (32 spills) and
+# 8 warps are used (212-216 registers, no spills; 4 warps spill).
 _launch = Launcher(
     _direct_kernel,
-    gpu_configs=[triton.Config({"BLOCK_K": bk, "BLOCK_H": bh}, num_warps=w, num_stages=s)
-                 for bk in (16, 32) for bh in (64, 128) for w in (4, 8) for s in (2, 3)],
+    gpu_configs=[triton.Config({"BLOCK_K": 16, "BLOCK_H": 16}, num_warps=8, num_stages=1),
+                 triton.Config({"BLOCK_K": 16, "BLOCK_H": 16}, num_warps=8, num_stages=2)],
     interp_config=triton.Config({"BLOCK_K": 32, "BLOCK_H": 64}, num_warps=4, num_stages=1),
     key=["D", "GROUP", "BLOCK_L", "hidden", "REGION_ALL", "HAS_BASELINE", "N_OFFSETS", "WANT_KL"],
 )

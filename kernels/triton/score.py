@@ -171,8 +171,8 @@ def _score_kernel(
     hs = tl.program_id(1)
     h = tl.load(heads_ptr + hs)
     g = h // GROUP
-    c = tl.load(cand_ptr + b)
-    dep = tl.load(dep_ptr + b)
+    c = tl.load(cand_ptr + b).to(tl.int32)  # int32 throughout: loop-carried positions keep one type
+    dep = tl.load(dep_ptr + b).to(tl.int32)
     q_col = h * D
     k_col = k_col0 + g * D
     row_ids = ids_ptr + b * stride_ids
@@ -228,16 +228,22 @@ def _score_kernel(
 
 
 def _gpu_configs():
-    # H100: 16-32 rows x 32-64 keys per tile with D = 128 keeps q (both models) and one key tile in
-    # registers; 8 warps for the wide tiles. Only the key tile and warps/stages are tuned, so the
-    # row tile (chosen from the batch width) stays a launcher decision.
-    return [triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bk in (32, 64) for w in (4, 8) for s in (1, 2)]
+    # H100 (sm_90), checked with aot_check.py for D = 128: with fp32 IEEE dots (FMA units) the
+    # operands of a [16, 64] x [64, 32..64] tile for both models fit in 156-185 registers at 8 warps;
+    # software pipelining (num_stages >= 2) or 4 warps spills, so neither is offered. The row tile
+    # (16..64, from the batch width) is a launcher decision and part of the autotune key; tiles of
+    # more than 2048 cells (64 rows x 64 keys) spill and are pruned.
+    return [triton.Config({"BLOCK_K": 32}, num_warps=8, num_stages=1),
+            triton.Config({"BLOCK_K": 64}, num_warps=8, num_stages=1)]
+
+
+def _prune(configs, meta):
+    return [c for c in configs if c.kwargs["BLOCK_K"] * meta.get("BLOCK_L", 16) <= 2048]
 
 
 _launch = Launcher(_score_kernel, _gpu_configs(),
                    interp_config=triton.Config({"BLOCK_K": 64}, num_warps=4, num_stages=1),
-                   key=["D", "GROUP", "BLOCK_L", "REGION_ALL", "HAS_BASELINE", "N_OFFSETS", "WANT_KL"])
+                   key=["D", "GROUP", "BLOCK_L", "REGION_ALL", "HAS_BASELINE", "N_OFFSETS", "WANT_KL"], prune=_prune)
 
 
 def row_block(width: int) -> int:
