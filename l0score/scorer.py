@@ -70,7 +70,7 @@ class Scorer:
         """Each backend exposes lookup(ids) (pre-RoPE float32 q/k, used for contexts) and score_rows."""
         cfg = self.pair.config
         if backend == "auto":
-            backend = "torch"
+            backend = "triton" if self.device.type == "cuda" else "torch"
         if backend == "native":
             from .native_backend import NativeBackend
 
@@ -78,7 +78,9 @@ class Scorer:
         if backend == "triton":
             from .triton_backend import TritonBackend
 
-            return TritonBackend.create(self.pair, self.device, table, table_dtype)
+            triton_backend = TritonBackend.create(self.pair, self.device, table, table_dtype)
+            self.table = triton_backend.table
+            return triton_backend
         if table is None:
             table = 2 * cfg.vocab_rows * (cfg.num_heads + cfg.num_kv_heads) * cfg.head_dim * 4 <= _TABLE_AUTO_LIMIT
         self.table = TokenTable.build(self.pair, table_dtype, self.device) if table else None

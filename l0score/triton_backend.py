@@ -21,6 +21,7 @@ from .batch import PackedBatch
 from .context import Context
 from .model_pair import ModelPair
 from .reference import RowStats, rope_angles
+from .token_table import TokenTable
 
 TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _CPU_TABLE_LIMIT = 8 << 30  # bytes; same rule as the torch backend's automatic choice
@@ -58,7 +59,8 @@ class TritonBackend:
     def __init__(self, pair: ModelPair, device: torch.device, table: torch.Tensor | None, weights, rope, dot_precision):
         cfg = pair.config
         self.cfg, self.device = cfg, device
-        self.table = table  # [V, 2, (H + KV) * D] or None (direct path)
+        self.packed = table  # [V, 2, (H + KV) * D]: token v's q|k rows of both models; None on the direct path
+        self.table = None if table is None else _views(table, cfg)  # the same memory as a TokenTable
         self.weights = weights  # ((embed, norm, w, b) base, (...) dormant) or None (table path)
         self.rope_cos, self.rope_sin = rope
         self.dot_precision = dot_precision
@@ -111,16 +113,20 @@ class TritonBackend:
             cache[device, "weights"] = _device_weights(pair, device)
         return cls(pair, device, None, cache[device, "weights"], cache[device, "rope"], dot_precision)
 
+    @property
+    def table_dtype(self) -> str | None:
+        return None if self.packed is None else str(self.packed.dtype).replace("torch.", "")
+
     # -- contract -------------------------------------------------------------------------------
     def lookup(self, ids: torch.Tensor):
         """(q_base, k_base, q_dorm, k_dorm) pre-RoPE float32 rows for ids (any shape)."""
         cfg = self.cfg
         shape = tuple(ids.shape)
         flat = ids.reshape(-1).to(self.device, torch.int64)
-        if self.table is not None:
+        if self.packed is not None:
             if flat.device.type == "cpu" and flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= cfg.vocab_rows):
                 raise ValueError(f"token ids must be in [0, {cfg.vocab_rows})")
-            rows = self.table[flat].float()  # [n, 2, (H + KV) * D]
+            rows = self.packed[flat].float()  # [n, 2, (H + KV) * D]
             per_model = (rows[:, 0], rows[:, 1])
         else:
             token_table = self._mods[0]
@@ -152,8 +158,8 @@ class TritonBackend:
                   want_kl=self.want_kl, max_width=width, dot_precision=self.dot_precision, check_id_range=False,
                   cand_start=getattr(ctx, "cand_start", ctx.prefix_len))
         args = (ids, cand_len, dep_len, pk, heads32, self.rope_cos, self.rope_sin, base, offsets)
-        if self.table is not None:
-            out = score.score_table(self.table[:, 0], self.table[:, 1], *args, **kw)
+        if self.packed is not None:
+            out = score.score_table(self.packed[:, 0], self.packed[:, 1], *args, **kw)
         else:
             out = direct.score_direct(self.weights[0], self.weights[1], cfg.rms_norm_eps, *args, **kw)
         if out.band.shape[2]:
@@ -178,3 +184,12 @@ def _device_weights(pair: ModelPair, device: torch.device):
                     torch.cat((w.wq, w.wk)).to(device).contiguous(),
                     torch.cat((w.bq, w.bk)).to(device, torch.float32).contiguous()))
     return tuple(out)
+
+
+def _views(packed: torch.Tensor, cfg) -> TokenTable:
+    """q [V, H, D] / k [V, KV, D] views of both models' halves of the packed table (no copy)."""
+    hd, v = cfg.num_heads * cfg.head_dim, packed.shape[0]
+    return TokenTable(packed[:, 0, :hd].view(v, cfg.num_heads, cfg.head_dim),
+                      packed[:, 0, hd:].view(v, cfg.num_kv_heads, cfg.head_dim),
+                      packed[:, 1, :hd].view(v, cfg.num_heads, cfg.head_dim),
+                      packed[:, 1, hd:].view(v, cfg.num_kv_heads, cfg.head_dim))

@@ -124,7 +124,7 @@ def test_direct_path_matches_table_path(pair32):
     cands = _candidates(pair32, 3, lengths=(2, 7, 4))
     table = Scorer(pair32, backend="triton", device="cpu", table=True, **kw)
     direct = Scorer(pair32, backend="triton", device="cpu", table=False, **kw)
-    assert table.backend.table is not None and direct.backend.table is None
+    assert table.backend.packed is not None and direct.backend.table is None
     a, b = table.score_batch(cands), direct.score_batch(cands)
     compare(a, b, rtol=1e-5)
     compare(b, Scorer(pair32, backend="torch", **kw).score_batch(cands))
@@ -175,7 +175,7 @@ def test_bf16_table_within_documented_bound(pair16):
     tpl = _template("chat", pair16)
     kw = dict(template=tpl, region="candidate", baseline="bias", offsets=(0, 1))
     tri = Scorer(pair16, backend="triton", device="cpu", table_dtype="bfloat16", **kw)
-    assert tri.backend.table.dtype == torch.bfloat16
+    assert tri.backend.table_dtype == "bfloat16" and tri.table.q_base.dtype == torch.bfloat16
     ref = Scorer(pair16, backend="torch", device="cpu", **kw)
     cands = _candidates(pair16, 9, lengths=(2, 6, 11))
     got, want = tri.score_batch(cands), ref.score_batch(cands)
@@ -195,8 +195,8 @@ def test_token_table_build_matches_reference_projection(pair32, pair16):
     for pair in (pair32, pair16):
         cfg = pair.config
         hd = cfg.num_heads * cfg.head_dim
-        t32 = Scorer(pair, backend="triton", device="cpu").backend.table
-        t16 = Scorer(pair, backend="triton", device="cpu", table_dtype="bfloat16").backend.table
+        t32 = Scorer(pair, backend="triton", device="cpu").backend.packed
+        t16 = Scorer(pair, backend="triton", device="cpu", table_dtype="bfloat16").backend.packed
         ids = torch.arange(cfg.vocab_rows)
         for m, w in enumerate((pair.base, pair.dormant)):
             q, k = project(w, ids)
