@@ -231,14 +231,19 @@ def _gpu_configs():
     # H100 (sm_90), checked with aot_check.py for D = 128: with fp32 IEEE dots (FMA units) the
     # operands of a [16, 64] x [64, 32..64] tile for both models fit in 156-185 registers at 8 warps;
     # software pipelining (num_stages >= 2) or 4 warps spills, so neither is offered. The row tile
-    # (16..64, from the batch width) is a launcher decision and part of the autotune key; tiles of
-    # more than 2048 cells (64 rows x 64 keys) spill and are pruned.
+    # (16..64, from the batch width) is a launcher decision and part of the autotune key; for each
+    # row tile only the key tiles that compiled without spills are kept (_SPILL_FREE_KEY_TILES).
     return [triton.Config({"BLOCK_K": 32}, num_warps=8, num_stages=1),
             triton.Config({"BLOCK_K": 64}, num_warps=8, num_stages=1)]
 
 
+# row tile -> key tiles that compile without register spills on sm_90 (aot_check.py, D = 128)
+_SPILL_FREE_KEY_TILES = {16: (32, 64), 32: (64,), 64: (32,)}
+
+
 def _prune(configs, meta):
-    return [c for c in configs if c.kwargs["BLOCK_K"] * meta.get("BLOCK_L", 16) <= 2048]
+    allowed = _SPILL_FREE_KEY_TILES.get(meta.get("BLOCK_L", 16), (32,))
+    return [c for c in configs if c.kwargs["BLOCK_K"] in allowed]
 
 
 _launch = Launcher(_score_kernel, _gpu_configs(),
