@@ -119,15 +119,19 @@ def test_long_rows_many_tiles(pair32):
         compare(tri.score_batch(cands), ref.score_batch(cands), pair=pair32, tpl=tpl, cands=cands, baseline="bias")
 
 
-def test_direct_path_matches_table_path(pair32):
-    kw = dict(template="chat", region="all", baseline="bias", heads=(0, 2, 5), offsets=(0, 3))
-    cands = _candidates(pair32, 3, lengths=(2, 7, 4))
-    table = Scorer(pair32, backend="triton", device="cpu", table=True, **kw)
-    direct = Scorer(pair32, backend="triton", device="cpu", table=False, **kw)
+@pytest.mark.parametrize("which", ["pair32", "pair16"])
+def test_direct_path_matches_table_path(request, which):
+    """The fused direct kernel (fp32 and bf16 checkpoint weights) against the table path and the reference."""
+    pair = request.getfixturevalue(which)
+    kw = dict(template="chat", region="all", baseline="bias", heads=(0, 2, 3), offsets=(0, 3))
+    cands = _candidates(pair, 3, lengths=(2, 7, 4))
+    table = Scorer(pair, backend="triton", device="cpu", table=True, **kw)
+    direct = Scorer(pair, backend="triton", device="cpu", table=False, **kw)
     assert table.backend.packed is not None and direct.backend.table is None
     a, b = table.score_batch(cands), direct.score_batch(cands)
     compare(a, b, rtol=1e-5)
-    compare(b, Scorer(pair32, backend="torch", **kw).score_batch(cands))
+    compare(b, Scorer(pair, backend="torch", **kw).score_batch(cands), pair=pair, tpl=direct.template, cands=cands,
+            baseline="bias")
 
 
 def test_bf16_checkpoint_fp32_table(pair16):
