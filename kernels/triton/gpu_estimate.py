@@ -9,7 +9,6 @@ below; README_GPU.md is this script's output with the reasoning around it.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 
 # H100 SXM5 (public datasheet figures; dense, i.e. without 2:4 sparsity)

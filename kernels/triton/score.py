@@ -13,8 +13,9 @@ dS = S_dormant - S_base immediately (nothing of S or dS is written to memory):
 * head_max / argmax: per-row running max of |dS - baseline[i - j]| over scored cells and its key,
   folded across rows at the end of each row tile. Ties go to the smallest row, then the smallest
   key (the reference's row-major first maximum);
-* band: for each of the N_OFFSETS offsets r, the max over scored cells with i - j = r
-  (per head; the launcher's caller takes the max over heads);
+* band: for each of the N_OFFSETS offsets r, the max over scored cells with i - j = r, kept per
+  row slot ([rows, offsets]: each offset hits at most one key of a row) and folded once at the
+  end (per head; the launcher's caller takes the max over heads);
 * head_kl: an online two-softmax. For both models a running row max m and sum l = sum e^(S - m), plus
   A = sum e^(S_d - m_d) (S_d - S_b), all rescaled when m_d / m_b grow; at the end of a row
   KL(P_d || P_b) = A / l_d + (m_b - m_d) + ln(l_b / l_d). One sweep over the keys for both models.
@@ -34,8 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import FLOAT_DTYPES, TABLE_DTYPES, Launcher, check_ids, check_tensor, next_pow2
-
+from ._launch import TABLE_DTYPES, Launcher, check_ids, check_tensor, next_pow2
 
 
 @triton.jit
