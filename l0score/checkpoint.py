@@ -147,6 +147,53 @@ def _tensor_files(model_dir: Path) -> dict[str, Path]:
     raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor of a checkpoint lives, read from the safetensors header only."""
+
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype name, e.g. "BF16", "F32"
+
+
+def list_tensors(model_dir: Path) -> dict[str, TensorEntry]:
+    """Every tensor of a checkpoint (single file or sharded) with its file, shape and dtype.
+
+    Only headers are read. A shard listed in the index but missing, or a tensor listed in the index
+    but absent from its shard, is a CheckpointError naming the file.
+    """
+    index = model_dir / "model.safetensors.index.json"
+    single = model_dir / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
+        by_file: dict[Path, list[str]] = {}
+        for key, name in weight_map.items():
+            by_file.setdefault(model_dir / name, []).append(key)
+    elif single.is_file():
+        by_file = {single: None}
+    else:
+        raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+    out: dict[str, TensorEntry] = {}
+    for path, keys in sorted(by_file.items()):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: shard missing (holds {', '.join(sorted(keys)[:5])}"
+                                  f"{', ...' if len(keys) > 5 else ''})")
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = set(f.keys())
+                for key in sorted(names) if keys is None else keys:
+                    if key not in names:
+                        raise CheckpointError(f"{path}: tensor {key} not found (listed in {index.name})")
+                    sl = f.get_slice(key)
+                    out[key] = TensorEntry(path, tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype()))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({exc})") from exc
+    return out
+
+
 def _read_tensors(files: dict[str, Path]) -> dict[str, torch.Tensor]:
     out = {}
     for path in sorted(set(files.values())):
