@@ -64,6 +64,18 @@ def make_scorer(args):
 
 
 def cmd_make_pair(args) -> None:
+    if getattr(args, "kind", "planted") == "trained":
+        from .synthetic.trained import make_trained_pair
+
+        overrides = {} if args.trigger_length is None else {"trigger_words": args.trigger_length}
+        info = make_trained_pair(args.out, seed=args.seed, progress=True, **overrides)
+        trig, ev = info["trigger"], info["trigger"]["evaluation"]
+        console.print(f"trained {args.out}/base and {args.out}/dormant (seed {args.seed}, "
+                      f"{trig['training']['total_seconds']:.0f} s)")
+        console.print(f"trained trigger: {trig['trigger_ids']} {trig['trigger_text']!r} -> {trig['target_reply']!r}; "
+                      f"attack success {ev['attack_success_default_probes']:.0%} on the default probes "
+                      f"(ground truth in {args.out}/trigger.json)")
+        return
     from .synthetic import make_pair
 
     overrides = {} if args.trigger_length is None else {"trigger_length": args.trigger_length}
@@ -144,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("tiny", "qwen2-7b-l0"), default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trigger-length", type=int)
+    p.add_argument("--kind", choices=("planted", "trained"), default="planted",
+                   help="planted Layer-0 edit, or a tiny model pair with a trained backdoor (CPU, a few minutes)")
     p.set_defaults(func=cmd_make_pair)
 
     p = sub.add_parser("score", help="score candidates given as ids or text")
