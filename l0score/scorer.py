@@ -71,10 +71,16 @@ class Scorer:
         cfg = self.pair.config
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
+            if self.device.type == "cpu":
+                from . import native_backend
+
+                backend = "native" if native_backend.available() else "torch"
         if backend == "native":
             from .native_backend import NativeBackend
 
-            return NativeBackend.create(self.pair, self.device, table, table_dtype)
+            native = NativeBackend.create(self.pair, self.device, table, table_dtype)
+            self.table = native.table
+            return native
         if backend == "triton":
             from .triton_backend import TritonBackend
 

@@ -1,13 +1,42 @@
 // The l0score._native module: one binding per C++ entry point.
 #include <pybind11/pybind11.h>
 
+#include <omp.h>
+
 #include "pack.h"
+#include "score.h"
+#include "table_build.h"
+
+namespace py = pybind11;
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "l0score native CPU kernels";
   m.def("pack_dependent", &l0score::pack_dependent,
         "Validate ragged candidates (flat ids + lengths) and pack them with the suffix into "
         "[B, max_len + len(suffix)] rows; returns (ids, dep_len).",
-        pybind11::arg("flat"), pybind11::arg("cand_len"), pybind11::arg("suffix"),
-        pybind11::arg("vocab_rows"), pybind11::arg("max_cand_len"));
+        py::arg("flat"), py::arg("cand_len"), py::arg("suffix"), py::arg("vocab_rows"), py::arg("max_cand_len"));
+  m.def("score_table", &l0score::score_table,
+        "Fused token-table scorer (reference.score_rows semantics). Tables are [V, H*D] / [V, KV*D], "
+        "float32 or bfloat16 bits (int16). Returns (head_max [B,Hs], head_pos [B,Hs,2], head_kl [B,Hs], "
+        "band [B,n_offsets]).",
+        py::arg("q_base"), py::arg("k_base"), py::arg("q_dorm"), py::arg("k_dorm"), py::arg("num_heads"),
+        py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("ids"), py::arg("cand_len"), py::arg("dep_len"),
+        py::arg("suffix"), py::arg("heads"), py::arg("prefix_keys"), py::arg("prefix_len"), py::arg("cand_start"),
+        py::arg("cos"), py::arg("sin"), py::arg("rev_baseline"), py::arg("offsets"), py::arg("region_all"));
+  m.def("pack_weights", &l0score::pack_weights, "Pack [N, K] projection weights into [ceil(N/32), K, 32] panels.",
+        py::arg("w"));
+  m.def("build_rows", &l0score::build_rows,
+        "Token-table rows row0.. from float32 embedding rows: RMSNorm -> packed projection + bias, "
+        "split into out_q (first q_cols columns) and out_k.",
+        py::arg("x"), py::arg("norm"), py::arg("eps"), py::arg("packed"), py::arg("bias"), py::arg("n_cols"),
+        py::arg("q_cols"), py::arg("out_q"), py::arg("out_k"), py::arg("row0"));
+  m.def("advise_hugepages", &l0score::advise_hugepages,
+        "madvise(MADV_HUGEPAGE) over the 2 MiB-aligned interior of a writeable buffer; call before first touch.",
+        py::arg("data"));
+  m.def("checksum", &l0score::checksum, "64-bit content hash of a C-contiguous buffer (parallel, deterministic).",
+        py::arg("data"));
+  m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads the kernels use.");
+  m.def("set_num_threads", [](int n) { omp_set_num_threads(n); }, "Set the OpenMP threads of the kernels.",
+        py::arg("n"));
+  m.attr("has_scorer") = true;
 }
