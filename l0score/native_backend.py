@@ -93,8 +93,10 @@ class NativeBackend:
         self._cos = self._sin = None
 
     @classmethod
-    def create(cls, pair: ModelPair, device, table: bool | None = None, table_dtype: str = "float32",
+    def create(cls, pair: ModelPair, device, table: bool | None | TokenTable = None, table_dtype: str = "float32",
                use_cache: bool = True) -> "NativeBackend":
+        """table: True (load from the disk cache or build), False (direct mode), None (True if the
+        float32 pair fits in 8 GB), or an existing TokenTable of this pair to share."""
         if not available():
             raise RuntimeError("l0score._native has no scorer: rebuild with `pip install -e .`")
         device = torch.device("cpu") if device is None else torch.device(device)
@@ -103,6 +105,13 @@ class NativeBackend:
         if table_dtype not in TABLE_DTYPES:
             raise ValueError(f"table dtype must be one of {sorted(TABLE_DTYPES)}, got {table_dtype!r}")
         cfg = pair.config
+        if isinstance(table, TokenTable):
+            want = [(cfg.vocab_rows, cfg.num_heads, cfg.head_dim), (cfg.vocab_rows, cfg.num_kv_heads, cfg.head_dim)] * 2
+            got = [tuple(t.shape) for t in (table.q_base, table.k_base, table.q_dorm, table.k_dorm)]
+            if got != want or any(t.dtype not in TABLE_DTYPES.values() or t.device.type != "cpu" or not t.is_contiguous()
+                                  for t in (table.q_base, table.k_base, table.q_dorm, table.k_dorm)):
+                raise ValueError(f"token table shapes {got} do not match this pair {want} (or not contiguous CPU float32/bfloat16)")
+            return cls(pair, table)
         if table is None:
             table = 2 * cfg.vocab_rows * (cfg.num_heads + cfg.num_kv_heads) * cfg.head_dim * 4 <= _TABLE_AUTO_LIMIT
         if not table:
