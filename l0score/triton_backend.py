@@ -168,6 +168,55 @@ class TritonBackend:
             band = torch.zeros(bsz, 0, device=device)
         return RowStats(out.head_max, out.head_pos, out.head_kl, band)
 
+    def pair_topk(self, pool: torch.Tensor, head: int, offset: int, top: int, shift: float = 0.0):
+        """The hook `l0score.search.pair_scan` dispatches to: the exact top `top` cells of
+        |dS - shift| of query head `head` at offset `offset` over the pool (offset 0: a == b only), as
+        (values fp32, query_index int64, key_index int64) on the device, indices into pool, best first.
+
+        kernels/triton/pair_scan.py reads the pool's rows from the resident table; on the direct path
+        the pool's rows of this head (and its KV head) are projected once per (pool, head) instead."""
+        cfg, device = self.cfg, self.device
+        from .kernels import pair_scan
+
+        pool = torch.as_tensor(pool)
+        if pool.dim() != 1 or pool.dtype not in (torch.int32, torch.int64):
+            raise ValueError("pool must be a 1-D integer tensor")
+        if pool.device.type == "cpu" and pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= cfg.vocab_rows):
+            raise ValueError(f"pool token ids must be in [0, {cfg.vocab_rows})")
+        if not 0 <= int(head) < cfg.num_heads:
+            raise ValueError(f"head {head} outside [0, {cfg.num_heads})")
+        d, g = cfg.head_dim, head // cfg.group
+        if self.packed is not None:
+            ids = pool.to(device, torch.int32)
+            tab_b, tab_d = self.packed[:, 0], self.packed[:, 1]
+            q_col, k_col = head * d, (cfg.num_heads + g) * d
+        else:
+            tab_b, tab_d = self._pool_rows(pool, head)
+            ids = torch.arange(len(pool), dtype=torch.int32, device=device)
+            q_col, k_col = 0, d
+        out = pair_scan.pair_topk(tab_b, tab_d, ids, self.rope_cos, self.rope_sin, q_col=q_col, k_col=k_col,
+                                  head_dim=d, offset=offset, top=top, shift=shift, dot_precision=self.dot_precision,
+                                  check_id_range=pool.device.type != "cpu")  # a host pool was checked above
+        return out.values, out.query_index, out.key_index
+
+    def _pool_rows(self, pool: torch.Tensor, head: int):
+        """Direct path: [N, 2D] fp32 rows (q of `head` | k of its KV head) per model for the pool,
+        projected by the token-table kernel; the last (pool, head) is kept for the next offsets."""
+        cached = getattr(self, "_pool_cache", None)
+        if (cached is not None and cached[1] == head and cached[0].shape == pool.shape
+                and cached[0].device == pool.device and torch.equal(cached[0], pool)):
+            return cached[2]
+        cfg, token_table = self.cfg, self._mods[0]
+        d, g = cfg.head_dim, head // cfg.group
+        cols = torch.cat((torch.arange(head * d, (head + 1) * d),
+                          torch.arange((cfg.num_heads + g) * d, (cfg.num_heads + g + 1) * d))).to(self.device)
+        ids = pool.to(self.device, torch.int64)
+        rows = tuple(token_table.token_table(embed, norm, w[cols].contiguous(), b[cols].contiguous(), cfg.rms_norm_eps,
+                                             ids=ids, check_id_range=pool.device.type != "cpu")
+                     for embed, norm, w, b in self.weights)
+        self._pool_cache = (pool.clone(), head, rows)
+        return rows
+
     def _has_baseline(self, baseline: torch.Tensor) -> bool:
         """Whether the baseline is non-zero; read once per baseline tensor (the Scorer reuses one)."""
         seen = self._baseline_seen

@@ -20,7 +20,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import direct, score, token_table
+from . import direct, pair_scan, score, token_table
 from ._launch import interpreting
 
 QWEN2_7B = dict(hidden=3584, H=28, KV=4, D=128)
@@ -51,6 +51,14 @@ def _table_case(out_bf16=True, has_ids=False):
     types = dict(ids_ptr="*i64", embed_ptr="*bf16", norm_ptr="*bf16", w_ptr="*bf16", b_ptr="*fp32",
                  out_ptr="*i16" if out_bf16 else "*fp32", eps="fp32")
     return types, dict(HAS_IDS=has_ids, OUT_BF16=out_bf16)
+
+
+def _pair_case(table_dtype="bf16", emit=False, diag=False):
+    d = QWEN2_7B["D"]
+    types = dict(ids_ptr="*i32", rows_ptr="*i32", cos_ptr="*fp32", sin_ptr="*fp32", tab_b_ptr=f"*{table_dtype}",
+                 tab_d_ptr=f"*{table_dtype}", max_ptr="*fp32", cnt_ptr="*i32", val_ptr="*fp32", qi_ptr="*i32",
+                 ki_ptr="*i32", scale="fp32", shift="fp32", thresh="fp32")
+    return types, dict(HALF=d // 2, DIAG=diag, EMIT=emit, DOT_PREC="ieee")
 
 
 def resources(cubin: bytes) -> dict:
@@ -98,6 +106,18 @@ def cases(all_configs: bool = False):
             out.append((label, score._score_kernel, *_score_case(**v), cfg))
     for cfg in pick(direct._launch.gpu_configs):
         out.append(("direct bf16 weights, 16 rows", direct._direct_kernel, *_score_case(), cfg))
+    pair_variants = {"pair scan pass 1, bf16 table": dict()}
+    if all_configs:
+        pair_variants.update({
+            "pair scan pass 1, fp32 table": dict(table_dtype="fp32"),
+            "pair scan pass 2 (emit), bf16 table": dict(emit=True),
+            "pair scan pass 2 (emit), fp32 table": dict(table_dtype="fp32", emit=True),
+            "pair scan offset 0, pass 1": dict(diag=True),
+            "pair scan offset 0, pass 2": dict(diag=True, emit=True),
+        })
+    for label, v in pair_variants.items():
+        for cfg in pick(pair_scan._launch.gpu_configs):
+            out.append((label, pair_scan._pair_kernel, *_pair_case(**v), cfg))
     return out
 
 

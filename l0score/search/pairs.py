@@ -39,7 +39,11 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
         raise ValueError(f"top must be positive, got {top}")
     pool = torch.as_tensor(pool, dtype=torch.int64)
     device = scorer.device
-    _, kb, _, kd = _lookup(scorer, pool)  # keys at position 0: no rotation
+    # a backend's own exact top-k per (head, offset): pair_topk(pool, head, offset, top, shift) ->
+    # (signed values, query index, key index into pool); the torch code below is the reference
+    pair_topk = getattr(scorer.backend, "pair_topk", None)
+    if pair_topk is None:
+        _, kb, _, kd = _lookup(scorer, pool)  # keys at position 0: no rotation
     scale = 1.0 / math.sqrt(cfg.head_dim)
     baseline = scorer._baseline
     options = {"offsets": offsets, "top": top, "heads": list(scorer.heads), "baseline": scorer.baseline_kind,
@@ -57,11 +61,15 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
         if seconds is not None and time.monotonic() - start_time > seconds:
             break
         g = h // cfg.group
-        keys = torch.cat((kd[:, g], kb[:, g]), -1)  # [N, 2D]
+        keys = torch.cat((kd[:, g], kb[:, g]), -1) if pair_topk is None else None  # [N, 2D]
         best = _TopK(top)
         for r in offsets:
             cos, sin = rope_angles(torch.tensor([r], device=device), cfg.head_dim, cfg.rope_theta)
             shift = float(baseline[n_head, r])
+            if pair_topk is not None:
+                best.add(*pair_topk(pool, h, r, top, shift), r)
+                bar.update(len(pool))
+                continue
             for start in range(0, len(pool), block):
                 qb, _, qd, _ = _lookup(scorer, pool[start : start + block])
                 queries = torch.cat((rotate(qd[:, h], cos, sin), -rotate(qb[:, h], cos, sin)), -1)
