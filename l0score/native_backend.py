@@ -53,8 +53,7 @@ def build_table(weights, dtype: str = "float32", progress: bool | None = None) -
     del w
     bias = torch.cat((weights.bq, weights.bk)).float().numpy()
     norm = weights.norm.float().numpy()
-    q = torch.empty(V, H, D, dtype=TABLE_DTYPES[dtype])
-    k = torch.empty(V, KV, D, dtype=TABLE_DTYPES[dtype])
+    q, k = table_cache.empty_table((V, H, D), (V, KV, D), dtype)
     qv, kv = _kernel_view(q), _kernel_view(k)
     starts = range(0, V, _BUILD_CHUNK)
     if progress is None:

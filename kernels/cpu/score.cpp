@@ -146,80 +146,113 @@ void row_logits(const float* qb, const float* qd, int nh, int D, const KeyVec* v
   }
 }
 
+// Fold one row's logits of NB heads (processed together, so their independent dependency chains
+// overlap) over the given ranges into their softmax states and maxima.
+template <int NB>
+inline void reduce_heads(const float* Sb, const float* Sd, int sstride, const Range* ranges, int nr, int64_t i,
+                         const float* rb, int64_t rbstride, int64_t M, Soft* st, Best* best) {
+  const v16i lanes = lane_ids();
+  const v16f ninf = vsplat(NEG_INF), zero = v16f{}, minus1 = vsplat(-1.f);
+  const float* sb[NB];
+  const float* sd[NB];
+  const float* bl[NB];
+  v16f vmd[NB], vmb[NB], vam[NB];
+  v16i varg[NB];
+#pragma GCC unroll 4
+  for (int k = 0; k < NB; ++k) {
+    sb[k] = Sb + size_t(k) * sstride;
+    sd[k] = Sd + size_t(k) * sstride;
+    bl[k] = rb ? rb + k * rbstride + (M - i) : nullptr;
+    vmd[k] = vmb[k] = ninf;
+    vam[k] = minus1;
+    varg[k] = v16i{} + INT_MAX;
+  }
+  for (int r = 0; r < nr; ++r) {
+    const Range& R = ranges[r];
+    const bool scored = R.score_from < R.hi;
+    for (int j = R.lo; j < R.hi; j += LANES) {
+      const bool tail = R.hi - j < LANES;
+      const v16i ok = tail ? lanes < (R.hi - j) : v16i{} - 1;
+      const v16i jj = lanes + j;
+      const v16i sc = ok & (jj >= R.score_from);
+#pragma GCC unroll 4
+      for (int k = 0; k < NB; ++k) {
+        v16f d = vload(sd[k] + j), b = vload(sb[k] + j);
+        if (tail) d = vsel(ok, d, ninf), b = vsel(ok, b, ninf);
+        vmd[k] = vmax(vmd[k], d);
+        vmb[k] = vmax(vmb[k], b);
+        if (scored) {
+          v16f diff = d - b;
+          if (bl[k]) diff -= vload(bl[k] + j);
+          const v16f a = vsel(sc, vabs(diff), minus1);
+          const v16i gt = a > vam[k];
+          vam[k] = vsel(gt, a, vam[k]);
+          varg[k] = gt ? jj : varg[k];
+        }
+      }
+    }
+  }
+  v16f vzd[NB], vzb[NB], va[NB], mdv[NB], mbv[NB];
+  float md[NB], mb[NB];
+#pragma GCC unroll 4
+  for (int k = 0; k < NB; ++k) {
+    const float am = hmax(vam[k]);
+    if (am >= 0.f && am > best[k].v) {  // the first key holding the row's maximum
+      int32_t jbest = INT_MAX;
+      for (int l = 0; l < LANES; ++l)
+        if (vam[k][l] == am && varg[k][l] < jbest) jbest = varg[k][l];
+      best[k] = {am, int32_t(i), jbest};
+    }
+    md[k] = std::max(hmax(vmd[k]), st[k].md);
+    mb[k] = std::max(hmax(vmb[k]), st[k].mb);
+    mdv[k] = vsplat(md[k]);
+    mbv[k] = vsplat(mb[k]);
+    vzd[k] = vzb[k] = va[k] = zero;
+  }
+  for (int r = 0; r < nr; ++r) {
+    const Range& R = ranges[r];
+    for (int j = R.lo; j < R.hi; j += LANES) {
+      const bool tail = R.hi - j < LANES;
+      const v16i ok = tail ? lanes < (R.hi - j) : v16i{} - 1;
+#pragma GCC unroll 4
+      for (int k = 0; k < NB; ++k) {
+        const v16f d = vload(sd[k] + j), b = vload(sb[k] + j);
+        v16f ed = vexp(d - mdv[k]), eb = vexp(b - mbv[k]);
+        if (tail) ed = vsel(ok, ed, zero), eb = vsel(ok, eb, zero);
+        vzd[k] += ed;
+        vzb[k] += eb;
+        va[k] += ed * (d - b);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < NB; ++k) {
+    const float cd = st[k].md == NEG_INF ? 0.f : std::exp(st[k].md - md[k]);
+    const float cb = st[k].mb == NEG_INF ? 0.f : std::exp(st[k].mb - mb[k]);
+    st[k] = {md[k], mb[k], st[k].zd * cd + hsum(vzd[k]), st[k].zb * cb + hsum(vzb[k]), st[k].a * cd + hsum(va[k])};
+  }
+}
+
 // Fold one row's logits (S rows indexed by key position) over the given ranges into the per-head
 // softmax states, maxima and band. rb: reversed baseline of the group's first head, or null
 // (baseline(i - j) = rb[h * rbstride + M - i + j]). Only a range's last chunk of 16 is masked.
 void reduce_row(const float* Sb, const float* Sd, int sstride, int nh, const Range* ranges, int nr, int64_t i,
                 const float* rb, int64_t rbstride, int64_t M, Soft* st, Best* best, float* band,
                 const int64_t* offsets, int n_off) {
-  const v16i lanes = lane_ids();
-  const v16f ninf = vsplat(NEG_INF), zero = v16f{}, minus1 = vsplat(-1.f);
-  for (int h = 0; h < nh; ++h) {
-    const float* sb = Sb + size_t(h) * sstride;
-    const float* sd = Sd + size_t(h) * sstride;
-    const float* bl = rb ? rb + h * rbstride + (M - i) : nullptr;
-    v16f vmd = ninf, vmb = ninf, vabs_max = minus1;
-    v16i vargj = v16i{} + INT_MAX;
-    for (int r = 0; r < nr; ++r) {
-      const Range& R = ranges[r];
-      const bool scored = R.score_from < R.hi;
-      for (int j = R.lo; j < R.hi; j += LANES) {
-        v16f d = vload(sd + j), b = vload(sb + j);
-        v16i ok = v16i{} - 1;
-        if (R.hi - j < LANES) {
-          ok = lanes < (R.hi - j);
-          d = vsel(ok, d, ninf);
-          b = vsel(ok, b, ninf);
-        }
-        vmd = vmax(vmd, d);
-        vmb = vmax(vmb, b);
-        if (scored) {
-          v16f diff = d - b;
-          if (bl) diff -= vload(bl + j);
-          const v16i jj = lanes + j;
-          const v16f a = vsel(ok & (jj >= R.score_from), vabs(diff), minus1);
-          const v16i gt = a > vabs_max;
-          vabs_max = vsel(gt, a, vabs_max);
-          vargj = gt ? jj : vargj;
-        }
-      }
-    }
-    const float am = hmax(vabs_max);
-    if (am >= 0.f && am > best[h].v) {  // the first key holding the row's maximum
-      int32_t jbest = INT_MAX;
-      for (int l = 0; l < LANES; ++l)
-        if (vabs_max[l] == am && vargj[l] < jbest) jbest = vargj[l];
-      best[h] = {am, int32_t(i), jbest};
-    }
-    const float md = std::max(hmax(vmd), st[h].md), mb = std::max(hmax(vmb), st[h].mb);
-    const v16f vmdv = vsplat(md), vmbv = vsplat(mb);
-    v16f vzd = zero, vzb = zero, va = zero;
-    for (int r = 0; r < nr; ++r) {
-      const Range& R = ranges[r];
-      for (int j = R.lo; j < R.hi; j += LANES) {
-        const v16f d = vload(sd + j), b = vload(sb + j);
-        v16f ed = vexp(d - vmdv), eb = vexp(b - vmbv);
-        if (R.hi - j < LANES) {
-          const v16i ok = lanes < (R.hi - j);
-          ed = vsel(ok, ed, zero);
-          eb = vsel(ok, eb, zero);
-        }
-        vzd += ed;
-        vzb += eb;
-        va += ed * (d - b);
-      }
-    }
-    const float cd = st[h].md == NEG_INF ? 0.f : std::exp(st[h].md - md);
-    const float cb = st[h].mb == NEG_INF ? 0.f : std::exp(st[h].mb - mb);
-    st[h] = {md, mb, st[h].zd * cd + hsum(vzd), st[h].zb * cb + hsum(vzb), st[h].a * cd + hsum(va)};
-  }
+  int h = 0;
+  for (; h + 2 <= nh; h += 2)
+    reduce_heads<2>(Sb + size_t(h) * sstride, Sd + size_t(h) * sstride, sstride, ranges, nr, i,
+                    rb ? rb + h * rbstride : nullptr, rbstride, M, st + h, best + h);
+  if (h < nh)
+    reduce_heads<1>(Sb + size_t(h) * sstride, Sd + size_t(h) * sstride, sstride, ranges, nr, i,
+                    rb ? rb + h * rbstride : nullptr, rbstride, M, st + h, best + h);
   for (int n = 0; n < n_off; ++n) {
     const int64_t j = i - offsets[n];
     for (int r = 0; r < nr; ++r) {
       if (j < ranges[r].lo || j >= ranges[r].hi || j < ranges[r].score_from) continue;
-      for (int h = 0; h < nh; ++h) {
-        float x = Sd[size_t(h) * sstride + j] - Sb[size_t(h) * sstride + j];
-        if (rb) x -= rb[h * rbstride + M - offsets[n]];
+      for (int k = 0; k < nh; ++k) {
+        float x = Sd[size_t(k) * sstride + j] - Sb[size_t(k) * sstride + j];
+        if (rb) x -= rb[k * rbstride + M - offsets[n]];
         band[n] = std::max(band[n], std::fabs(x));
       }
     }
@@ -231,8 +264,9 @@ void reduce_row(const float* Sb, const float* Sd, int sstride, int nh, const Ran
 struct KlAcc {
   double lin = 0.0, prod = 1.0;
   void add(const Soft& s) {
-    lin += double(s.a) / s.zd - (double(s.md) - double(s.mb));
-    prod *= double(s.zb) / double(s.zd);
+    const double r = 1.0 / double(s.zd);
+    lin += double(s.a) * r - (double(s.md) - double(s.mb));
+    prod *= double(s.zb) * r;
     if (prod > 1e200 || prod < 1e-200) lin += std::log(prod), prod = 1.0;
   }
   double value() const { return lin + std::log(prod); }
@@ -294,16 +328,43 @@ struct Problem {
     }
     return n;
   }
-  // Table rows a candidate will read, for software prefetch.
-  void prefetch_list(const int64_t* ids, int c, std::vector<std::pair<const char*, const char*>>& out) const {
-    out.clear();
-    for (int m = 0; m < 2; ++m)
-      for (int t = 0; t < c; ++t) {
-        const char* q = reinterpret_cast<const char*>(qrow(m, ids[t], 0));
-        const char* k = reinterpret_cast<const char*>(krow(m, ids[t], 0));
-        out.push_back({q, q + H * D * sizeof(T)});
-        out.push_back({k, k + KV * D * sizeof(T)});
+  // Software prefetch of the query rows (span of the scored heads, both models) of token id, and
+  // of its whole key rows: issued one row step ahead, so they arrive while that step computes.
+  void prefetch_q(int64_t id, int mode) const {
+    for (int m = 0; m < 2; ++m) {
+      const char* q = reinterpret_cast<const char*>(qrow(m, id, heads[0]));
+      const char* e = reinterpret_cast<const char*>(qrow(m, id, heads[Hs - 1]) + D);
+      prefetch_span(q, e, mode);
+    }
+  }
+  void prefetch_k(int64_t id, int mode) const {
+    for (int m = 0; m < 2; ++m) {
+      const char* k = reinterpret_cast<const char*>(krow(m, id, 0));
+      prefetch_span(k, k + KV * D * sizeof(T), mode);
+    }
+  }
+  static void prefetch_span(const char* p, const char* e, int mode) {
+    if (mode == 1 || mode == 3)
+      for (; p < e; p += 128) __builtin_prefetch(p, 0, 3);
+    else if (mode == 2 || mode == 4)
+      for (; p < e; p += 64) __builtin_prefetch(p, 0, 3);
+  }
+  // One real load per 4 KiB page of every table row a candidate reads: issued together, their TLB
+  // misses (page walks) overlap instead of stalling one row at a time.
+  int touch_pages(const int64_t* ids, int c) const {
+    int sink = 0;
+    auto touch = [&](const T* a, const T* b) {
+      const char* p = reinterpret_cast<const char*>(a);
+      const char* e = reinterpret_cast<const char*>(b);
+      for (; p < e; p = reinterpret_cast<const char*>((reinterpret_cast<uintptr_t>(p) | 4095) + 1))
+        sink += *reinterpret_cast<const volatile char*>(p);
+    };
+    for (int t = 0; t < c; ++t)
+      for (int m = 0; m < 2; ++m) {
+        touch(qrow(m, ids[t], heads[0]), qrow(m, ids[t], heads[Hs - 1]) + D);
+        touch(krow(m, ids[t], 0), krow(m, ids[t], 0) + KV * D);
       }
+    return sink;
   }
 };
 
@@ -399,34 +460,18 @@ struct Workspace {
   std::vector<Soft> st;
   std::vector<Best> best;
   std::vector<KlAcc> kl;
-  // Next candidate's table rows, prefetched a few lines per row step (2 lines per request: the
-  // L2 fetches 128-byte pairs).
-  std::vector<std::pair<const char*, const char*>> pf;
-  size_t pf_item = 0;
-  const char* pf_cur = nullptr;
-  int pf_mode = 1;
-
-  void prefetch(int n) {
-    if (!pf_mode) return;
-    while (n > 0 && pf_item < pf.size()) {
-      const char* end = pf[pf_item].second;
-      for (; n > 0 && pf_cur < end; --n, pf_cur += 128) __builtin_prefetch(pf_cur, 0, 2);
-      if (pf_cur >= end && ++pf_item < pf.size()) pf_cur = pf[pf_item].first;
-    }
-  }
+  int sink = 0;
+  // 0: no software prefetch; 1: next row's lines, one request per 128 bytes; 2: per 64 bytes;
+  // 3 (default): 1 plus one load per 4 KiB page of the next candidate's rows at its start.
+  int pf_mode = 3;
 };
 
 template <typename T>
-void score_one(const Problem<T>& P, const int64_t* ids, int c, const SufCache* sc, Workspace& ws,
-               float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
+void score_one(const Problem<T>& P, const int64_t* ids, int c, const int64_t* next_ids, int next_c,
+               const SufCache* sc, Workspace& ws, float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
   const int D = int(P.D), Hs = P.Hs, ng = int(P.groups.size()), p = P.p;
   const int cpad = ceil_to(c, NARROW);
   const int s = sc ? sc->s : 0;
-  // Spread the next candidate's prefetches over this candidate's row steps.
-  size_t lines = 0;
-  for (const auto& it : ws.pf) lines += size_t(it.second - it.first + 127) / 128;
-  const int per_step = int(lines / size_t(ng * (c + 1) + 1)) + 1;
-  ws.prefetch(per_step);
 
   float* K = ws.k.get(size_t(2) * ng * D * cpad);  // [2][ng][D][cpad]
   float* tmp = ws.tmp.get(size_t(cpad) * D);
@@ -445,50 +490,56 @@ void score_one(const Problem<T>& P, const int64_t* ids, int c, const SufCache* s
   ws.kl.assign(Hs, KlAcc());
   std::fill_n(out_band, P.n_off, 0.f);
   KeyVec* vecs = ws.vecs.data();
-  for (int gi = 0; gi < ng; ++gi) {
-    const Group& gr = P.groups[gi];
-    const float* rbg = P.rb_group(gr);
-    const int npre = P.prefix_vecs(gr.g, vecs);
-    const float* kb = K + (size_t(0) * ng + gi) * D * cpad;
-    const float* kd = K + (size_t(1) * ng + gi) * D * cpad;
-    float* qb = Q;
-    float* qd = Q + size_t(P.gmax) * D;
-    // Candidate rows: keys 0..p+t, every cell scored.
-    for (int t = 0; t < c; ++t) {
-      const int64_t id = ids[t];
+  if (ws.pf_mode >= 3 && next_ids) ws.sink += P.touch_pages(next_ids, next_c);
+  float* qb = Q;
+  float* qd = Q + size_t(P.gmax) * D;
+  // Candidate rows (keys 0..p+t, every cell scored), token-major: each token's table rows are read
+  // in one pass over all groups (one long stream per row for the hardware prefetcher).
+  for (int t = 0; t < c; ++t) {
+    const int64_t id = ids[t];
+    if (t + 1 < c)
+      P.prefetch_q(ids[t + 1], ws.pf_mode);
+    else if (next_ids)
+      P.prefetch_q(next_ids[0], ws.pf_mode);
+    if (next_ids && t < next_c) P.prefetch_k(next_ids[t], ws.pf_mode);
+    for (int gi = 0; gi < ng; ++gi) {
+      const Group& gr = P.groups[gi];
       for (int h = 0; h < gr.nh; ++h) {
         const int64_t head = P.heads[gr.h0 + h];
         rope(P.qrow(0, id, head), P.cs(p + t), P.sn(p + t), D, qb + size_t(h) * D);
         rope(P.qrow(1, id, head), P.cs(p + t), P.sn(p + t), D, qd + size_t(h) * D);
       }
-      int nv = npre;
+      const float* kb = K + (size_t(0) * ng + gi) * D * cpad;
+      const float* kd = K + (size_t(1) * ng + gi) * D * cpad;
+      int nv = P.prefix_vecs(gr.g, vecs);
       for (int v = 0; v * NARROW <= t; ++v) vecs[nv++] = {kb + v * NARROW, kd + v * NARROW, cpad, p + v * NARROW, NARROW};
       row_logits(qb, qd, gr.nh, D, vecs, nv, P.scale, Sb, Sd, sstride);
       std::fill_n(ws.st.data(), gr.nh, SOFT_EMPTY);
       const Range range = {0, p + t + 1, 0};
-      reduce_row(Sb, Sd, sstride, gr.nh, &range, 1, p + t, rbg, P.rbstride, P.M, ws.st.data(),
+      reduce_row(Sb, Sd, sstride, gr.nh, &range, 1, p + t, P.rb_group(gr), P.rbstride, P.M, ws.st.data(),
                  ws.best.data() + gr.h0, out_band, P.offsets, P.n_off);
       for (int h = 0; h < gr.nh; ++h) ws.kl[gr.h0 + h].add(ws.st[h]);
-      ws.prefetch(per_step);
     }
-    if (!s) continue;
-    // Suffix rows: only the cells against the candidate keys are new. All s x nh query rows of
-    // the group go through the micro-kernel together (they share the candidate key vectors).
-    KeyVec* cvecs = vecs + npre;
+  }
+  // Suffix rows: only the cells against the candidate keys are new. All s x nh query rows of a
+  // group go through the micro-kernel together (they share the candidate key vectors).
+  for (int gi = 0; gi < ng && s; ++gi) {
+    const Group& gr = P.groups[gi];
+    const float* kb = K + (size_t(0) * ng + gi) * D * cpad;
+    const float* kd = K + (size_t(1) * ng + gi) * D * cpad;
     int ncv = 0;
-    for (int v = 0; v * NARROW < c; ++v) cvecs[ncv++] = {kb + v * NARROW, kd + v * NARROW, cpad, p + v * NARROW, NARROW};
-    row_logits(sc->rows(0, gr, 0, Hs, D), sc->rows(1, gr, 0, Hs, D), s * gr.nh, D, cvecs, ncv, P.scale, Sb, Sd,
+    for (int v = 0; v * NARROW < c; ++v) vecs[ncv++] = {kb + v * NARROW, kd + v * NARROW, cpad, p + v * NARROW, NARROW};
+    row_logits(sc->rows(0, gr, 0, Hs, D), sc->rows(1, gr, 0, Hs, D), s * gr.nh, D, vecs, ncv, P.scale, Sb, Sd,
                sstride);
     const Range range = {p, p + c, 0};
     for (int u = 0; u < s; ++u) {
       Soft* st = ws.st.data() + size_t(u) * gr.nh;
       std::copy_n(sc->st.data() + size_t(u) * Hs + gr.h0, gr.nh, st);
       const size_t off = size_t(u) * gr.nh * sstride;
-      reduce_row(Sb + off, Sd + off, sstride, gr.nh, &range, 1, p + c + u, rbg, P.rbstride, P.M, st,
+      reduce_row(Sb + off, Sd + off, sstride, gr.nh, &range, 1, p + c + u, P.rb_group(gr), P.rbstride, P.M, st,
                  ws.best.data() + gr.h0, out_band, P.offsets, P.n_off);
       for (int h = 0; h < gr.nh; ++h) ws.kl[gr.h0 + h].add(st[h]);
     }
-    ws.prefetch(per_step);
   }
   if (sc) {
     for (int hs = 0; hs < Hs; ++hs)
@@ -526,21 +577,15 @@ void run(const Problem<T>& P, const int64_t* ids, int64_t B, int64_t W, const in
 #pragma omp parallel
   {
     Workspace ws;
-    if (const char* e = std::getenv("L0_PF")) ws.pf_mode = std::atoi(e);
+    if (const char* e = std::getenv("L0SCORE_NATIVE_PREFETCH")) ws.pf_mode = std::atoi(e);  // for measurements
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b0 = 0; b0 < B; b0 += CHUNK) {
       const int64_t b1 = std::min(B, b0 + CHUNK);
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t nb = b + (ws.pf_mode > 1 ? ws.pf_mode - 1 : 1);
-        if (nb < b1)
-          P.prefetch_list(ids + nb * W, int(cand_len[nb]), ws.pf);
-        else
-          ws.pf.clear();
-        ws.pf_item = 0;
-        ws.pf_cur = ws.pf.empty() ? nullptr : ws.pf[0].first;
+        const int64_t nb = b + 1 < B ? b + 1 : -1;
         const SufCache* sc = cache_of[b] >= 0 ? &caches[cache_of[b]] : nullptr;
-        score_one(P, ids + b * W, int(cand_len[b]), sc, ws, out_max + b * Hs, out_pos + b * Hs * 2,
-                  out_kl + b * Hs, out_band + b * n_off);
+        score_one(P, ids + b * W, int(cand_len[b]), nb >= 0 ? ids + nb * W : nullptr, nb >= 0 ? int(cand_len[nb]) : 0,
+                  sc, ws, out_max + b * Hs, out_pos + b * Hs * 2, out_kl + b * Hs, out_band + b * n_off);
       }
     }
   }
