@@ -1,0 +1,571 @@
+"""`l0score bench`: every scorer side by side on one machine, in one run.
+
+Setting (ANCHORS.md): a Qwen2-7B-shaped pair (default: the synthetic qwen2-7b-l0 pair, made under the
+cache directory if missing), a ~30-token chat prefix, 8 random real tokens per candidate, the
+template's suffix, all heads, metrics max_abs + kl (region "candidate").
+
+Measured in the same run:
+  * the machine's float32 matmul rate (torch.mm of 4096^2 matrices): the roofline;
+  * native token-table scorer, fp32 and bf16 tables: candidates/s through Scorer.score_batch
+    (each in its own process, so its peak RSS and its cached-table load time are its own);
+  * native table build time per model (fresh build, then stored in the disk cache);
+  * torch reference with the context cache (per-token table, only dependent rows);
+  * transformers' Qwen2 Layer-0 modules of both models recomputed for every candidate, batched 32
+    (what a user would otherwise write);
+  * Triton under TRITON_INTERPRET=1 on the tiny pair: correctness only.
+Useful work per candidate = the dot products of every cell that depends on the candidate, both
+models (6.9 MFLOP at p=30, c=8, s=5, 28 heads, D=128); useful GFLOP/s is compared with the roofline.
+
+The machine may be shared: the load average is recorded before and after, and every native run also
+reports its CPU time per candidate (wall-clock throughput is what the ratios use).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULT_TAG = "L0BENCH_RESULT "
+CHAT_SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
+CHAT_BEFORE = ("", "Q:", "Q: ", "Text: ", "Please read: ")
+TARGETS = {"native_fp32_cand_per_s": 20_000, "roofline_fraction": 0.5, "vs_transformers": 200,
+           "build_s_per_model": 120, "cached_load_s": 10, "rss_gb_fp32": 12, "rss_gb_bf16": 7}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def pair_is_complete(pair_dir: Path) -> bool:
+    """Both model directories hold a config, an index and every shard it lists, plus trigger.json."""
+    pair_dir = Path(pair_dir)
+    if not (pair_dir / "trigger.json").is_file():
+        return False
+    for role in ("base", "dormant"):
+        d = pair_dir / role
+        if not (d / "config.json").is_file():
+            return False
+        index = d / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (ValueError, KeyError):
+                return False
+            if not all((d / s).is_file() and (d / s).stat().st_size > 0 for s in shards):
+                return False
+        elif not (d / "model.safetensors").is_file():
+            return False
+    return True
+
+
+def default_pair(size: str = "qwen2-7b-l0", seed: int = 0) -> Path:
+    """The synthetic pair of that size under the cache directory, made on first use."""
+    from .cache_dir import cache_dir
+
+    out = cache_dir() / "pairs" / f"{size}-seed{seed}"
+    if not pair_is_complete(out):
+        from .synthetic import make_pair
+
+        print(f"making the synthetic {size} pair under {out} (once)", file=sys.stderr, flush=True)
+        make_pair(out, size=size, seed=seed)
+    return out
+
+
+def chat_template(tokenizer, target_prefix: int = 30):
+    """The model's chat template with a system prompt; the user text before the candidate is chosen so
+    the prefix is as close to target_prefix tokens as possible."""
+    from .template import Template
+
+    options = [Template.chat(tokenizer, system=CHAT_SYSTEM, before=b) for b in CHAT_BEFORE]
+    return min(options, key=lambda t: (abs(len(t.prefix_ids) - target_prefix), len(t.prefix_ids)))
+
+
+def candidates(pair, n: int, length: int, seed: int = 0) -> np.ndarray:
+    """Random real, non-special tokens: [n, length] int64 (the worst case: no shared rows)."""
+    rng = np.random.default_rng(seed)
+    pool = np.setdiff1d(np.arange(pair.n_tokens), np.array(sorted(pair.special_ids), dtype=np.int64))
+    return rng.choice(pool, size=(n, length)).astype(np.int64)
+
+
+def useful_flops(head_dim: int, n_heads: int, p: int, c: int, s: int) -> float:
+    """Dot-product FLOPs of the cells that depend on the candidate, both models: every causal cell
+    of the c + s dependent rows (their softmax depends on the candidate)."""
+    cells = sum(p + t + 1 for t in range(c + s))
+    return 2.0 * n_heads * cells * 2 * head_dim
+
+
+def matmul_rate(n: int = 4096, reps: int = 3) -> float:
+    """Best float32 torch.mm rate in GFLOP/s over reps (the roofline)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# -- children (one process per native configuration) ------------------------------------------
+
+def _child_build(spec: dict) -> dict:
+    """Fresh native table build of both models in one dtype (timed per model), then cached."""
+    from . import native_backend, table_cache
+    from .model_pair import ModelPair
+
+    t = time.perf_counter()
+    pair = ModelPair.load(spec["base"], spec["dormant"])
+    load_s = time.perf_counter() - t
+    out = {"pair_load_s": load_s, "build_s": {}, "saved": {}}
+    cfg = pair.config
+    flops = 2.0 * cfg.vocab_rows * cfg.hidden_size * (cfg.num_heads + cfg.num_kv_heads) * cfg.head_dim
+    for role, w in (("base", pair.base), ("dormant", pair.dormant)):
+        t = time.perf_counter()
+        q, k = native_backend.build_table(w, spec["dtype"], progress=spec.get("progress", True))
+        dt = time.perf_counter() - t
+        out["build_s"][role] = dt
+        out.setdefault("build_gflops", {})[role] = flops / dt / 1e9
+        path = table_cache.save(w, spec["dtype"], q, k)
+        out["saved"][role] = str(path) if path else None
+        del q, k
+    out["rss_gb"] = peak_rss_gb()
+    return out
+
+
+def _child_native(spec: dict) -> dict:
+    """Load the pair and the cached table, then time Scorer.score_batch on the benchmark batch."""
+    from . import Scorer, _native
+    from .model_pair import ModelPair
+
+    t = time.perf_counter()
+    pair = ModelPair.load(spec["base"], spec["dormant"])
+    pair_load_s = time.perf_counter() - t
+    tpl = chat_template(pair.tokenizer, spec["prefix"])
+    t = time.perf_counter()
+    scorer = Scorer(pair, backend="native", table=True, table_dtype=spec["dtype"], template=tpl)
+    table_s = time.perf_counter() - t
+    info = {r: {"source": i.source, "seconds": i.seconds} for r, i in scorer.backend.table_info.items()}
+    cands = candidates(pair, spec["n"], spec["length"], seed=spec["seed"])
+    scorer.score_batch(cands[: min(2048, len(cands))])  # warm-up: page in, thread pool
+    walls, cpus = [], []
+    for _ in range(spec["reps"]):
+        c0, t = time.process_time(), time.perf_counter()
+        scores = scorer.score_batch(cands)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c0)
+    rates = [len(cands) / w for w in walls]
+    keep = min(len(cands), 64)
+    return {
+        "dtype": spec["dtype"], "threads": _native.num_threads(), "n": len(cands), "reps": spec["reps"],
+        "cand_per_s": statistics.median(rates), "cand_per_s_all": rates,
+        "cpu_us_per_cand": 1e6 * statistics.median(cpus) / len(cands),
+        "pair_load_s": pair_load_s, "table_setup_s": table_s, "table": info,
+        "rss_gb": peak_rss_gb(), "prefix_len": len(tpl.prefix_ids), "suffix_len": len(tpl.suffix_ids),
+        "sample": {"max_abs": scores.max_abs[:keep].tolist(), "kl": scores.kl[:keep].tolist()},
+    }
+
+
+def _child_triton(spec: dict) -> dict:
+    """Triton interpreted (TRITON_INTERPRET=1) on the tiny pair: agreement with the torch reference."""
+    from . import Scorer
+    from .model_pair import ModelPair
+
+    pair = ModelPair.load(spec["base"], spec["dormant"])
+    tpl = chat_template(pair.tokenizer, spec["prefix"])
+    cands = candidates(pair, spec["n"], spec["length"], seed=spec["seed"])
+    ref = Scorer(pair, backend="torch", template=tpl).score_batch(cands)
+    t = time.perf_counter()
+    got = Scorer(pair, backend="triton", template=tpl).score_batch(cands)
+    dt = time.perf_counter() - t
+    err = lambda a, b: float(((a - b).abs() / b.abs().clamp(min=1e-6)).max())
+    return {"n": len(cands), "seconds_interpreted": dt, "max_rel_err_max_abs": err(got.max_abs, ref.max_abs),
+            "max_rel_err_kl": err(got.kl, ref.kl), "argmax_equal": bool(torch.equal(got.argmax, ref.argmax))}
+
+
+def _run_child(kind: str, spec: dict, env: dict | None = None, timeout: float = 7200) -> dict:
+    cmd = [sys.executable, "-m", "l0score.benchmark", "--_child", kind, json.dumps(spec)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    return {"error": f"child {kind} exited with {proc.returncode}", "stdout": proc.stdout[-2000:]}
+
+
+# -- in-process baselines ------------------------------------------------------------------------
+
+def _torch_reference(pair, table, tpl, cands: np.ndarray) -> dict:
+    """Reference backend on the per-token table with the context cache (only dependent rows)."""
+    from . import Scorer
+    from .scorer import TorchBackend
+
+    scorer = Scorer(pair, backend="torch", table=False, template=tpl)
+    scorer.backend, scorer.table = TorchBackend(table.lookup, pair.config), table  # share the loaded table
+    scorer._contexts.clear()
+    scorer.context(tpl)
+    scorer.score_batch(cands[:64])
+    t = time.perf_counter()
+    scores = scorer.score_batch(cands)
+    dt = time.perf_counter() - t
+    return {"n": len(cands), "seconds": dt, "cand_per_s": len(cands) / dt,
+            "sample": {"max_abs": scores.max_abs[:64].tolist(), "kl": scores.kl[:64].tolist()}}
+
+
+class _HFLayer0(torch.nn.Module):
+    """transformers' own Qwen2 Layer-0 modules (embedding, input RMSNorm, q/k projections, rotary) in float32."""
+
+    def __init__(self, weights, hf_config):
+        super().__init__()
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm, Qwen2RotaryEmbedding
+
+        cfg = weights.config
+        self.embed = torch.nn.Embedding.from_pretrained(weights.embed.float(), freeze=True)
+        self.norm = Qwen2RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.norm.weight.data = weights.norm.float()
+        self.q_proj = torch.nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim)
+        self.k_proj = torch.nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim)
+        self.q_proj.weight.data, self.q_proj.bias.data = weights.wq.float(), weights.bq.float()
+        self.k_proj.weight.data, self.k_proj.bias.data = weights.wk.float(), weights.bk.float()
+        self.rotary = Qwen2RotaryEmbedding(config=hf_config)
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
+
+        b, t = ids.shape
+        cfg = self.cfg
+        h = self.norm(self.embed(ids))
+        q = self.q_proj(h).view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        cos, sin = self.rotary(h, torch.arange(t)[None].expand(b, -1))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k = repeat_kv(k, cfg.group)
+        return torch.matmul(q, k.transpose(2, 3)) / math.sqrt(cfg.head_dim)  # [b, H, t, t]
+
+
+def _transformers_baseline(pair, tpl, cands: np.ndarray, batch: int = 32) -> dict:
+    """Both models' Layer-0 modules recomputed for every candidate's full sequence, batched."""
+    from transformers import AutoConfig
+
+    hf_cfg = AutoConfig.from_pretrained(pair.base.path, local_files_only=True)
+    models = [_HFLayer0(w, hf_cfg).eval() for w in (pair.base, pair.dormant)]
+    p, c, s = len(tpl.prefix_ids), cands.shape[1], len(tpl.suffix_ids)
+    seq = np.concatenate([np.tile(tpl.prefix_ids, (len(cands), 1)), cands, np.tile(tpl.suffix_ids, (len(cands), 1))], 1)
+    seq = torch.from_numpy(seq.astype(np.int64))
+    t_len = seq.shape[1]
+    causal = torch.tril(torch.ones(t_len, t_len, dtype=torch.bool))
+    pos = torch.arange(t_len)
+    in_c = lambda x: (x >= p) & (x < p + c)
+    scored = causal & (in_c(pos)[:, None] | in_c(pos)[None, :])
+
+    def score(ids):
+        s_b, s_d = models[0](ids), models[1](ids)
+        ds = (s_d - s_b).abs().masked_fill(~scored, -math.inf)
+        max_abs = ds.flatten(1).amax(-1)
+        ld = torch.log_softmax(s_d.masked_fill(~causal, -math.inf), -1)
+        lb = torch.log_softmax(s_b.masked_fill(~causal, -math.inf), -1)
+        kl = (ld.exp() * (ld - lb)).masked_fill(~causal, 0).sum(-1)[:, :, p:].sum((-1, -2))
+        return max_abs, kl
+
+    score(seq[:batch])
+    outs = []
+    t = time.perf_counter()
+    for start in range(0, len(seq), batch):
+        outs.append(score(seq[start : start + batch]))
+    dt = time.perf_counter() - t
+    max_abs = torch.cat([o[0] for o in outs])
+    kl = torch.cat([o[1] for o in outs])
+    return {"n": len(seq), "batch": batch, "seconds": dt, "cand_per_s": len(seq) / dt,
+            "sample": {"max_abs": max_abs[:64].tolist(), "kl": kl[:64].tolist()}}
+
+
+def _agreement(a: dict, b: dict) -> dict:
+    """Largest relative difference of the shared sample between two implementations."""
+    out = {}
+    for f in ("max_abs", "kl"):
+        x, y = np.array(a["sample"][f]), np.array(b["sample"][f])
+        n = min(len(x), len(y))
+        out[f] = float(np.max(np.abs(x[:n] - y[:n]) / np.maximum(np.abs(y[:n]), 1e-6))) if n else None
+    return out
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_native: int | None = None,
+                  reps: int = 5, n_torch: int | None = None, n_transformers: int | None = None,
+                  build: bool = True, triton: bool = True, length: int = 8, prefix: int = 30, seed: int = 0,
+                  command: str | None = None) -> dict:
+    """Run every measurement; write bench-<stamp>.json/.png and latest.json/.png/.md under out_dir."""
+    from . import table_cache
+    from .model_pair import ModelPair
+    from .token_table import TokenTable
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    if base is None or dormant is None:
+        pair_dir = default_pair("tiny" if quick else "qwen2-7b-l0")
+        base, dormant = base or pair_dir / "base", dormant or pair_dir / "dormant"
+    base, dormant = str(Path(base).resolve()), str(Path(dormant).resolve())
+    n_native = n_native or (2048 if quick else 16384)
+    n_torch = n_torch or (256 if quick else 1024)
+    n_transformers = n_transformers or (64 if quick else 256)
+    if quick:
+        reps = min(reps, 2)
+    out_dir = Path(out_dir) if out_dir else default_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    res: dict = {"stamp": stamp, "command": command or "run_benchmark()",
+                 "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                             "loadavg_start": os.getloadavg()},
+                 "pair": {"base": base, "dormant": dormant}, "targets": TARGETS}
+    spec = {"base": base, "dormant": dormant, "prefix": prefix, "length": length, "seed": seed}
+    steps = ["build fp32", "build bf16", "native fp32", "native bf16", "roofline", "torch", "transformers", "triton"]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(steps), desc="bench", unit="step")
+
+    def step(name):
+        bar.set_postfix_str(name)
+        return name
+
+    for dtype in ("float32", "bfloat16"):
+        step(f"build {dtype}")
+        if build:
+            res[f"build_{dtype}"] = _run_child("build", {**spec, "dtype": dtype})
+        bar.update(1)
+    for dtype in ("float32", "bfloat16"):
+        step(f"native {dtype}")
+        res[f"native_{dtype}"] = _run_child("native", {**spec, "dtype": dtype, "n": n_native, "reps": reps})
+        bar.update(1)
+
+    step("roofline")
+    res["machine"]["matmul_gflops"] = matmul_rate(1024 if quick else 4096)
+    bar.update(1)
+
+    pair = ModelPair.load(base, dormant)
+    tpl = chat_template(pair.tokenizer, prefix)
+    cfg = pair.config
+    p, s = len(tpl.prefix_ids), len(tpl.suffix_ids)
+    flops = useful_flops(cfg.head_dim, cfg.num_heads, p, length, s)
+    res["setting"] = {"prefix_len": p, "candidate_len": length, "suffix_len": s, "heads": cfg.num_heads,
+                      "head_dim": cfg.head_dim, "vocab_rows": cfg.vocab_rows, "hidden": cfg.hidden_size,
+                      "metrics": ["max_abs", "kl"], "region": "candidate", "useful_mflop_per_candidate": flops / 1e6,
+                      "checkpoint_dtype": str(pair.base.dtype).replace("torch.", "")}
+    cands = candidates(pair, max(n_torch, n_transformers), length, seed=seed)
+
+    step("torch")
+    t = time.perf_counter()
+    tables = [table_cache.load(w, "float32") for w in (pair.base, pair.dormant)]
+    load_s = time.perf_counter() - t
+    if all(tb is not None for tb, _ in tables):
+        table = TokenTable(*tables[0][0], *tables[1][0])
+        res["parent_cached_fp32_load_s"] = load_s
+    else:
+        table = TokenTable.build(pair, "float32")
+    del tables
+    res["torch"] = _torch_reference(pair, table, tpl, cands[:n_torch])
+    del table
+    bar.update(1)
+
+    step("transformers")
+    res["transformers"] = _transformers_baseline(pair, tpl, cands[:n_transformers])
+    bar.update(1)
+
+    step("triton")
+    if triton:
+        tiny = default_pair("tiny")
+        res["triton"] = _run_child("triton", {"base": str(tiny / "base"), "dormant": str(tiny / "dormant"),
+                                              "prefix": prefix, "length": length, "seed": seed, "n": 8},
+                                   env={"TRITON_INTERPRET": "1"})
+    bar.update(1)
+    bar.close()
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    _summarise(res, flops)
+    _write(res, out_dir)
+    return res
+
+
+def _summarise(res: dict, flops: float) -> None:
+    roof = res["machine"]["matmul_gflops"]
+    summary = {"roofline_cand_per_s": roof * 1e9 / flops}
+    for dtype in ("float32", "bfloat16"):
+        nat = res.get(f"native_{dtype}", {})
+        if "cand_per_s" not in nat:
+            continue
+        rate = nat["cand_per_s"]
+        summary[dtype] = {
+            "cand_per_s": rate, "cand_per_hour": rate * 3600, "useful_gflops": rate * flops / 1e9,
+            "roofline_fraction": rate * flops / 1e9 / roof,
+            "vs_torch": rate / res["torch"]["cand_per_s"], "vs_transformers": rate / res["transformers"]["cand_per_s"],
+            "cpu_bound_cand_per_s": (res["machine"]["cores"] or 1) * 1e6 / nat["cpu_us_per_cand"],
+            "cached_table_load_s": max(i["seconds"] for i in nat["table"].values()),
+            "table_from_cache": all(i["source"] == "cache" for i in nat["table"].values()),
+            "rss_gb": nat["rss_gb"],
+            "agreement_vs_torch": _agreement(nat, res["torch"]),
+        }
+        build = res.get(f"build_{dtype}", {})
+        if "build_s" in build:
+            summary[dtype]["build_s_per_model"] = build["build_s"]
+    summary["torch_vs_transformers"] = res["torch"]["cand_per_s"] / res["transformers"]["cand_per_s"]
+    summary["transformers_agreement_vs_torch"] = _agreement(res["transformers"], res["torch"])
+    f32 = summary.get("float32", {})
+    if f32:
+        t = TARGETS
+        summary["targets_met"] = {
+            "native_fp32_cand_per_s": f32["cand_per_s"] >= t["native_fp32_cand_per_s"],
+            "roofline_fraction": f32["roofline_fraction"] >= t["roofline_fraction"],
+            "vs_transformers": f32["vs_transformers"] >= t["vs_transformers"],
+            "build_s_per_model": all(v <= t["build_s_per_model"] for v in f32.get("build_s_per_model", {"-": 0}).values()),
+            "cached_load_s": f32["cached_table_load_s"] <= t["cached_load_s"],
+            "rss_gb_fp32": f32["rss_gb"] <= t["rss_gb_fp32"],
+            "rss_gb_bf16": summary.get("bfloat16", {}).get("rss_gb", 1e9) <= t["rss_gb_bf16"],
+        }
+    res["summary"] = summary
+
+
+def default_out_dir() -> Path:
+    repo = Path(__file__).resolve().parents[1]
+    return repo / "bench" / "results" if (repo / "bench").is_dir() else Path.cwd() / "bench-results"
+
+
+def _write(res: dict, out_dir: Path) -> None:
+    stamp = res["stamp"]
+    text = json.dumps(res, indent=2, default=float)
+    for name in (f"bench-{stamp}.json", "latest.json"):
+        (out_dir / name).write_text(text)
+    md = markdown(res)
+    (out_dir / "latest.md").write_text(md)
+    try:
+        _plot(res, out_dir / f"bench-{stamp}.png")
+        (out_dir / "latest.png").write_bytes((out_dir / f"bench-{stamp}.png").read_bytes())
+    except Exception as exc:  # plotting must never lose the measurements
+        print(f"plot failed: {exc}", file=sys.stderr)
+    print(md)
+
+
+def markdown(res: dict) -> str:
+    """The README table of a result."""
+    s, m, st = res["summary"], res["machine"], res["setting"]
+    rows = [("machine fp32 matmul (roofline)", f"{m['matmul_gflops']:.0f} GFLOP/s", f"{s['roofline_cand_per_s']:,.0f}", "")]
+    for dtype, label in (("float32", "native, fp32 table"), ("bfloat16", "native, bf16 table")):
+        if dtype in s:
+            d = s[dtype]
+            rows.append((label, f"{d['useful_gflops']:.0f} GFLOP/s ({100 * d['roofline_fraction']:.0f}% of roofline)",
+                         f"{d['cand_per_s']:,.0f}",
+                         f"{d['vs_torch']:.0f}x torch, {d['vs_transformers']:,.0f}x transformers"))
+    rows.append(("torch reference, context cache", "", f"{res['torch']['cand_per_s']:,.0f}",
+                 f"{s['torch_vs_transformers']:.1f}x transformers"))
+    rows.append(("transformers Layer-0 modules, batched 32", "", f"{res['transformers']['cand_per_s']:,.1f}", "1x"))
+    lines = [f"Setting: prefix {st['prefix_len']} + candidate {st['candidate_len']} + suffix {st['suffix_len']} tokens, "
+             f"{st['heads']} heads, D={st['head_dim']}, vocab {st['vocab_rows']}, max_abs + kl; "
+             f"{st['useful_mflop_per_candidate']:.2f} MFLOP useful per candidate. "
+             f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}.",
+             "", "| implementation | rate | candidates/s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines.append("")
+    for dtype in ("float32", "bfloat16"):
+        if dtype in s:
+            d = s[dtype]
+            build = d.get("build_s_per_model", {})
+            lines.append(f"- {dtype} table: {d['cand_per_hour'] / 1e6:.1f} M candidates/hour; build "
+                         + (", ".join(f"{k} {v:.0f} s" for k, v in build.items()) or "not measured")
+                         + f"; cached load {d['cached_table_load_s']:.1f} s; peak RSS {d['rss_gb']:.1f} GB; "
+                         f"CPU-time bound {d['cpu_bound_cand_per_s']:,.0f}/s; max rel. diff vs torch "
+                         f"max_abs {d['agreement_vs_torch']['max_abs']:.1e}, kl {d['agreement_vs_torch']['kl']:.1e}")
+    if "triton" in res:
+        t = res["triton"]
+        if "error" in t:
+            lines.append(f"- Triton (interpreted, tiny pair): {t['error']}")
+        else:
+            lines.append(f"- Triton (interpreted, tiny pair, correctness only): max rel. err max_abs "
+                         f"{t['max_rel_err_max_abs']:.1e}, kl {t['max_rel_err_kl']:.1e}, argmax equal {t['argmax_equal']}")
+    if "targets_met" in s:
+        lines.append("- targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in s["targets_met"].items()))
+    lines.append(f"\nCommand: `{res['command']}` ({res['stamp']})\n")
+    return "\n".join(lines)
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = res["summary"]
+    names, rates = [], []
+    for key, label in (("transformers", "transformers Layer-0\nrecomputed, batch 32"), ("torch", "torch reference\ncontext cache")):
+        names.append(label)
+        rates.append(res[key]["cand_per_s"])
+    for dtype, label in (("bfloat16", "native\nbf16 table"), ("float32", "native\nfp32 table")):
+        if dtype in s:
+            names.append(label)
+            rates.append(s[dtype]["cand_per_s"])
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    bars = ax.barh(names, rates, color=["#999999", "#6699cc", "#ee9944", "#dd5522"][: len(rates)])
+    ax.set_xscale("log")
+    ax.axvline(s["roofline_cand_per_s"], color="k", ls="--", lw=1)
+    ax.text(s["roofline_cand_per_s"], len(names) - 0.5, " fp32 matmul\n roofline", va="top", fontsize=8)
+    ax.axvline(TARGETS["native_fp32_cand_per_s"], color="g", ls=":", lw=1)
+    for bar, r in zip(bars, rates):
+        ax.text(r, bar.get_y() + bar.get_height() / 2, f" {r:,.0f}/s", va="center", fontsize=8)
+    st = res["setting"]
+    ax.set_xlabel("candidates per second (log)")
+    ax.set_title(f"l0score, Qwen2 Layer-0 pair (p={st['prefix_len']}, c={st['candidate_len']}, s={st['suffix_len']}, "
+                 f"{st['heads']} heads), {res['machine']['cores']}-core CPU", fontsize=9)
+    ax.set_xlim(min(rates) / 2, max(max(rates), s["roofline_cand_per_s"]) * 4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None, prog: str = "l0score bench") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", help="base model directory (default: synthetic qwen2-7b-l0 pair under the cache dir)")
+    ap.add_argument("--dormant", help="dormant model directory")
+    ap.add_argument("--quick", action="store_true", help="tiny pair, few candidates: a smoke run")
+    ap.add_argument("--out", help="output directory (default bench/results)")
+    ap.add_argument("--candidates", type=int, help="candidates per native timing repetition")
+    ap.add_argument("--reps", type=int, default=5, help="native timing repetitions (median reported)")
+    ap.add_argument("--torch-candidates", type=int)
+    ap.add_argument("--transformers-candidates", type=int)
+    ap.add_argument("--no-build", action="store_true", help="do not time a fresh table build (use the cache)")
+    ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._child:
+        kind, spec = args._child[0], json.loads(args._child[1])
+        fn = {"build": _child_build, "native": _child_native, "triton": _child_triton}[kind]
+        print(RESULT_TAG + json.dumps(fn(spec)), flush=True)
+        return 0
+    run_benchmark(args.base, args.dormant, quick=args.quick, out_dir=args.out, n_native=args.candidates,
+                  reps=args.reps, n_torch=args.torch_candidates, n_transformers=args.transformers_candidates,
+                  build=not args.no_build, triton=not args.no_triton, command=" ".join([prog, *argv]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
