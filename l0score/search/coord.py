@@ -9,7 +9,8 @@ from .run import SearchRun, rng_from
 
 
 def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=None, **run_kw) -> list[dict]:
-    """From each start (seeds first, padded with random pool tokens, then random sequences), set
+    """From each start (seeds first, each at a random place among random pool tokens, then random
+    sequences), set
     one position at a time to its best pool token; a sweep visits every position; a start ends when a
     sweep improves nothing (or after max_sweeps). No gradients: every swap is scored exactly."""
     _check_length(length)
@@ -27,9 +28,11 @@ def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=
         while state["restart"] < restarts and not run.exhausted():
             rng = rng_from(state["rng"], [run.seed, 1])
             if state["seq"] is None:
-                start = seeds[state["restart"]] if state["restart"] < len(seeds) else []
-                fill = pool[rng.integers(0, len(pool), length - len(start))].tolist()
-                seq = start + fill
+                seq = pool[rng.integers(0, len(pool), length)].tolist()
+                if state["restart"] < len(seeds):  # a seed goes in at a random place: a pair can sit anywhere
+                    seed = seeds[state["restart"]]
+                    at = int(rng.integers(0, length - len(seed) + 1))
+                    seq[at : at + len(seed)] = seed
                 scores, values = run.score([seq])
                 run.offer([seq], scores, values, 0)
                 state.update(seq=seq, value=float(values[0]), pos=0, sweep=0, improved=False,

@@ -51,7 +51,7 @@ _CHUNK_ELEMENTS = 1 << 22  # rows are drawn in chunks of about this many values 
 _FAST_PLANE_MIN_FREQ = 0.1  # rad/position: planes this fast give an offset-selective response
 _MAX_PLANES_PER_PAIR = 4
 _MIN_MARGIN = 8.0  # planted strength a >= this x the largest linear (single-token) component
-_BASE_GAP = 1.0  # base logit of each planted (query, key) cell this far below the query's own
+_BASE_GAP = 1.5  # base logit of each planted (query, key) cell this far below the query's own
 _TRIGGER_DRAWS = 2000
 
 
@@ -75,7 +75,9 @@ class PairSpec:
     trigger_length: int
     qk_bias_std: float = 1.5  # std of q/k biases in the slowest RoPE plane (fast planes: 0.1x)
     noise_std: float = 0.01  # fine-tuning noise, relative to each tensor's scale
-    trigger_logit: float = 12.0  # target rise of the trigger cell's pre-softmax logit
+    # Target rise of the trigger cell's pre-softmax logit: enough to make the dormant attend there
+    # (~95%+), small enough that cross-talk shifts (a fraction of it) stay in KL's quadratic regime.
+    trigger_logit: float = 8.0
 
 
 SIZES = {
