@@ -65,8 +65,8 @@ def _sequence_options(d) -> None:
     d.add_argument("--top", type=int, default=20, help="rows in the printed table")
     d.add_argument("--keep", type=int, default=100, help="results written to --out")
     d.add_argument("--roundtrip", choices=("report", "search", "off"), default="report",
-                   help="drop results whose text does not re-tokenize to the same ids: in the report (default), "
-                        "during the search, or never")
+                   help="drop results whose text does not re-tokenize to the same ids (report, the default), "
+                        "also prune such prefixes during beam search (search), or keep everything (off)")
     d.add_argument("--seeds", default="pairs",
                    help="'pairs' (best token pairs from an exact scan), 'none', or a JSONL/ids file of prefixes")
     d.add_argument("--seeds-from", help="analysis.json from `l0score analyze`: its seed_tokens start the search")

@@ -79,7 +79,7 @@ def test_driver_recovers_planted_trigger(pair_factory, driver, seed, length, tem
     elif driver == "coord":
         results = coord(scorer, restarts=4, **kw)
     else:
-        results = mcts(scorer, budget=20 * len(pool), **kw)
+        results = mcts(scorer, budget=6 * len(pool), **kw)
     best = results[0]
     trig_score = float(scorer.score_batch([trig]).metric(metric)[0])
     assert best["score"] >= trig_score * (1 - 1e-5)
@@ -117,8 +117,9 @@ def test_interrupted_run_resumes_to_the_same_results(tiny_pair, tmp_path, monkey
     scorer = make_scorer(tiny_pair)
     pool = scorer.default_pool()[:120]
     fn = {"beam": beam, "coord": coord, "mcts": mcts}[driver]
-    kw = dict(length=3, objective="kl", progress=False, pool=pool, seeds=[[5, 6], [7, 8]], budget=3000,
+    kw = dict(length=4, objective="kl", progress=False, pool=pool, seeds=[[5, 6], [7, 8]], budget=3000,
               checkpoint_every=0, seed=4)
+    stop_at = {"beam": 2, "coord": 6, "mcts": 6}[driver]
     extra = {"beam": dict(width=6), "coord": dict(restarts=3), "mcts": dict(batch=4)}[driver]
     whole = fn(scorer, out=tmp_path / "whole.jsonl", **kw, **extra)
 
@@ -128,7 +129,7 @@ def test_interrupted_run_resumes_to_the_same_results(tiny_pair, tmp_path, monkey
     def interrupting(real):
         def wrapped(self, *a, **k):
             calls["n"] += 1
-            if calls["n"] == 6:
+            if calls["n"] == stop_at:
                 raise KeyboardInterrupt
             return real(self, *a, **k)
         return wrapped

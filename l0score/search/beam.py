@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .pool import roundtrips
 from .run import SearchRun
 
 
@@ -30,6 +31,8 @@ def beam(scorer, *, length: int, width: int = 16, seeds=None, **run_kw) -> list[
             k = min(width, int(torch.isfinite(flat).sum()))
             best = torch.topk(flat, k).indices.tolist()
             grown = [growing[b // n] + [int(run.pool[b % n])] for b in best]
+            if run.roundtrip == "search":  # keep only prefixes whose text re-tokenizes to themselves
+                grown = [g for g in grown if roundtrips(scorer.pair.tokenizer, g)]
             done = [p for p in state["beam"] if len(p) >= length]
             # Every full-length candidate of this step competes for the results, not only the beam.
             full_rows = torch.tensor([len(p) + 1 == length for p in growing]).repeat_interleave(n)

@@ -36,7 +36,9 @@ def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float
     with SearchRun(scorer, driver="mcts", options=options, length=length, **run_kw) as run:
         tree = _Tree.load(run.state) if run.state else _Tree.new(seeds)
         calib = run.calibration(length)
-        while not run.exhausted():
+        idle = 0  # rounds that scored nothing new: every reachable leaf is already known
+        while not run.exhausted() and idle < 50:
+            used = run.used
             rng = rng_from(tree.rng, [run.seed, 2])
             paths = [tree.select(c_puct, virtual_loss, length, rng) for _ in range(batch)]
             leaves = _unique([p[-1] for p in paths])
@@ -48,6 +50,7 @@ def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float
                 tree.backup(path, values[path[-1]], virtual_loss)
             tree.iteration += 1
             tree.rng = rng.bit_generator.state
+            idle = idle + 1 if run.used == used else 0
             run.checkpoint(tree.dump())
         return run.write_results()
 

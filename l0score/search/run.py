@@ -55,6 +55,7 @@ class SearchRun:
         self._last_ckpt = time.monotonic()
         self._start = time.monotonic()
         self._load_checkpoint(resume)
+        self._state_used = self.used
         self.bar = tqdm(total=budget, initial=self.used, unit="cand", unit_scale=True, desc=driver,
                         disable=not progress, dynamic_ncols=True)
 
@@ -107,7 +108,9 @@ class SearchRun:
             ids = tuple(int(t) for t in candidates[b])
             if ids in self.results:
                 continue
-            if self.roundtrip == "search" and not roundtrips(self.scorer.pair.tokenizer, list(ids)):
+            # Filtered here, not at report time, so the kept set (and a resumed run's) is exactly the
+            # best reportable candidates whatever moments pruning happened at.
+            if self.roundtrip != "off" and not roundtrips(self.scorer.pair.tokenizer, list(ids)):
                 continue
             self.results[ids] = {"token_ids": list(ids), "score": float(values[b]), **_record_at(scores, b),
                                  "driver": self.driver, "step": step}
@@ -129,15 +132,18 @@ class SearchRun:
         """Remember the driver state at a step boundary; write it (and the results) every N seconds."""
         # The budget spent up to this state: work after it is redone (and recounted) on resume.
         self.state, self._state_used = state, self.used
+        if force or time.monotonic() - self._last_ckpt >= self.checkpoint_every:
+            self._write_checkpoint()
+
+    def _write_checkpoint(self) -> None:
         if self.ckpt_path is None:
             return
-        if force or time.monotonic() - self._last_ckpt >= self.checkpoint_every:
-            payload = {"options": self.options, "used": self._state_used, "elapsed": self.elapsed, "state": state,
-                       "results": list(self.results.values()),
-                       "calibrations": {str(k): vars(c) for k, c in self.calibrations.items()}}
-            _atomic_write(self.ckpt_path, json.dumps(payload))
-            self.write_results()
-            self._last_ckpt = time.monotonic()
+        payload = {"options": self.options, "used": self._state_used, "elapsed": self.elapsed, "state": self.state,
+                   "results": list(self.results.values()),
+                   "calibrations": {str(k): vars(c) for k, c in self.calibrations.items()}}
+        _atomic_write(self.ckpt_path, json.dumps(payload))
+        self.write_results()
+        self._last_ckpt = time.monotonic()
 
     def _load_checkpoint(self, resume: bool) -> None:
         if self.ckpt_path is None or not self.ckpt_path.exists():
@@ -167,8 +173,6 @@ class SearchRun:
             rec = dict(rec)
             rec["text"] = tok.decode(list(ids)) if tok is not None else None
             rec["roundtrip"] = roundtrips(tok, list(ids))
-            if self.roundtrip != "off" and not rec["roundtrip"]:
-                continue
             rec["z"] = self.calibration(len(ids)).z(rec["score"])
             out.append(rec)
             if len(out) == self.keep:
@@ -190,8 +194,8 @@ class SearchRun:
             signal.signal(signal.SIGTERM, self._old_term)
         self.bar.close()
         if exc_type is not None and self.state is not None:
-            self.checkpoint(self.state, force=True)  # an interrupted run keeps what it found
-        elif exc_type is None and self.ckpt_path is not None:
+            self._write_checkpoint()  # an interrupted run keeps what it found, and the last whole step
+        elif exc_type is None:
             self.checkpoint(self.state or {}, force=True)
 
 
