@@ -2,7 +2,7 @@
 
 Shapes are small and odd on purpose: the interpreter runs every program serially in numpy.
 fp32 tables must match the reference to 1e-4 relative; bf16 tables must stay inside the bound
-documented in kernels/triton/README_GPU.md (checked per candidate from the actual q/k norms).
+documented in README.md ("GPU performance (estimated)") (checked per candidate from the actual q/k norms).
 """
 import os
 import re
@@ -144,7 +144,7 @@ def test_bf16_checkpoint_fp32_table(pair16):
 
 
 def _bf16_bounds(pair, tpl, cands, heads):
-    """Worst-case first-order bounds of a bf16 table's effect (README_GPU.md, "Accuracy"), [B, Hs].
+    """Worst-case first-order bounds of a bf16 table's effect (README.md ("GPU performance (estimated)"), "Accuracy"), [B, Hs].
 
     A table entry is off by at most u|x|, so a logit S_m[i, j] by at most
     eps_m[i, j] = 2u |q_m,i| |k_m,j| / sqrt(D). Then |d head_max| <= max over cells of

@@ -14,7 +14,7 @@ projection), so one sweep over the hidden dimension yields both the dot products
 squares. Only the scored heads' rows of W are read; W (bf16/fp16/fp32) is upcast after each load
 and accumulated in fp32. Prefix keys still come from the template cache (computed once).
 Cost: every program re-projects its rows for its head (and its KV head, shared by GQA groups), so
-this path is compute-bound (see README_GPU.md); the table path is the fast one.
+this path is compute-bound (see README.md ("GPU performance (estimated)")); the table path is the fast one.
 """
 from __future__ import annotations
 

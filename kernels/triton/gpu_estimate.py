@@ -4,7 +4,7 @@
 
 Counts, per candidate, the work the kernels as written do (padded tiles included) and the bytes
 they move, and divides by the stated hardware rates. Every assumption is an argument or a constant
-below; README_GPU.md is this script's output with the reasoning around it.
+below; README.md ("GPU performance (estimated)") is this script's output with the reasoning around it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ HBM_BYTES_S = 3.35e12
 FP32_FLOPS = 67e12  # non-tensor FP32 (an FMA counts as 2 FLOPs)
 TF32_FLOPS = 495e12
 BF16_FLOPS = 990e12
-# Not on the datasheet: assumptions, stated as such in README_GPU.md
+# Not on the datasheet: assumptions, stated as such in README.md ("GPU performance (estimated)")
 L2_BYTES_S = 5.5e12  # L2 -> SM read bandwidth (microbenchmarks report roughly 5-7 TB/s)
 SMS, CLOCK = 132, 1.83e9
 MUFU_S = 16 * SMS * CLOCK  # exp2/log2 per second (16 per SM per clock)
