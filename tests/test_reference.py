@@ -1,4 +1,6 @@
 """The torch reference (Scorer backend="torch") against transformers' own Qwen2 Layer-0 modules."""
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -43,9 +45,11 @@ def assert_matches(scores, cands, tpl, pair_dir, opts, heads):
         np.testing.assert_allclose(scores.max_abs[b].item(), want["max_abs"], rtol=rtol, atol=rtol * scale)
         np.testing.assert_allclose(scores.head_max[b].numpy(), want["head_max"], rtol=rtol, atol=rtol * scale)
         np.testing.assert_allclose(scores.band[b].numpy(), want["band"], rtol=rtol, atol=rtol * scale)
-        kl_scale = max(want["kl"], 1e-6)
-        np.testing.assert_allclose(scores.kl[b].item(), want["kl"], rtol=rtol, atol=rtol * kl_scale)
-        np.testing.assert_allclose(scores.head_kl[b].numpy(), want["head_kl"], rtol=rtol, atol=rtol * kl_scale)
+        # A float32 row KL (sum of p * (log p - log q)) carries ~1e-7 absolute rounding; near-zero
+        # head KLs (a 1-token raw candidate has one or two rows) are compared against that floor.
+        kl_atol = max(rtol * want["kl"], 1e-6)
+        np.testing.assert_allclose(scores.kl[b].item(), want["kl"], rtol=rtol, atol=kl_atol)
+        np.testing.assert_allclose(scores.head_kl[b].numpy(), want["head_kl"], rtol=rtol, atol=kl_atol)
         assert tuple(scores.argmax[b].tolist()) == want["argmax"], (b, cand)
 
 
@@ -55,7 +59,7 @@ def test_reference_matches_transformers(pair_factory, name, template):
     pair_dir = pair_factory(**CONFIGS[name])
     pair = ModelPair.load(pair_dir / "base", pair_dir / "dormant")
     tpl = _template(template, pair)
-    rng = np.random.default_rng(abs(hash((name, template))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{template}".encode()))
     cands = _candidates(pair, rng)
     for opts in OPTIONS:
         heads = None if opts["heads"] is None else list(range(0, pair.config.num_heads, 2))
