@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 #include <cmath>
 #include <map>
 #include <string>
@@ -32,6 +33,10 @@ namespace {
 constexpr int MAX_NH = 8;  // query heads per micro-kernel call
 constexpr int MAX_NV = 3;  // key vectors per micro-kernel call
 constexpr int NARROW = 8;  // lanes of a narrow key vector (candidate keys, prefix tail)
+#ifndef L0_RB
+#define L0_RB 4
+#endif
+constexpr int RB = L0_RB;  // heads reduced together (independent dependency chains overlap)
 
 // One transposed vector of consecutive keys of one KV group: element (d, l) at kb[d * stride + l]
 // (base model) and kd[...] (dormant); its logits land in S row columns col..col+width-1, where
@@ -240,12 +245,19 @@ void reduce_row(const float* Sb, const float* Sd, int sstride, int nh, const Ran
                 const float* rb, int64_t rbstride, int64_t M, Soft* st, Best* best, float* band,
                 const int64_t* offsets, int n_off) {
   int h = 0;
-  for (; h + 2 <= nh; h += 2)
-    reduce_heads<2>(Sb + size_t(h) * sstride, Sd + size_t(h) * sstride, sstride, ranges, nr, i,
-                    rb ? rb + h * rbstride : nullptr, rbstride, M, st + h, best + h);
-  if (h < nh)
-    reduce_heads<1>(Sb + size_t(h) * sstride, Sd + size_t(h) * sstride, sstride, ranges, nr, i,
-                    rb ? rb + h * rbstride : nullptr, rbstride, M, st + h, best + h);
+  auto block = [&](auto nb) {
+    constexpr int NB = decltype(nb)::value;
+    reduce_heads<NB>(Sb + size_t(h) * sstride, Sd + size_t(h) * sstride, sstride, ranges, nr, i,
+                     rb ? rb + h * rbstride : nullptr, rbstride, M, st + h, best + h);
+    h += NB;
+  };
+  while (nh - h >= RB) block(std::integral_constant<int, RB>());
+  switch (nh - h) {
+    case 3: block(std::integral_constant<int, 3>()); break;
+    case 2: block(std::integral_constant<int, 2>()); break;
+    case 1: block(std::integral_constant<int, 1>()); break;
+    default: break;
+  }
   for (int n = 0; n < n_off; ++n) {
     const int64_t j = i - offsets[n];
     for (int r = 0; r < nr; ++r) {
