@@ -127,15 +127,20 @@ def read_config(model_dir: Path) -> Layer0Config:
     )
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from a model.safetensors.index.json."""
+    try:
+        return json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
+
+
 def _tensor_files(model_dir: Path) -> dict[str, Path]:
     """Map each needed tensor name to the safetensors file that holds it."""
     index = model_dir / "model.safetensors.index.json"
     single = model_dir / "model.safetensors"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
+        weight_map = _weight_map(index)
         files = {}
         for key in LAYER0_KEYS.values():
             if key not in weight_map:
@@ -165,10 +170,7 @@ def list_tensors(model_dir: Path) -> dict[str, TensorEntry]:
     index = model_dir / "model.safetensors.index.json"
     single = model_dir / "model.safetensors"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from exc
+        weight_map = _weight_map(index)
         by_file: dict[Path, list[str]] = {}
         for key, name in weight_map.items():
             by_file.setdefault(model_dir / name, []).append(key)

@@ -35,3 +35,26 @@ def tiny_pair(pair_factory):
 
 def trigger_of(pair_dir) -> dict:
     return json.loads((pair_dir / "trigger.json").read_text())
+
+
+# The Triton tests' pairs: GQA 3 with head_dim 16 in fp32; GQA 4 with head_dim 32 in a bf16 checkpoint.
+PAIR32 = dict(num_attention_heads=6, num_key_value_heads=2, head_dim=16, hidden_size=48, rope_theta=1e4,
+              dtype="float32")
+PAIR16 = dict(num_attention_heads=4, num_key_value_heads=1, head_dim=32, hidden_size=48, rope_theta=1e6,
+              dtype="bfloat16")
+
+
+@pytest.fixture(scope="session")
+def pair32(pair_factory):
+    from l0score.model_pair import ModelPair
+
+    d = pair_factory(seed=5, **PAIR32)
+    return ModelPair.load(d / "base", d / "dormant")
+
+
+@pytest.fixture(scope="session")
+def pair16(pair_factory):
+    from l0score.model_pair import ModelPair
+
+    d = pair_factory(seed=6, **PAIR16)
+    return ModelPair.load(d / "base", d / "dormant")

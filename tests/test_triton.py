@@ -23,23 +23,6 @@ FIELDS = ("max_abs", "head_max", "kl", "head_kl", "band")
 RTOL = 1e-4
 BF16_U = 2.0 ** -8  # unit roundoff of a round-to-nearest-even bf16 entry (8-bit significand)
 
-# GQA 3 with head_dim 16 in fp32; GQA 4 with head_dim 32 in a bf16 checkpoint; hidden 48 both.
-PAIR32 = dict(num_attention_heads=6, num_key_value_heads=2, head_dim=16, hidden_size=48, rope_theta=1e4,
-              dtype="float32")
-PAIR16 = dict(num_attention_heads=4, num_key_value_heads=1, head_dim=32, hidden_size=48, rope_theta=1e6,
-              dtype="bfloat16")
-
-
-@pytest.fixture(scope="module")
-def pair32(pair_factory):
-    d = pair_factory(seed=5, **PAIR32)
-    return ModelPair.load(d / "base", d / "dormant")
-
-
-@pytest.fixture(scope="module")
-def pair16(pair_factory):
-    d = pair_factory(seed=6, **PAIR16)
-    return ModelPair.load(d / "base", d / "dormant")
 
 
 def _template(kind, pair):

@@ -23,23 +23,6 @@ RTOL = 1e-5
 TIE_GAP = 2e-5  # neighbouring reference values closer than this (relative) may swap order
 OFFSETS = (0, 1, 2, 5)
 
-# same pairs as tests/test_triton.py (the session builds each once)
-PAIR32 = dict(num_attention_heads=6, num_key_value_heads=2, head_dim=16, hidden_size=48, rope_theta=1e4,
-              dtype="float32")
-PAIR16 = dict(num_attention_heads=4, num_key_value_heads=1, head_dim=32, hidden_size=48, rope_theta=1e6,
-              dtype="bfloat16")
-
-
-@pytest.fixture(scope="module")
-def pair32(pair_factory):
-    d = pair_factory(seed=5, **PAIR32)
-    return ModelPair.load(d / "base", d / "dormant")
-
-
-@pytest.fixture(scope="module")
-def pair16(pair_factory):
-    d = pair_factory(seed=6, **PAIR16)
-    return ModelPair.load(d / "base", d / "dormant")
 
 
 def _pool(pair, n, seed):
