@@ -184,14 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: __import__("l0score.benchmark", fromlist=["main"]).main(a.bench_args))
 
     # Commands owned by their own modules: each registers its parser through register_cli(sub).
-    for module in ("search_cli", "verify", "analyze"):
-        try:
-            mod = __import__(f"l0score.{module}", fromlist=["register_cli"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"l0score.{module}":
-                raise
-            continue
-        mod.register_cli(sub)
+    from . import analyze, search_cli, verify
+
+    for module in (search_cli, verify, analyze):
+        module.register_cli(sub)
     return parser
 
 
