@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -184,10 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: __import__("l0score.benchmark", fromlist=["main"]).main(a.bench_args))
 
     # Commands owned by their own modules: each registers its parser through register_cli(sub).
-    from . import analyze, search_cli, verify
-
-    for module in (search_cli, verify, analyze):
-        module.register_cli(sub)
+    # (by module path: the package exports the functions analyze and verify under the same names)
+    for name in ("search_cli", "verify", "analyze"):
+        importlib.import_module(f"l0score.{name}").register_cli(sub)
     return parser
 
 
