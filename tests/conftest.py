@@ -4,6 +4,10 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "L0SCORE_CACHE" not in os.environ:  # tables and demo pairs of a test run stay out of the user's cache
+    import tempfile
+
+    os.environ["L0SCORE_CACHE"] = tempfile.mkdtemp(prefix="l0score-test-cache-")
 
 import json
 
