@@ -94,6 +94,11 @@ class RowStats:
     head_kl: torch.Tensor
     band: torch.Tensor
 
+    @classmethod
+    def cat(cls, parts: list["RowStats"]) -> "RowStats":
+        """Stats of consecutive candidate chunks, joined along the batch."""
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
+
 
 def attention_logits(q_rot: torch.Tensor, keys: torch.Tensor, head_dim: int) -> torch.Tensor:
     """S [B, Hs, L, K] from rotated queries [B, L, Hs, D] and rotated keys [B, K, Hs, D]."""

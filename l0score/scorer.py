@@ -145,7 +145,7 @@ class Scorer:
             own_rows = self._score_packed(cand, ctx)
             ext = ctx.extend(self._rotated_keys(head.ids[0, :c], ctx.prefix_len))
             parts.append(merge_rows(self._score_packed(pool_ids, ext), own_rows))
-        stats = RowStats(*(torch.cat([getattr(p, f) for p in parts]) for f in RowStats.__dataclass_fields__))
+        stats = RowStats.cat(parts)
         return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
 
     def default_pool(self) -> torch.Tensor:
@@ -166,7 +166,7 @@ class Scorer:
         chunk = max(1, int(4e7 // (len(self.heads) * width * (ctx.prefix_len + width))))
         parts = [self.backend.score_rows(batch.slice(s, s + chunk), ctx, self._heads_t, self.region,
                                          self._baseline, self._offsets_t) for s in range(0, len(batch), chunk)]
-        return RowStats(*(torch.cat([getattr(p, f) for p in parts]) for f in RowStats.__dataclass_fields__))
+        return RowStats.cat(parts)
 
     def _with_prefix_rows(self, stats: RowStats, ctx: Context) -> RowStats:
         if self.region == "all" and ctx.prefix_stats is not None:

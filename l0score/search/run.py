@@ -226,10 +226,6 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
 def rng_from(state: dict | None, seed) -> np.random.Generator:
     rng = np.random.default_rng(seed)
     if state is not None:
