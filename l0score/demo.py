@@ -53,7 +53,8 @@ def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: st
                    out=out_path, progress=console is not None, seed=seed)
     seconds = time.perf_counter() - start
     n_scanned = len(pool) ** 2
-    n_scored = len(seeds) * len(pool) * (len(trigger) - 2) if len(trigger) > 2 else 0
+    # the run's own count of scored candidates, from the checkpoint it leaves when it finishes
+    n_scored = json.loads(Path(str(out_path) + ".ckpt.json").read_text())["used"]
     found = [r["token_ids"] for r in results]
     rank = found.index(trigger) + 1 if trigger in found else None
 
