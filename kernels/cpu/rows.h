@@ -274,8 +274,12 @@ struct KlAcc {
   double lin = 0.0, prod = 1.0;
   void add(const Soft& s) {
     const double r = 1.0 / double(s.zd);
-    lin += double(s.a) * r - (double(s.md) - double(s.mb));
-    prod *= double(s.zb) * r;
+    add_parts(double(s.a) * r - (double(s.md) - double(s.mb)), double(s.zb) * r);
+  }
+  // rows already folded elsewhere: their summed linear parts and the product of their ratios
+  void add_parts(double l, double ratio) {
+    lin += l;
+    prod *= ratio;
     if (prod > 1e200 || prod < 1e-200) lin += std::log(prod), prod = 1.0;
   }
   double value() const { return lin + std::log(prod); }
@@ -391,29 +395,48 @@ struct SufCache {
   }
 };
 
-// Rotated keys of tokens ids[0..n) at positions pos0.. into a transposed [D][npad] tile (npad a
-// multiple of 8, columns >= n zero): rotate rows into tmp, then 8 x 8 in-register transposes.
-template <typename T>
-void key_tile(const Problem<T>& P, int m, int g, const int64_t* ids, int n, int npad, int64_t pos0, float* tmp,
-              float* tile) {
-  const int D = int(P.D);
-  for (int t = 0; t < npad; ++t) {
-    if (t < n)
-      rope(P.krow(m, ids[t], g), P.cs(pos0 + t), P.sn(pos0 + t), D, tmp + size_t(t) * D);
-    else
-      std::fill_n(tmp + size_t(t) * D, D, 0.f);
-  }
+inline v8f load8(const float* p) { return vload8(p); }
+inline v8f load8(const uint16_t* p) {  // 8 bf16 values widened to float32
+  typedef uint16_t v8u16 __attribute__((vector_size(16), aligned(2)));
+  typedef uint32_t v8u32 __attribute__((vector_size(32)));
+  return (v8f)(__builtin_convertvector(*reinterpret_cast<const v8u16*>(p), v8u32) << 16);
+}
+
+// Rows row(0..n) of length D (float32 or bf16 bits) as a float32 transposed [D][npad] tile (npad a
+// multiple of 8, columns >= n zero), by 8 x 8 in-register transposes.
+template <typename RowOf>
+void transpose_rows(RowOf row, int n, int npad, int D, float* tile) {
+  using T = std::remove_cv_t<std::remove_pointer_t<decltype(row(0))>>;
+  alignas(32) static const T zeros[NARROW] = {};
   for (int t0 = 0; t0 < npad; t0 += NARROW) {
+    const T* r8[NARROW];
+    for (int i = 0; i < NARROW; ++i) r8[i] = t0 + i < n ? row(t0 + i) : nullptr;
     int d0 = 0;
     for (; d0 + NARROW <= D; d0 += NARROW) {
       v8f r[NARROW];
-      for (int i = 0; i < NARROW; ++i) r[i] = vload8(tmp + size_t(t0 + i) * D + d0);
+      for (int i = 0; i < NARROW; ++i) r[i] = load8(r8[i] ? r8[i] + d0 : zeros);
       transpose8(r);
       for (int i = 0; i < NARROW; ++i) vstore8(tile + size_t(d0 + i) * npad + t0, r[i]);
     }
     for (; d0 < D; ++d0)
-      for (int i = 0; i < NARROW; ++i) tile[size_t(d0) * npad + t0 + i] = tmp[size_t(t0 + i) * D + d0];
+      for (int i = 0; i < NARROW; ++i) tile[size_t(d0) * npad + t0 + i] = r8[i] ? tof(r8[i][d0]) : 0.f;
   }
+}
+
+// Table rows row(0..n) (one head each) rotated at positions pos0 + t * step (step 1: a sequence;
+// 0: every row at one position) into a transposed [D][npad] tile: rotate into tmp, then transpose.
+template <typename T, typename RowOf>
+void rot_tile(const Problem<T>& P, RowOf row, int n, int npad, int64_t pos0, int step, float* tmp, float* tile) {
+  const int D = int(P.D);
+  for (int t = 0; t < n; ++t) rope(row(t), P.cs(pos0 + t * step), P.sn(pos0 + t * step), D, tmp + size_t(t) * D);
+  transpose_rows([&](int t) { return tmp + size_t(t) * D; }, n, npad, D, tile);
+}
+
+// Keys of KV head g (model m) of tokens ids[0..n) as a rot_tile.
+template <typename T>
+void key_tile(const Problem<T>& P, int m, int g, const int64_t* ids, int n, int npad, int64_t pos0, float* tmp,
+              float* tile, int step = 1) {
+  rot_tile(P, [&](int t) { return P.krow(m, ids[t], g); }, n, npad, pos0, step, tmp, tile);
 }
 
 template <typename T>

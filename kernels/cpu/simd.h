@@ -110,6 +110,31 @@ static inline v16f vexp(v16f x) {
   return y * (v16f)((n + 127) << 23);
 }
 
+// log(x) for finite x > 0: Cephes' logf polynomial after splitting x = m 2^e, m in [sqrt(1/2), sqrt(2));
+// relative error < 2e-7 on normal inputs.
+static inline v16f vlog(v16f x) {
+  v16i e = (((v16i)x >> 23) & 0xff) - 126;
+  v16f m = (v16f)(((v16i)x & 0x807fffff) | 0x3f000000);  // mantissa in [0.5, 1)
+  const v16i small = m < 0.70710678f;
+  e = e + small;  // small lanes: -1 (true) moves e down by one
+  m = vsel(small, m + m, m) - 1.0f;
+  const v16f z = m * m;
+  v16f y = vsplat(7.0376836292e-2f);
+  y = y * m + -1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m + -1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m + -1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m + -2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const v16f ef = __builtin_convertvector(e, v16f);
+  y += ef * -2.12194440e-4f;
+  y += z * -0.5f;
+  return m + y + ef * 0.693359375f;
+}
+
 // bf16 <-> fp32. bf16 values are stored as their raw 16 bits (torch.bfloat16 viewed as int16).
 static inline float bf16_to_f32(uint16_t b) {
   uint32_t u = uint32_t(b) << 16;
