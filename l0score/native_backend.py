@@ -164,14 +164,7 @@ class NativeBackend:
         p = ctx.prefix_len
         max_dep = int(dep_len.max())
         ids = ids[:, :max_dep].contiguous()
-        M = p + max_dep - 1
-        base = baseline.detach().float().cpu()[:, : M + 1]
-        if bool(base.any()):
-            rev = torch.zeros(base.shape[0], M + 1 + LANES)
-            rev[:, : M + 1] = base.flip(1)
-            rev = rev.numpy()
-        else:
-            rev = np.zeros((0, 0), dtype=np.float32)
+        rev = _reversed_baseline(baseline, p + max_dep - 1)
         cos, sin = self._rope(p + max_dep)
         if self.table is not None:
             tables = self._views
@@ -189,3 +182,34 @@ class NativeBackend:
             heads.cpu().numpy(), self._prefix_tile(ctx), p, ctx.cand_start, cos, sin, rev,
             offsets.cpu().numpy(), region == "all")
         return RowStats(torch.from_numpy(hm), torch.from_numpy(hp), torch.from_numpy(hk), torch.from_numpy(band))
+
+    def extension_rows(self, pool: torch.Tensor, ctx: Context, heads, region, baseline, offsets,
+                       earlier: RowStats | None = None) -> RowStats | None:
+        """The rows of the one-token candidates [t], t in pool, in a context whose cached prefix ends
+        with a candidate's first tokens, merged with `earlier` (those tokens' own rows, [1, ...]): what
+        score_rows and merge_rows give, by the dedicated kernel (kernels/cpu/extend.cpp). None on the
+        direct path (no table): the caller uses score_rows."""
+        if self.table is None:
+            return None
+        p, s = ctx.prefix_len, len(ctx.suffix_ids)
+        cos, sin = self._rope(p + 1 + s)
+        empty = np.zeros(0, dtype=np.float32)
+        prior = (empty, np.zeros(0, dtype=np.int64), empty, empty) if earlier is None else tuple(
+            t[0].contiguous().numpy() for t in (earlier.head_max, earlier.head_pos, earlier.head_kl, earlier.band))
+        hm, hp, hk, band = _native.extend_table(
+            *self._views, self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim,
+            pool.cpu().numpy(), ctx.suffix_ids.cpu().numpy(), heads.cpu().numpy(), self._prefix_tile(ctx), p,
+            ctx.cand_start, cos, sin, _reversed_baseline(baseline, p + s), offsets.cpu().numpy(), region == "all",
+            *prior)
+        return RowStats(torch.from_numpy(hm), torch.from_numpy(hp), torch.from_numpy(hk), torch.from_numpy(band))
+
+
+def _reversed_baseline(baseline: torch.Tensor, M: int) -> np.ndarray:
+    """The kernels' baseline layout: rev[h, M - r] = baseline[h, r] for rows up to position M (and
+    LANES of zero slack), or an empty array when the baseline is zero (the kernels then skip it)."""
+    base = baseline.detach().float().cpu()[:, : M + 1]
+    if not bool(base.any()):
+        return np.zeros((0, 0), dtype=np.float32)
+    rev = torch.zeros(base.shape[0], M + 1 + LANES)
+    rev[:, : M + 1] = base.flip(1)
+    return rev.numpy()

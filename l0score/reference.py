@@ -97,6 +97,8 @@ class RowStats:
     @classmethod
     def cat(cls, parts: list["RowStats"]) -> "RowStats":
         """Stats of consecutive candidate chunks, joined along the batch."""
+        if len(parts) == 1:
+            return parts[0]
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
 
 

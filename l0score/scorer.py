@@ -126,12 +126,11 @@ class Scorer:
         The prefix's own rows are scored once; only the new row and the suffix rows are computed per t.
         """
         ctx = self.context(template or self.template)
-        pool = self.default_pool() if pool is None else pool
-        pool_ids = self.pack([[int(t)] for t in _as_pool(pool)], None, ctx.template)
+        pool = _as_pool(self.default_pool() if pool is None else pool, self.pair.config.vocab_rows)
         parts = []
         for n, prefix in enumerate(prefixes):
             if len(prefix) == 0:
-                parts.append(self._score_packed(pool_ids, ctx))
+                parts.append(self._score_pool(pool, ctx))
                 continue
             try:
                 head = self.pack([prefix], None, ctx.template)
@@ -144,7 +143,7 @@ class Scorer:
             cand = PackedBatch(head.ids[:, :c], head.cand_len, head.cand_len.clone())
             own_rows = self._score_packed(cand, ctx)
             ext = ctx.extend(self._rotated_keys(head.ids[0, :c], ctx.prefix_len))
-            parts.append(merge_rows(self._score_packed(pool_ids, ext), own_rows))
+            parts.append(self._score_pool(pool, ext, own_rows))
         stats = RowStats.cat(parts)
         return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
 
@@ -168,19 +167,35 @@ class Scorer:
                                          self._baseline, self._offsets_t) for s in range(0, len(batch), chunk)]
         return RowStats.cat(parts)
 
+    def _score_pool(self, pool: torch.Tensor, ctx: Context, earlier: RowStats | None = None) -> RowStats:
+        """Rows of the one-token candidates [t], t in pool, merged with `earlier` (a candidate prefix's
+        own rows): a backend's dedicated extension kernel when it has one, else the general path."""
+        kernel = getattr(self.backend, "extension_rows", None)
+        if kernel is not None:
+            stats = kernel(pool, ctx, self._heads_t, self.region, self._baseline, self._offsets_t, earlier)
+            if stats is not None:
+                return stats
+        stats = self._score_packed(self.pack(pool[:, None], None, ctx.template), ctx)
+        return stats if earlier is None else merge_rows(stats, earlier)
+
     def _with_prefix_rows(self, stats: RowStats, ctx: Context) -> RowStats:
         if self.region == "all" and ctx.prefix_stats is not None:
             return merge_rows(stats, ctx.prefix_stats)
         return stats
 
 
-def _as_pool(pool) -> list[int]:
+def _as_pool(pool, vocab_rows: int) -> torch.Tensor:
+    """A validated 1-D int64 CPU tensor of pool token ids."""
     arr = torch.as_tensor(pool)
     if arr.ndim != 1 or arr.numel() == 0:
         raise ValueError(f"pool must be a non-empty 1-D list of token ids, got shape {tuple(arr.shape)}")
     if arr.is_floating_point() or arr.dtype == torch.bool:
         raise TypeError(f"pool ids must be integers, got dtype {arr.dtype}")
-    return arr.tolist()
+    arr = arr.to("cpu", torch.int64)
+    bad = arr[(arr < 0) | (arr >= vocab_rows)]
+    if len(bad):
+        raise ValueError(f"pool id {int(bad[0])} outside [0, {vocab_rows})")
+    return arr
 
 
 def _check_heads(heads, n_heads: int) -> tuple[int, ...]:

@@ -26,11 +26,13 @@ PYBIND11_MODULE(_native, m) {
   m.def("extend_table", &l0score::extend_table,
         "Incremental extensions: for the context whose cached keys are prefix_keys (prefix_len of them, the "
         "candidate's tokens from cand_start), the scores of the one-token candidates [t] for t in pool, "
-        "with the suffix after them. Same outputs as score_table, one row per pool token.",
+        "with the suffix after them, merged with the stats of earlier rows (earlier_*: the candidate prefix's "
+        "own rows; empty arrays: none). Same outputs as score_table, one row per pool token.",
         py::arg("q_base"), py::arg("k_base"), py::arg("q_dorm"), py::arg("k_dorm"), py::arg("num_heads"),
         py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("pool"), py::arg("suffix"), py::arg("heads"),
         py::arg("prefix_keys"), py::arg("prefix_len"), py::arg("cand_start"), py::arg("cos"), py::arg("sin"),
-        py::arg("rev_baseline"), py::arg("offsets"), py::arg("region_all"));
+        py::arg("rev_baseline"), py::arg("offsets"), py::arg("region_all"), py::arg("earlier_max"),
+        py::arg("earlier_pos"), py::arg("earlier_kl"), py::arg("earlier_band"));
   m.def("pack_weights", &l0score::pack_weights, "Pack [N, K] projection weights into [ceil(N/32), K, 32] panels.",
         py::arg("w"));
   m.def("build_rows", &l0score::build_rows,

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "rows.h"
+#include "table_build.h"
 
 namespace py = pybind11;
 
@@ -121,13 +122,21 @@ struct RowPrefetcher {
   }
 };
 
+// Stats of rows before the new token that are not in the context (the candidate prefix's own rows,
+// scored once by the caller), or all null.
+struct Earlier {
+  const float* max = nullptr;  // [Hs]
+  const int64_t* pos = nullptr;  // [Hs][2]
+  const float *kl = nullptr, *band = nullptr;  // [Hs], [n_off]
+};
+
 struct ExtWorkspace {
   AlignedBuf kt, qt, sb, sd, ssb, ssd, band;
 };
 
 template <typename T>
 void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* next, int n_next, const SufCache* sc,
-                 ExtWorkspace& ws, float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
+                 const Earlier& E, ExtWorkspace& ws, float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
   const int D = int(P.D), Hs = P.Hs, ng = int(P.groups.size()), p = P.p, n_off = P.n_off;
   const int s = sc ? sc->s : 0;
   float* KT = ws.kt.get(size_t(2) * D * BLOCK);  // [2][D][BLOCK]: the block's keys of one group at p
@@ -203,9 +212,12 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
           if (P.offsets[o] == u + 1) band[o] = vmax(band[o], diff);
       }
       kl += lin + vlog(ratio);
-      if (sc) {  // the suffix rows' cached cells come after the new ones: they win only when larger
-        const Best& cb = sc->best[hs];
-        best.update(vsel(lanes < n, vsplat(cb.v), vsplat(NEG_INF)), cb.i, cb.j);
+      // Cells reduced once, merged in the order score_table and merge_rows use (earlier wins only when
+      // larger): the suffix rows' cached cells, then the candidate prefix's own rows.
+      if (sc) best.update(vsel(lanes < n, vsplat(sc->best[hs].v), vsplat(NEG_INF)), sc->best[hs].i, sc->best[hs].j);
+      if (E.max) {
+        best.update(vsel(lanes < n, vsplat(E.max[hs]), vsplat(NEG_INF)), int32_t(E.pos[2 * hs]), int32_t(E.pos[2 * hs + 1]));
+        kl += E.kl[hs];
       }
       for (int l = 0; l < n; ++l) {
         out_max[size_t(l) * Hs + hs] = best.v[l];
@@ -216,13 +228,14 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
     }
   }
   for (int o = 0; o < n_off; ++o) {
-    const float cached = sc ? sc->band[o] : 0.f;
+    const float cached = std::max(sc ? sc->band[o] : 0.f, E.max ? E.band[o] : 0.f);
     for (int l = 0; l < n; ++l) out_band[size_t(l) * n_off + o] = std::max(band[o][l], cached);
   }
 }
 
 template <typename T>
-void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64_t* suffix, int64_t s, float* out_max,
+void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64_t* suffix, int64_t s, const Earlier& E,
+                float* out_max,
                 int64_t* out_pos, float* out_kl, float* out_band) {
   SufCache cache;
   cache.c = 1, cache.s = int(s);
@@ -236,7 +249,7 @@ void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64
     for (int64_t b0 = 0; b0 < N; b0 += BLOCK) {
       const int n = int(std::min<int64_t>(BLOCK, N - b0));
       const int n_next = int(std::clamp<int64_t>(N - b0 - BLOCK, 0, BLOCK));
-      score_block(P, pool + b0, n, pool + b0 + BLOCK, n_next, sc, ws, out_max + b0 * Hs,
+      score_block(P, pool + b0, n, pool + b0 + BLOCK, n_next, sc, E, ws, out_max + b0 * Hs,
                   out_pos + b0 * Hs * 2, out_kl + b0 * Hs, out_band + b0 * n_off);
     }
   }
@@ -247,7 +260,8 @@ void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64
 py::tuple extend_table(py::array q_base, py::array k_base, py::array q_dorm, py::array k_dorm, int64_t num_heads,
                        int64_t num_kv_heads, int64_t head_dim, I64Array pool, I64Array suffix, I64Array heads,
                        F32Array prefix_keys, int64_t prefix_len, int64_t cand_start, F32Array cos, F32Array sin,
-                       F32Array rev_baseline, I64Array offsets, bool region_all) {
+                       F32Array rev_baseline, I64Array offsets, bool region_all, F32Array earlier_max,
+                       I64Array earlier_pos, F32Array earlier_kl, F32Array earlier_band) {
   const Tables tabs = check_tables(q_base, k_base, q_dorm, k_dorm, num_heads, num_kv_heads, head_dim);
   if (pool.ndim() != 1) throw py::value_error("pool must be 1-D");
   const int64_t N = pool.size(), s = suffix.size();
@@ -259,6 +273,13 @@ py::tuple extend_table(py::array q_base, py::array k_base, py::array q_dorm, py:
   for (int64_t u = 0; u < s; ++u)
     if (suf[u] < 0 || suf[u] >= tabs.V) throw py::value_error("suffix id " + std::to_string(suf[u]) + " outside the table");
   const int64_t Hs = heads.size(), n_off = offsets.size();
+  Earlier E;
+  if (earlier_max.size()) {
+    if (earlier_max.size() != Hs || earlier_pos.size() != 2 * Hs || earlier_kl.size() != Hs ||
+        earlier_band.size() != n_off)
+      throw py::value_error("earlier rows' stats must be [len(heads)], [len(heads), 2], [len(heads)], [len(offsets)]");
+    E = {earlier_max.data(), earlier_pos.data(), earlier_kl.data(), earlier_band.data()};
+  }
   py::array_t<float> head_max({N, Hs});
   py::array_t<int64_t> head_pos({N, Hs, int64_t(2)});
   py::array_t<float> head_kl({N, Hs});
@@ -267,9 +288,11 @@ py::tuple extend_table(py::array q_base, py::array k_base, py::array q_dorm, py:
   int64_t* op = head_pos.mutable_data();
   float* ok = head_kl.mutable_data();
   float* ob = band.mutable_data();
+  for (py::buffer out : {py::buffer(head_max), py::buffer(head_pos), py::buffer(head_kl)})
+    advise_hugepages(out);  // first touch of ~100 MB per call: 2 MiB faults instead of 4 KiB ones
   with_problem(tabs, num_heads, num_kv_heads, head_dim, heads, prefix_keys, prefix_len, cand_start, cos, sin,
                rev_baseline, offsets, region_all, 1 + s,
-               [&](const auto& P) { run_extend(P, pp, N, suf, s, om, op, ok, ob); });
+               [&](const auto& P) { run_extend(P, pp, N, suf, s, E, om, op, ok, ob); });
   return py::make_tuple(head_max, head_pos, head_kl, band);
 }
 

@@ -22,6 +22,7 @@ pybind11::tuple extend_table(pybind11::array q_base, pybind11::array k_base, pyb
                              pybind11::array k_dorm, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                              I64Array pool, I64Array suffix, I64Array heads, F32Array prefix_keys, int64_t prefix_len,
                              int64_t cand_start, F32Array cos, F32Array sin, F32Array rev_baseline, I64Array offsets,
-                             bool region_all);
+                             bool region_all, F32Array earlier_max, I64Array earlier_pos, F32Array earlier_kl,
+                             F32Array earlier_band);
 
 }  // namespace l0score
