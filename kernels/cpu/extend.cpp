@@ -199,12 +199,17 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
       for (int u = 0; u < s; ++u) {
         const v16f b = vload(SSb + size_t(u * gr.nh + h) * BLOCK), d = vload(SSd + size_t(u * gr.nh + h) * BLOCK);
         const Soft& st = sc->st[size_t(u) * Hs + hs];
-        const v16f m_d = vmax(vsplat(st.md), d), m_b = vmax(vsplat(st.mb), b);
-        const v16f cd = vexp(vsplat(st.md) - m_d), cb = vexp(vsplat(st.mb) - m_b);
-        const v16f ed = vexp(d - m_d), eb = vexp(b - m_b);
-        const v16f z_d = cd * st.zd + ed;
-        lin += (cd * st.a + ed * (d - b)) / z_d - (m_d - m_b);
-        ratio *= (cb * st.zb + eb) / z_d;
+        // One exp per model: of the cached max and the new logit, the larger gets factor 1 and the
+        // other exp(-|difference|).
+        const v16f xd = d - st.md, xb = b - st.mb;
+        const v16f e_d = vexp(-vabs(xd)), e_b = vexp(-vabs(xb));
+        const v16i up_d = xd > 0.f, up_b = xb > 0.f;
+        const v16f one = vsplat(1.f);
+        const v16f cd = vsel(up_d, e_d, one), ed = vsel(up_d, one, e_d);
+        const v16f cb = vsel(up_b, e_b, one), eb = vsel(up_b, one, e_b);
+        const v16f r_d = one / (cd * st.zd + ed);
+        lin += (cd * st.a + ed * (d - b)) * r_d - (vmax(vsplat(st.md), d) - vmax(vsplat(st.mb), b));
+        ratio *= (cb * st.zb + eb) * r_d;
         if (u % 4 == 2) kl += vlog(ratio), ratio = vsplat(1.f);
         const v16f diff = vabs(d - b - (rb ? rb[-(u + 1)] : 0.f));
         best.update(diff, p + 1 + u, p);
