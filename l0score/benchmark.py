@@ -12,7 +12,11 @@ Measured in the same run:
   * torch reference with the context cache (per-token table, only dependent rows);
   * transformers' Qwen2 Layer-0 modules of both models recomputed for every candidate, batched 32
     (what a user would otherwise write);
-  * Triton under TRITON_INTERPRET=1 on the tiny pair: correctness only.
+  * Triton under TRITON_INTERPRET=1 on the tiny pair: correctness only;
+  * native incremental extensions (Scorer.score_extensions, one step of a beam search): for cached
+    candidate prefixes of 0, 2, 4 and 7 tokens, prefix + [t] for every token t of the default pool,
+    fp32 and bf16 tables, in the model's own chat template (its default system prompt) and in the
+    ~30-token prefix above; score_batch of 8-token candidates in the same process for the ratio.
 Useful work per candidate = the dot products of every cell that depends on the candidate, both
 models (6.9 MFLOP at p=30, c=8, s=5, 28 heads, D=128); useful GFLOP/s is compared with the roofline.
 
@@ -40,7 +44,9 @@ RESULT_TAG = "L0BENCH_RESULT "
 CHAT_SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
 CHAT_BEFORE = ("", "Q:", "Q: ", "Text: ", "Please read: ")
 TARGETS = {"native_fp32_cand_per_s": 20_000, "roofline_fraction": 0.5, "vs_transformers": 200,
-           "build_s_per_model": 120, "cached_load_s": 10, "rss_gb_fp32": 12, "rss_gb_bf16": 7}
+           "build_s_per_model": 120, "cached_load_s": 10, "rss_gb_fp32": 12, "rss_gb_bf16": 7,
+           "native_fp32_extensions_per_s": 300_000}  # default chat template (search's --template chat)
+EXTENSION_PREFIXES = (0, 2, 4, 7)  # cached candidate tokens before the extended position
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -190,6 +196,42 @@ def _child_native(spec: dict) -> dict:
     }
 
 
+def _child_extensions(spec: dict) -> dict:
+    """Time Scorer.score_extensions over the default pool (a beam step), and score_batch of 8-token
+    candidates in the same process, per template: the chat template's default and the ~30-token one."""
+    from . import Scorer
+    from .model_pair import ModelPair
+    from .template import Template
+
+    pair = ModelPair.load(spec["base"], spec["dormant"])
+    scorer = Scorer(pair, backend="native", table=True, table_dtype=spec["dtype"], template="chat")
+    pool = scorer.default_pool()
+    rng = np.random.default_rng(spec["seed"])
+    cands = candidates(pair, spec["n_batch"], spec["length"], seed=spec["seed"])
+    out = {"dtype": spec["dtype"], "pool": len(pool), "reps": spec["reps"], "templates": {}}
+    for name, tpl in (("chat", Template.chat(pair.tokenizer)), ("chat30", chat_template(pair.tokenizer, spec["prefix"]))):
+        prefixes = {c: rng.choice(pool.numpy(), c).tolist() for c in EXTENSION_PREFIXES}
+        scorer.score_extensions([prefixes[0]], pool, template=tpl)  # warm-up: context, page-in
+        walls = {c: [] for c in prefixes}
+        batch = []
+        for _ in range(spec["reps"]):
+            for c, prefix in prefixes.items():
+                t = time.perf_counter()
+                scorer.score_extensions([prefix], pool, template=tpl)
+                walls[c].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            scorer.score_batch(cands, template=tpl)
+            batch.append(time.perf_counter() - t)
+        per_prefix = {c: len(pool) / statistics.median(w) for c, w in walls.items()}
+        step = len(pool) * len(prefixes) / sum(statistics.median(w) for w in walls.values())
+        batch_rate = len(cands) / statistics.median(batch)
+        out["templates"][name] = {"prefix_len": len(tpl.prefix_ids), "suffix_len": len(tpl.suffix_ids),
+                                  "ext_per_s": step, "ext_per_s_by_prefix": per_prefix,
+                                  "ext_per_s_all": {c: [len(pool) / x for x in w] for c, w in walls.items()},
+                                  "batch_cand_per_s": batch_rate, "ext_vs_batch": step / batch_rate}
+    return out
+
+
 def _child_triton(spec: dict) -> dict:
     """Triton interpreted (TRITON_INTERPRET=1) on the tiny pair: agreement with the torch reference."""
     from . import Scorer
@@ -319,7 +361,8 @@ def _agreement(a: dict, b: dict) -> dict:
 
 def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_native: int | None = None,
                   reps: int = 5, n_torch: int | None = None, n_transformers: int | None = None,
-                  build: bool = True, triton: bool = True, length: int = 8, prefix: int = 30, seed: int = 0,
+                  build: bool = True, triton: bool = True, extensions: bool = True, length: int = 8,
+                  prefix: int = 30, seed: int = 0,
                   command: str | None = None) -> dict:
     """Run every measurement; write bench-<stamp>.json/.png and latest.json/.png/.md under out_dir."""
     from . import table_cache
@@ -344,7 +387,8 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
                              "loadavg_start": os.getloadavg()},
                  "pair": {"base": base, "dormant": dormant}, "targets": TARGETS, "quick": quick}
     spec = {"base": base, "dormant": dormant, "prefix": prefix, "length": length, "seed": seed}
-    steps = ["build fp32", "build bf16", "native fp32", "native bf16", "roofline", "torch", "transformers", "triton"]
+    steps = ["build fp32", "build bf16", "native fp32", "native bf16", "extensions fp32", "extensions bf16",
+             "roofline", "torch", "transformers", "triton"]
     from tqdm import tqdm
 
     bar = tqdm(total=len(steps), desc="bench", unit="step")
@@ -362,6 +406,13 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
         step(f"native {dtype}")
         res[f"native_{dtype}"] = _run_child("native", {**spec, "dtype": dtype, "n": n_native, "reps": reps,
                                                       "matmul_n": 1024 if quick else 4096})
+        bar.update(1)
+
+    for dtype in ("float32", "bfloat16"):
+        step(f"extensions {dtype}")
+        if extensions:
+            res[f"extensions_{dtype}"] = _run_child("extensions", {**spec, "dtype": dtype, "reps": reps,
+                                                                  "n_batch": 512 if quick else 4096})
         bar.update(1)
 
     step("roofline")
@@ -439,6 +490,11 @@ def _summarise(res: dict, flops: float) -> None:
         build = res.get(f"build_{dtype}", {})
         if "build_s" in build:
             summary[dtype]["build_s_per_model"] = build["build_s"]
+    for dtype in ("float32", "bfloat16"):
+        ext = res.get(f"extensions_{dtype}", {})
+        if "templates" in ext:
+            summary[f"extensions_{dtype}"] = {name: {k: t[k] for k in ("prefix_len", "ext_per_s", "ext_vs_batch")}
+                                              for name, t in ext["templates"].items()}
     summary["torch_vs_transformers"] = res["torch"]["cand_per_s"] / res["transformers"]["cand_per_s"]
     summary["transformers_agreement_vs_torch"] = _agreement(res["transformers"], res["torch"])
     f32 = summary.get("float32", {})
@@ -453,6 +509,9 @@ def _summarise(res: dict, flops: float) -> None:
             "rss_gb_fp32": f32["rss_gb"] <= t["rss_gb_fp32"],
             "rss_gb_bf16": summary.get("bfloat16", {}).get("rss_gb", 1e9) <= t["rss_gb_bf16"],
         }
+        if "extensions_float32" in summary:
+            summary["targets_met"]["native_fp32_extensions_per_s"] = (
+                summary["extensions_float32"]["chat"]["ext_per_s"] >= t["native_fp32_extensions_per_s"])
     res["summary"] = summary
 
 
@@ -505,6 +564,15 @@ def markdown(res: dict) -> str:
                          + f"; cached load {d['cached_table_load_s']:.1f} s; peak RSS {d['rss_gb']:.1f} GB; "
                          f"CPU-time bound {d['cpu_bound_cand_per_s']:,.0f}/s; max rel. diff vs torch "
                          f"max_abs {d['agreement_vs_torch']['max_abs']:.1e}, kl {d['agreement_vs_torch']['kl']:.1e}")
+    for dtype in ("float32", "bfloat16"):
+        ext = res.get(f"extensions_{dtype}", {})
+        for name, t in ext.get("templates", {}).items():
+            by = ", ".join(f"{c} cached: {r:,.0f}/s" for c, r in t["ext_per_s_by_prefix"].items())
+            lines.append(f"- extensions, {dtype} table, chat template with a {t['prefix_len']}-token prefix "
+                         f"({'its default system prompt' if name == 'chat' else 'the setting above'}): "
+                         f"**{t['ext_per_s']:,.0f} extensions/s** over a {ext['pool']:,}-token pool ({by}); "
+                         f"{t['ext_vs_batch']:.1f}x the rate of whole 8-token candidates in the same process "
+                         f"({t['batch_cand_per_s']:,.0f}/s)")
     if "triton" in res:
         t = res["triton"]
         if "error" in t:
@@ -565,16 +633,19 @@ def main(argv=None, prog: str = "l0score bench") -> int:
     ap.add_argument("--transformers-candidates", type=int)
     ap.add_argument("--no-build", action="store_true", help="do not time a fresh table build (use the cache)")
     ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--no-extensions", action="store_true", help="skip the score_extensions timing")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
         kind, spec = args._child[0], json.loads(args._child[1])
-        fn = {"build": _child_build, "native": _child_native, "triton": _child_triton}[kind]
+        fn = {"build": _child_build, "native": _child_native, "triton": _child_triton,
+              "extensions": _child_extensions}[kind]
         print(RESULT_TAG + json.dumps(fn(spec)), flush=True)
         return 0
     run_benchmark(args.base, args.dormant, quick=args.quick, out_dir=args.out, n_native=args.candidates,
                   reps=args.reps, n_torch=args.torch_candidates, n_transformers=args.transformers_candidates,
-                  build=not args.no_build, triton=not args.no_triton, command=" ".join([prog, *argv]))
+                  build=not args.no_build, triton=not args.no_triton, extensions=not args.no_extensions,
+                  command=" ".join([prog, *argv]))
     return 0
 
 
