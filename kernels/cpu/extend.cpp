@@ -167,6 +167,12 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
     for (int h = 0; h < gr.nh; ++h) {
       const int hs = gr.h0 + h;
       pf.step();
+      if (h + 1 < gr.nh)  // the next head's rows (in L2 by now) into L1 while this one computes
+        for (int l = 0; l < n; ++l)
+          for (int m = 0; m < 2; ++m) {
+            const char* r = reinterpret_cast<const char*>(P.qrow(m, ids[l], P.heads[hs + 1]));
+            for (int b = 0; b < D * int(sizeof(T)); b += 64) __builtin_prefetch(r + b, 0, 3);
+          }
       for (int m = 0; m < 2; ++m) {
         tile_at(P, [&](int t) { return P.qrow(m, ids[t], P.heads[hs]); }, n, p, QT + size_t(m) * D * BLOCK);
         const float* K = P.pkeys + size_t(m * P.KV + gr.g) * D * P.ppad;
