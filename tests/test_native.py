@@ -109,6 +109,28 @@ def test_native_extensions(pair_factory, region):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("template", ["raw", "chat"])
+@pytest.mark.parametrize("table_dtype", ["float32", "bfloat16"])
+def test_extension_kernel_equals_score_batch(pair_factory, name, template, table_dtype):
+    """The dedicated extension kernel (extend.cpp) against the general one on prefix + [t], same table:
+    empty and long prefixes (1 to 3 key chunks), a pool that ends mid-block, repeated tokens, head subsets."""
+    pair_dir = pair_factory(**CONFIGS[name])
+    pair = ModelPair.load(pair_dir / "base", pair_dir / "dormant")
+    rng = np.random.default_rng(1)
+    pool = rng.integers(0, pair.config.vocab_rows, 37).tolist() + [5, 5]
+    prefixes = [[], [7], rng.integers(0, pair.config.vocab_rows, 40).tolist()]
+    for opts in OPTIONS:
+        opts = dict(opts)
+        heads = opts.pop("heads")
+        heads = [0, pair.config.num_heads - 1] if heads == "subset" else None
+        scorer = Scorer(pair, backend="native", template=_template(template, pair), table_dtype=table_dtype,
+                        heads=heads, **opts)
+        got = scorer.score_extensions(prefixes, pool)
+        want = scorer.score_batch([p + [t] for p in prefixes for t in pool])
+        assert_close(got, want, rtol=2e-5)
+
+
 def test_native_thread_count_does_not_change_results(tiny_pair):
     scorer = Scorer.from_pretrained(tiny_pair / "base", tiny_pair / "dormant", backend="native", template="chat")
     cands = np.random.default_rng(0).integers(0, 500, (300, 6))
