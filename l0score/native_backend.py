@@ -204,6 +204,45 @@ class NativeBackend:
         return RowStats(torch.from_numpy(hm), torch.from_numpy(hp), torch.from_numpy(hk), torch.from_numpy(band))
 
 
+    def pair_topk(self, pool: torch.Tensor, head: int, offset: int, top: int, shift: float = 0.0):
+        """The hook `l0score.search.pair_scan` dispatches to: the exact top `top` cells of |dS - shift|
+        of query head `head` at offset `offset` over the pool (offset 0: a == b only), as (signed values,
+        query index, key index into pool), best first, by kernels/cpu/pair_scan.cpp. On the direct path
+        the pool's rows of this head and its KV head are projected first (kept for the next offsets)."""
+        cfg = self.cfg
+        pool = torch.as_tensor(pool, dtype=torch.int64).cpu()
+        if pool.dim() != 1 or len(pool) == 0:
+            raise ValueError("pool must be a non-empty 1-D integer tensor")
+        if int(pool.min()) < 0 or int(pool.max()) >= cfg.vocab_rows:
+            raise ValueError(f"pool token ids must be in [0, {cfg.vocab_rows})")
+        if not 0 <= int(head) < cfg.num_heads:
+            raise ValueError(f"head {head} outside [0, {cfg.num_heads})")
+        cos, sin = rope_angles(torch.tensor([int(offset)]), cfg.head_dim, cfg.rope_theta)
+        if self.table is not None:
+            tables, n_heads, n_kv, h, ids = self._views, cfg.num_heads, cfg.num_kv_heads, int(head), pool
+        else:
+            tables, n_heads, n_kv, h, ids = self._pool_rows(pool, int(head)), 1, 1, 0, torch.arange(len(pool))
+        values, q_idx, k_idx = _native.pair_topk_table(*tables, n_heads, n_kv, cfg.head_dim, ids.numpy(), h,
+                                                       int(offset), int(top), float(shift), cos[0].numpy(), sin[0].numpy())
+        return torch.from_numpy(values), torch.from_numpy(q_idx), torch.from_numpy(k_idx)
+
+    def _pool_rows(self, pool: torch.Tensor, head: int, chunk: int = 4096) -> tuple[np.ndarray, ...]:
+        """Direct path: the pool's q rows of `head` and k rows of its KV head, per model ([N, D] fp32, in
+        the table order q_base, k_base, q_dorm, k_dorm), projected in chunks; the last (pool, head) is kept."""
+        cached = getattr(self, "_pool_cache", None)
+        if cached is not None and cached[1] == head and torch.equal(cached[0], pool):
+            return cached[2]
+        g = head // self.cfg.group
+        parts = [[] for _ in range(4)]
+        for start in range(0, len(pool), chunk):
+            qb, kb, qd, kd = self._direct.lookup(pool[start : start + chunk])
+            for part, t in zip(parts, (qb[:, head], kb[:, g], qd[:, head], kd[:, g])):
+                part.append(t.float())
+        rows = tuple(torch.cat(p).contiguous().numpy() for p in parts)
+        self._pool_cache = (pool.clone(), head, rows)
+        return rows
+
+
 def _reversed_baseline(baseline: torch.Tensor, M: int) -> np.ndarray:
     """The kernels' baseline layout: rev[h, M - r] = baseline[h, r] for rows up to position M (and
     LANES of zero slack), or an empty array when the baseline is zero (the kernels then skip it)."""

@@ -33,6 +33,13 @@ PYBIND11_MODULE(_native, m) {
         py::arg("prefix_keys"), py::arg("prefix_len"), py::arg("cand_start"), py::arg("cos"), py::arg("sin"),
         py::arg("rev_baseline"), py::arg("offsets"), py::arg("region_all"), py::arg("earlier_max"),
         py::arg("earlier_pos"), py::arg("earlier_kl"), py::arg("earlier_band"));
+  m.def("pair_topk_table", &l0score::pair_topk_table,
+        "Exact pair scan of query head `head` at offset `offset` over pool: the top `top` cells of "
+        "|dS - shift| (offset 0: a token with itself only) as (signed values, query index, key index), "
+        "best first, indices into pool. cos/sin: the D/2 RoPE angles of the offset.",
+        py::arg("q_base"), py::arg("k_base"), py::arg("q_dorm"), py::arg("k_dorm"), py::arg("num_heads"),
+        py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("pool"), py::arg("head"), py::arg("offset"),
+        py::arg("top"), py::arg("shift"), py::arg("cos"), py::arg("sin"));
   m.def("pack_weights", &l0score::pack_weights, "Pack [N, K] projection weights into [ceil(N/32), K, 32] panels.",
         py::arg("w"));
   m.def("build_rows", &l0score::build_rows,

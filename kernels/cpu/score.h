@@ -25,4 +25,11 @@ pybind11::tuple extend_table(pybind11::array q_base, pybind11::array k_base, pyb
                              bool region_all, F32Array earlier_max, I64Array earlier_pos, F32Array earlier_kl,
                              F32Array earlier_band);
 
+// Exact pair scan of one (head, offset) over a pool (see pair_scan.cpp): (values, q_idx, k_idx),
+// the top `top` cells by |dS - shift|, best first; indices into pool.
+pybind11::tuple pair_topk_table(pybind11::array q_base, pybind11::array k_base, pybind11::array q_dorm,
+                                pybind11::array k_dorm, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                I64Array pool, int64_t head, int64_t offset, int64_t top, double shift, F32Array cos,
+                                F32Array sin);
+
 }  // namespace l0score
