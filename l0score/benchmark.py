@@ -13,6 +13,8 @@ Measured in the same run:
   * transformers' Qwen2 Layer-0 modules of both models recomputed for every candidate, batched 32
     (what a user would otherwise write);
   * Triton under TRITON_INTERPRET=1 on the tiny pair: correctness only;
+  * native pair scan (search pairs): one (head, offset) over a 20,000-token pool, the C++ kernel
+    against pairs.py's torch code (BLAS GEMM blocks + running top-k) on the same table;
   * native incremental extensions (Scorer.score_extensions, one step of a beam search): for cached
     candidate prefixes of 0, 2, 4 and 7 tokens, prefix + [t] for every token t of the default pool,
     fp32 and bf16 tables, in the model's own chat template (its default system prompt) and in the
@@ -232,6 +234,32 @@ def _child_extensions(spec: dict) -> dict:
     return out
 
 
+def _child_pairs(spec: dict) -> dict:
+    """One (head, offset) of the exact pair scan over a pool: native kernel vs the torch path."""
+    import copy
+    import types
+
+    from . import Scorer
+    from .search import pair_scan
+
+    scorer = Scorer.from_pretrained(spec["base"], spec["dormant"], backend="native", template="raw")
+    pool = scorer.default_pool()[: spec["pool"]]
+    n, head, d = len(pool), spec["head"], scorer.pair.config.head_dim
+    t = time.perf_counter()
+    values, _, _ = scorer.backend.pair_topk(pool, head, 1, 100, 0.0)
+    native_s = time.perf_counter() - t
+    ref = copy.copy(scorer)  # pairs.py's torch code on the same table (no pair_topk hook)
+    ref.backend = types.SimpleNamespace(name="torch", lookup=scorer.backend.lookup)
+    ref.heads, ref._baseline = (head,), scorer._baseline[head : head + 1]
+    t = time.perf_counter()
+    want = pair_scan(ref, pool, offsets=(1,), top=100, progress=False)
+    torch_s = time.perf_counter() - t
+    return {"pool": n, "head": head, "native_s": native_s, "torch_s": torch_s,
+            "native_gflops": 4.0 * d * n * n / native_s / 1e9, "cells_per_s": n * n / native_s,
+            "full_vocab_s_per_head_offset": scorer.pair.n_tokens ** 2 / (n * n / native_s),
+            "same_best": abs(float(values.abs()[0]) - want["top"][0]["abs"]) <= 1e-5 * want["top"][0]["abs"]}
+
+
 def _child_triton(spec: dict) -> dict:
     """Triton interpreted (TRITON_INTERPRET=1) on the tiny pair: agreement with the torch reference."""
     from . import Scorer
@@ -388,7 +416,7 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
                  "pair": {"base": base, "dormant": dormant}, "targets": TARGETS, "quick": quick}
     spec = {"base": base, "dormant": dormant, "prefix": prefix, "length": length, "seed": seed}
     steps = ["build fp32", "build bf16", "native fp32", "native bf16", "extensions fp32", "extensions bf16",
-             "roofline", "torch", "transformers", "triton"]
+             "pairs", "roofline", "torch", "transformers", "triton"]
     from tqdm import tqdm
 
     bar = tqdm(total=len(steps), desc="bench", unit="step")
@@ -414,6 +442,11 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
             res[f"extensions_{dtype}"] = _run_child("extensions", {**spec, "dtype": dtype, "reps": reps,
                                                                   "n_batch": 512 if quick else 4096})
         bar.update(1)
+
+    step("pairs")
+    if extensions:
+        res["pairs"] = _run_child("pairs", {**spec, "pool": 2000 if quick else 20000, "head": 0})
+    bar.update(1)
 
     step("roofline")
     # The roofline is the best fp32 matmul rate seen in this run (here and just before each native
@@ -573,6 +606,12 @@ def markdown(res: dict) -> str:
                          f"**{t['ext_per_s']:,.0f} extensions/s** over a {ext['pool']:,}-token pool ({by}); "
                          f"{t['ext_vs_batch']:.1f}x the rate of whole 8-token candidates in the same process "
                          f"({t['batch_cand_per_s']:,.0f}/s)")
+    if "native_gflops" in res.get("pairs", {}):
+        pr = res["pairs"]
+        lines.append(f"- pair scan (one head and offset, {pr['pool']:,}-token pool): native {pr['native_s']:.2f} s "
+                     f"({pr['native_gflops']:.0f} GFLOP/s, {pr['torch_s'] / pr['native_s']:.1f}x the torch path's "
+                     f"{pr['torch_s']:.1f} s, same best cell: {pr['same_best']}); the whole vocabulary would take "
+                     f"{pr['full_vocab_s_per_head_offset']:.0f} s per head and offset")
     if "triton" in res:
         t = res["triton"]
         if "error" in t:
@@ -633,13 +672,13 @@ def main(argv=None, prog: str = "l0score bench") -> int:
     ap.add_argument("--transformers-candidates", type=int)
     ap.add_argument("--no-build", action="store_true", help="do not time a fresh table build (use the cache)")
     ap.add_argument("--no-triton", action="store_true")
-    ap.add_argument("--no-extensions", action="store_true", help="skip the score_extensions timing")
+    ap.add_argument("--no-extensions", action="store_true", help="skip the search timings (extensions, pair scan)")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
         kind, spec = args._child[0], json.loads(args._child[1])
         fn = {"build": _child_build, "native": _child_native, "triton": _child_triton,
-              "extensions": _child_extensions}[kind]
+              "extensions": _child_extensions, "pairs": _child_pairs}[kind]
         print(RESULT_TAG + json.dumps(fn(spec)), flush=True)
         return 0
     run_benchmark(args.base, args.dormant, quick=args.quick, out_dir=args.out, n_native=args.candidates,
