@@ -68,18 +68,41 @@ inline void new_row_logits(const float* QT, const float* K, int kstride, const f
   }
 }
 
-// Table rows row(0..n) of one head (the block's tokens) as a [D][BLOCK] tile rotated at position
-// pos: transposed first, then RoPE runs 16 tokens wide (cos/sin are the same for every lane).
-template <typename T, typename RowOf>
-void tile_at(const Problem<T>& P, RowOf row, int n, int64_t pos, float* tile) {
-  const int D = int(P.D), half = D / 2;
-  transpose_rows(row, n, BLOCK, D, tile);
-  const float *cs = P.cs(pos), *sn = P.sn(pos);
-  for (int d = 0; d < half; ++d) {
-    const v16f x1 = vload(tile + size_t(d) * BLOCK), x2 = vload(tile + size_t(d + half) * BLOCK);
-    vstore(tile + size_t(d) * BLOCK, x1 * cs[d] - x2 * sn[d]);
-    vstore(tile + size_t(d + half) * BLOCK, x2 * cs[d] + x1 * sn[d]);
+// Every logit of the new token t at position p is rot_a(q) . rot_b(k) = q^T R(a)^T R(b) k with a or
+// b = p. Rotating the other side back by p once per call (R(p)^T applied to the cached keys and to
+// the rotated suffix queries, with the same cos/sin values) leaves t's own rows unrotated: its query
+// and key rows only need a transpose, and its own cell is q . k (R(p)^T R(p) = I).
+struct Relative {
+  std::vector<float> keys;    // [2][KV][D][ppad]: cached keys at j, rotated back by p
+  std::vector<float> suffix;  // [2][s * Hs][D]: suffix queries at p+1+u, rotated back by p (SufCache layout)
+  int s = 0;
+  const float* suffix_row(int m, const Group& gr, int s_, int Hs, int D) const {
+    return suffix.data() + (size_t(m) * s_ * Hs + size_t(s_) * gr.h0) * D;
   }
+};
+
+inline void unrotate(float* x1, float* x2, float c, float s) {  // (x1, x2) <- R(p)^T (x1, x2)
+  const float a = *x1, b = *x2;
+  *x1 = a * c + b * s;
+  *x2 = b * c - a * s;
+}
+
+template <typename T>
+Relative relative_to(const Problem<T>& P, const SufCache& sc) {
+  const int D = int(P.D), half = D / 2;
+  const float *cs = P.cs(P.p), *sn = P.sn(P.p);
+  Relative R;
+  R.keys.assign(P.pkeys, P.pkeys + size_t(2) * P.KV * D * P.ppad);
+  for (int64_t mg = 0; mg < 2 * P.KV; ++mg)
+    for (int d = 0; d < half; ++d) {
+      float* x1 = R.keys.data() + (size_t(mg) * D + d) * P.ppad;
+      float* x2 = x1 + size_t(half) * P.ppad;
+      for (int j = 0; j < P.p; ++j) unrotate(x1 + j, x2 + j, cs[d], sn[d]);
+    }
+  R.suffix = sc.q;
+  for (size_t row = 0; row < R.suffix.size() / D; ++row)
+    for (int d = 0; d < half; ++d) unrotate(&R.suffix[row * D + d], &R.suffix[row * D + d + half], cs[d], sn[d]);
+  return R;
 }
 
 // Running max / argmax of |dS| for one head, per lane.
@@ -136,7 +159,7 @@ struct ExtWorkspace {
 
 template <typename T>
 void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* next, int n_next, const SufCache* sc,
-                 const Earlier& E, ExtWorkspace& ws, float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
+                 const Earlier& E, const Relative& R, ExtWorkspace& ws, float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
   const int D = int(P.D), Hs = P.Hs, ng = int(P.groups.size()), p = P.p, n_off = P.n_off;
   const int s = sc ? sc->s : 0;
   float* KT = ws.kt.get(size_t(2) * D * BLOCK);  // [2][D][BLOCK]: the block's keys of one group at p
@@ -155,13 +178,13 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
     else
       pf.start(P, next, n_next, P.groups[0], gr.nh);
     for (int m = 0; m < 2; ++m)
-      tile_at(P, [&](int t) { return P.krow(m, ids[t], gr.g); }, n, p, KT + size_t(m) * D * BLOCK);
+      transpose_rows([&](int t) { return P.krow(m, ids[t], gr.g); }, n, BLOCK, D, KT + size_t(m) * D * BLOCK);
     // Suffix rows of this group against the block's keys: s * nh query rows, one 16-token vector.
     float* SSb = ws.ssb.get(size_t(std::max(1, s)) * gr.nh * BLOCK);
     float* SSd = ws.ssd.get(size_t(std::max(1, s)) * gr.nh * BLOCK);
     if (s) {
       const KeyVec kv = {KT, KT + size_t(D) * BLOCK, BLOCK, 0, BLOCK};
-      row_logits(sc->rows(0, gr, 0, Hs, D), sc->rows(1, gr, 0, Hs, D), s * gr.nh, D, &kv, 1, P.scale, SSb, SSd,
+      row_logits(R.suffix_row(0, gr, s, Hs, D), R.suffix_row(1, gr, s, Hs, D), s * gr.nh, D, &kv, 1, P.scale, SSb, SSd,
                  BLOCK);
     }
     for (int h = 0; h < gr.nh; ++h) {
@@ -174,8 +197,8 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
             for (int b = 0; b < D * int(sizeof(T)); b += 64) __builtin_prefetch(r + b, 0, 3);
           }
       for (int m = 0; m < 2; ++m) {
-        tile_at(P, [&](int t) { return P.qrow(m, ids[t], P.heads[hs]); }, n, p, QT + size_t(m) * D * BLOCK);
-        const float* K = P.pkeys + size_t(m * P.KV + gr.g) * D * P.ppad;
+        transpose_rows([&](int t) { return P.qrow(m, ids[t], P.heads[hs]); }, n, BLOCK, D, QT + size_t(m) * D * BLOCK);
+        const float* K = R.keys.data() + size_t(m * P.KV + gr.g) * D * P.ppad;
         new_row_logits(QT + size_t(m) * D * BLOCK, K, P.ppad, KT + size_t(m) * D * BLOCK, p, D, P.scale, S[m]);
       }
       const float* rb = P.rb ? P.rb + size_t(hs) * P.rbstride + P.M : nullptr;  // rb[-r] = baseline(r)
@@ -252,6 +275,7 @@ void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64
   cache.c = 1, cache.s = int(s);
   if (s) build_suffix_cache(P, suffix, cache);
   const SufCache* sc = s ? &cache : nullptr;
+  const Relative R = relative_to(P, cache);
   const int Hs = P.Hs, n_off = P.n_off;
 #pragma omp parallel
   {
@@ -260,7 +284,7 @@ void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64
     for (int64_t b0 = 0; b0 < N; b0 += BLOCK) {
       const int n = int(std::min<int64_t>(BLOCK, N - b0));
       const int n_next = int(std::clamp<int64_t>(N - b0 - BLOCK, 0, BLOCK));
-      score_block(P, pool + b0, n, pool + b0 + BLOCK, n_next, sc, E, ws, out_max + b0 * Hs,
+      score_block(P, pool + b0, n, pool + b0 + BLOCK, n_next, sc, E, R, ws, out_max + b0 * Hs,
                   out_pos + b0 * Hs * 2, out_kl + b0 * Hs, out_band + b0 * n_off);
     }
   }
