@@ -1,11 +1,13 @@
-"""The Triton pair scan (kernels/triton/pair_scan.py) against the torch pair scan, under TRITON_INTERPRET=1.
+"""The pair-scan kernels (native kernels/cpu/pair_scan.cpp, Triton kernels/triton/pair_scan.py under
+TRITON_INTERPRET=1) against the torch pair scan.
 
-`pair_scan(scorer, ...)` on backend="triton" dispatches each (head, offset) to the kernel; it must
-return the same triples as the torch path with values within rtol 1e-5. Triples are compared
-rank by rank wherever the reference's neighbouring |values| are more than 2e-5 apart (ties-free);
-the sorted |values| are compared at every rank. Pools are small and odd (the interpreter runs each
-program serially); launcher-level tests check multi-split, top > pool, duplicate tokens (exact
-ties), a head_dim needing two column slices, and the launcher's argument errors.
+`pair_scan(scorer, ...)` on backend="native" or "triton" dispatches each (head, offset) to the
+backend's kernel; it must return the triples of pairs.py's torch code on the same table values,
+with values within rtol 1e-5. Triples are compared rank by rank wherever the reference's
+neighbouring |values| are more than 2e-5 apart (ties-free); the sorted |values| are compared at
+every rank. Pools are small and odd (the interpreter runs each program serially; the native kernel's
+last panel of 16 tokens is partial); kernel-level tests check top > pool, duplicate tokens (exact
+ties), a head_dim needing two column slices, and argument errors.
 """
 import copy
 import types
@@ -82,39 +84,45 @@ def _count_calls(scorer):
     return calls
 
 
+BACKENDS = ["native", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("baseline, n_pool, top, heads", [
     ("none", 131, 40, None),
     ("bias", 97, 1, [1, 5]),
     ("bias", 53, 17, [0, 3, 4]),
 ])
-def test_pair_scan_triton_equals_torch(pair32, baseline, n_pool, top, heads):
+def test_pair_scan_kernel_equals_torch(pair32, backend, baseline, n_pool, top, heads):
     pool = _pool(pair32, n_pool, seed=n_pool)
     want = pair_scan(Scorer(pair32, backend="torch", template="raw", heads=heads, baseline=baseline), pool,
                      offsets=OFFSETS, top=top, progress=False)
-    scorer = Scorer(pair32, backend="triton", template="raw", heads=heads, baseline=baseline)
+    scorer = Scorer(pair32, backend=backend, template="raw", heads=heads, baseline=baseline)
     calls = _count_calls(scorer)
     got = pair_scan(scorer, pool, offsets=OFFSETS, top=top, progress=False)
     assert len(calls) == len(scorer.heads) * len(OFFSETS)  # every (head, offset) went to the kernel
     err = assert_same_scan(got, want)
-    print(f"\npair scan fp32 table, baseline {baseline}, pool {n_pool}, top {top}: max rel err {err:.2e}")
+    print(f"\n{backend} pair scan fp32 table, baseline {baseline}, pool {n_pool}, top {top}: max rel err {err:.2e}")
 
 
-def test_pair_scan_bf16_table(pair16):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pair_scan_bf16_table(pair16, backend):
     """bf16 table (bf16 checkpoint, head_dim 32): the kernel against the torch path on the same table."""
     pool = _pool(pair16, 71, seed=3)
-    scorer = Scorer(pair16, backend="triton", template="raw", baseline="bias", table_dtype="bfloat16")
+    scorer = Scorer(pair16, backend=backend, template="raw", baseline="bias", table_dtype="bfloat16")
     assert scorer.backend.table_dtype == "bfloat16"
     got = pair_scan(scorer, pool, offsets=OFFSETS, top=23, progress=False)
     want = pair_scan(_torch_path(scorer), pool, offsets=OFFSETS, top=23, progress=False)
     err = assert_same_scan(got, want)
-    print(f"\npair scan bf16 table: max rel err {err:.2e}")
+    print(f"\n{backend} pair scan bf16 table: max rel err {err:.2e}")
 
 
-def test_pair_scan_direct_path(pair32):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pair_scan_direct_path(pair32, backend):
     """No table: the backend projects the pool's rows of each head once and scans them."""
     pool = _pool(pair32, 61, seed=7)
-    scorer = Scorer(pair32, backend="triton", template="raw", heads=[2, 3], table=False)
-    assert scorer.backend.packed is None
+    scorer = Scorer(pair32, backend=backend, template="raw", heads=[2, 3], table=False)
+    assert scorer.table is None
     got = pair_scan(scorer, pool, offsets=(0, 5), top=13, progress=False)
     want = pair_scan(Scorer(pair32, backend="torch", template="raw", heads=[2, 3], table=False), pool,
                      offsets=(0, 5), top=13, progress=False)
@@ -262,3 +270,43 @@ def test_backend_hook_rejects_bad_pool(pair32):
         scorer.backend.pair_topk(torch.tensor([1, pair32.config.vocab_rows]), 0, 1, 5, 0.0)
     with pytest.raises(ValueError, match="head 6 outside"):
         scorer.backend.pair_topk(torch.tensor([1, 2]), 6, 1, 5, 0.0)
+
+
+@pytest.mark.parametrize("n, top, offset", [(37, 2000, 3), (29, 50, 0), (40, 7, 2)])
+def test_native_kernel_against_dense(pair32, n, top, offset):
+    """Every cell of one (head, offset) densely in torch: the kernel returns the true top cells (all
+    of them when top exceeds the cell count), each with its own value; duplicates tie exactly."""
+    scorer = Scorer(pair32, backend="native", template="raw")
+    cfg = scorer.pair.config
+    pool = torch.cat((_pool(pair32, n - 3, seed=n), torch.tensor([4, 4, 4])))
+    head, shift = 5, 0.125
+    values, qi, ki = scorer.backend.pair_topk(pool, head, offset, top, shift)
+    qb, kb, qd, kd = scorer.backend.lookup(pool)
+    cos, sin = rope_angles(torch.tensor([offset]), cfg.head_dim, cfg.rope_theta)
+    g = head // cfg.group
+    dense = (rotate(qd[:, head], cos, sin) @ kd[:, g].T - rotate(qb[:, head], cos, sin) @ kb[:, g].T) \
+        * cfg.head_dim ** -0.5 - shift
+    if offset == 0:
+        dense = torch.where(torch.eye(n, dtype=torch.bool), dense, torch.nan)
+    flat = dense.flatten()
+    flat = flat[~flat.isnan()]
+    k = min(top, flat.numel())
+    want = torch.sort(flat.abs(), descending=True).values[:k]
+    assert values.shape == (k,)
+    atol = 0.1 * RTOL * float(want[0])
+    torch.testing.assert_close(values.abs(), want, rtol=RTOL, atol=atol)
+    torch.testing.assert_close(values, dense[qi, ki], rtol=RTOL, atol=atol)
+    assert len(set(zip(qi.tolist(), ki.tolist()))) == k
+    assert bool((values.abs()[:-1] >= values.abs()[1:]).all())  # best first
+
+
+def test_native_kernel_bad_arguments(pair32):
+    backend = Scorer(pair32, backend="native", template="raw").backend
+    with pytest.raises(ValueError, match="pool token ids"):
+        backend.pair_topk(torch.tensor([1, 10**7]), 0, 1, 5)
+    with pytest.raises(ValueError, match="head 99"):
+        backend.pair_topk(torch.tensor([1, 2]), 99, 1, 5)
+    with pytest.raises(ValueError, match="top must be"):
+        backend.pair_topk(torch.tensor([1, 2]), 0, 1, 0)
+    with pytest.raises(ValueError, match="offset must be"):
+        backend.pair_topk(torch.tensor([1, 2]), 0, -1, 3)

@@ -26,27 +26,6 @@ using namespace rows;
 constexpr int BLOCK = LANES;  // pool tokens per work unit, one per lane
 constexpr int JMAX = 16;      // keys per tokens_by_keys call (accumulators held in registers)
 
-// S[j][lane] = scale * sum_d QT[d][lane] K[d * kstride + j] for J cached keys, then (SELF) one more
-// row against the tokens' own keys KT[d][lane]. Each key element is broadcast once per d and feeds
-// 16 tokens; the J (+1) accumulators are independent chains, enough to hide FMA latency for J >= 8.
-template <int J, bool SELF>
-void tokens_by_keys(const float* __restrict QT, const float* __restrict K, int kstride, const float* __restrict KT,
-                    int D, float scale, float* __restrict S) {
-  constexpr int NA = J + SELF;
-  v16f acc[NA];
-#pragma GCC unroll 17
-  for (int j = 0; j < NA; ++j) acc[j] = v16f{};
-  for (int d = 0; d < D; ++d) {
-    const v16f q = vload(QT + size_t(d) * BLOCK);
-    const float* k = K + size_t(d) * kstride;
-#pragma GCC unroll 16
-    for (int j = 0; j < J; ++j) acc[j] += q * vsplat(k[j]);
-    if (SELF) acc[J] += q * vload(KT + size_t(d) * BLOCK);
-  }
-#pragma GCC unroll 17
-  for (int j = 0; j < NA; ++j) vstore(S + size_t(j) * BLOCK, acc[j] * scale);
-}
-
 using TbkFn = void (*)(const float*, const float*, int, const float*, int, float, float*);
 template <int... J>
 constexpr std::array<std::array<TbkFn, 2>, sizeof...(J)> tbk_table(std::integer_sequence<int, J...>) {

@@ -4,8 +4,8 @@
 //
 // It is one GEMM [N, 2D] x [2D, N] (queries: rotated dormant and negated rotated base side by side;
 // keys: both models' unrotated keys), never stored: both operands are packed into panels of 16
-// tokens, transposed ([2D][16]), and a 16 x 16 tile of cells lives in 16 vector accumulators
-// (queries in lanes, one key per accumulator, the key value broadcast). Every tile is compared with
+// tokens, transposed ([2D][16]), and a 16 x 16 tile of cells is one tokens_by_keys call (rows.h:
+// queries in lanes, 16 accumulators, one per key, the key value broadcast). Every tile is compared with
 // the thread's current k-th best |dS|; only cells above it reach the thread's heap, which is rare
 // once the heap is full. A block of query panels shares each key panel while it is in L2, so the
 // key matrix streams from memory once per block, not once per panel.
@@ -76,21 +76,6 @@ std::vector<float> panels(int64_t N, int W, RowOf row) {
   return out;
 }
 
-// acc[j][lane] = sum_d Q[d][lane] K[d][j]: query panel q against key panel k.
-inline void tile(const float* __restrict Q, const float* __restrict K, int W, v16f* acc) {
-  v16f a[PANEL];
-#pragma GCC unroll 16
-  for (int j = 0; j < PANEL; ++j) a[j] = v16f{};
-  for (int d = 0; d < W; ++d) {
-    const v16f q = vload(Q + size_t(d) * PANEL);
-    const float* k = K + size_t(d) * PANEL;
-#pragma GCC unroll 16
-    for (int j = 0; j < PANEL; ++j) a[j] += q * vsplat(k[j]);
-  }
-#pragma GCC unroll 16
-  for (int j = 0; j < PANEL; ++j) acc[j] = a[j];
-}
-
 template <typename T>
 void scan(const T* q_base, const T* k_base, const T* q_dorm, const T* k_dorm, int64_t H, int64_t KV, int64_t D,
           const int64_t* pool, int64_t N, int64_t head, int64_t offset, int top, float shift, const float* cs,
@@ -139,25 +124,25 @@ void scan(const T* q_base, const T* k_base, const T* q_dorm, const T* k_dorm, in
 #pragma omp for schedule(dynamic, 1)
     for (int64_t qb0 = 0; qb0 < np; qb0 += QUERY_BLOCK) {
       const int64_t qb1 = std::min(np, qb0 + QUERY_BLOCK);
-      v16f acc[PANEL];
+      alignas(64) float S[PANEL * PANEL];  // S[j][lane]: key j of the panel, query in lane
       for (int64_t kp = 0; kp < np; ++kp) {
         const int nk = int(std::min<int64_t>(PANEL, N - kp * PANEL));
         const float* K = KP.data() + size_t(kp) * W * PANEL;
         for (int64_t qp = qb0; qp < qb1; ++qp) {
           const int nq = int(std::min<int64_t>(PANEL, N - qp * PANEL));
-          tile(QP.data() + size_t(qp) * W * PANEL, K, W, acc);
+          tokens_by_keys<PANEL, false>(QP.data() + size_t(qp) * W * PANEL, K, PANEL, nullptr, W, scale, S);
           const float thr = t.threshold();
           const v16i valid = lanes < nq;
-          v16f a[PANEL], top_a = vsplat(-1.f);
+          v16f v[PANEL], a[PANEL], top_a = vsplat(-1.f);
           for (int j = 0; j < nk; ++j) {
-            acc[j] = acc[j] * scale - shift;
-            a[j] = vsel(valid, vabs(acc[j]), vsplat(-1.f));
+            v[j] = vload(S + j * PANEL) - shift;
+            a[j] = vsel(valid, vabs(v[j]), vsplat(-1.f));
             top_a = vmax(top_a, a[j]);
           }
           if (hmax(top_a) <= thr) continue;  // the common case once the heap is full
           for (int j = 0; j < nk; ++j)
             for (int l = 0; l < nq; ++l)
-              if (a[j][l] > thr) t.offer({a[j][l], acc[j][l], qp * PANEL + l, kp * PANEL + j});
+              if (a[j][l] > thr) t.offer({a[j][l], v[j][l], qp * PANEL + l, kp * PANEL + j});
         }
       }
     }

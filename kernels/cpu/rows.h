@@ -395,6 +395,27 @@ struct SufCache {
   }
 };
 
+// S[j][lane] = scale * sum_d QT[d][lane] K[d * kstride + j] for J keys, then (SELF) one more row against
+// 16 keys of the lanes' own tokens, KT[d][lane]. Tokens in lanes (extend.cpp, pair_scan.cpp). Each key element is broadcast once per d and feeds
+// 16 tokens; the J (+1) accumulators are independent chains, enough to hide FMA latency for J >= 8.
+template <int J, bool SELF>
+void tokens_by_keys(const float* __restrict QT, const float* __restrict K, int kstride, const float* __restrict KT,
+                    int D, float scale, float* __restrict S) {
+  constexpr int NA = J + SELF;
+  v16f acc[NA];
+#pragma GCC unroll 17
+  for (int j = 0; j < NA; ++j) acc[j] = v16f{};
+  for (int d = 0; d < D; ++d) {
+    const v16f q = vload(QT + size_t(d) * LANES);
+    const float* k = K + size_t(d) * kstride;
+#pragma GCC unroll 16
+    for (int j = 0; j < J; ++j) acc[j] += q * vsplat(k[j]);
+    if (SELF) acc[J] += q * vload(KT + size_t(d) * LANES);
+  }
+#pragma GCC unroll 17
+  for (int j = 0; j < NA; ++j) vstore(S + size_t(j) * LANES, acc[j] * scale);
+}
+
 inline v8f load8(const float* p) { return vload8(p); }
 inline v8f load8(const uint16_t* p) {  // 8 bf16 values widened to float32
   typedef uint16_t v8u16 __attribute__((vector_size(16), aligned(2)));
