@@ -21,6 +21,7 @@
 
 #include "score.h"
 #include "simd.h"
+#include "table_build.h"
 
 namespace l0score {
 namespace rows {
@@ -522,6 +523,22 @@ inline TableView table_view(const py::array& a, const char* name, int64_t cols) 
   if ((kind == 'i' || kind == 'u') && a.itemsize() == 2) return {a.data(), true, a.shape(0), cols};
   throw py::type_error(std::string(name) + ": table must be float32 or bfloat16 bits (int16)");
 }
+
+// What a scorer returns, one row per candidate: head_max [B, Hs], head_pos [B, Hs, 2] (absolute
+// i, j), head_kl [B, Hs], band [B, n_off]. Large results are mapped on huge pages before first touch.
+struct RowOutputs {
+  py::array_t<float> head_max, head_kl, band;
+  py::array_t<int64_t> head_pos;
+  float *max, *kl, *bnd;
+  int64_t* pos;
+  RowOutputs(int64_t B, int64_t Hs, int64_t n_off)
+      : head_max({B, Hs}), head_kl({B, Hs}), band({B, n_off}), head_pos({B, Hs, int64_t(2)}) {
+    for (py::buffer out : {py::buffer(head_max), py::buffer(head_pos), py::buffer(head_kl)}) advise_hugepages(out);
+    max = head_max.mutable_data(), kl = head_kl.mutable_data(), bnd = band.mutable_data();
+    pos = head_pos.mutable_data();
+  }
+  py::tuple tuple() const { return py::make_tuple(head_max, head_pos, head_kl, band); }
+};
 
 // The four tables of a pair, checked against the head configuration.
 struct Tables {

@@ -194,18 +194,11 @@ py::tuple score_table(py::array q_base, py::array k_base, py::array q_dorm, py::
     max_dep = std::max(max_dep, d);
   }
   const int64_t Hs = heads.size(), n_off = offsets.size();
-  py::array_t<float> head_max({B, Hs});
-  py::array_t<int64_t> head_pos({B, Hs, int64_t(2)});
-  py::array_t<float> head_kl({B, Hs});
-  py::array_t<float> band({B, n_off});
-  float* om = head_max.mutable_data();
-  int64_t* op = head_pos.mutable_data();
-  float* ok = head_kl.mutable_data();
-  float* ob = band.mutable_data();
+  RowOutputs out(B, Hs, n_off);
   with_problem(tabs, num_heads, num_kv_heads, head_dim, heads, prefix_keys, prefix_len, cand_start, cos, sin,
                rev_baseline, offsets, region_all, max_dep,
-               [&](const auto& P) { run(P, idp, B, W, cl, dl, suf, om, op, ok, ob); });
-  return py::make_tuple(head_max, head_pos, head_kl, band);
+               [&](const auto& P) { run(P, idp, B, W, cl, dl, suf, out.max, out.pos, out.kl, out.bnd); });
+  return out.tuple();
 }
 
 }  // namespace l0score
