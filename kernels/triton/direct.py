@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._launch import FLOAT_DTYPES, Launcher, check_tensor
-from .score import _cached_keys, _fold_rows, _run, _score_tile, _store_results, check_common, check_rows
+from .score import _fold_rows, _prefix_tiles, _run, _score_tile, _store_results, check_common, check_rows
 
 
 @triton.jit
@@ -103,21 +103,10 @@ def _direct_kernel(
         qd_lo, qd_hi = _project_rot(emb_d_ptr, norm_d_ptr, w_d_ptr, bias_d_ptr, stride_e, stride_w, tok, t_ok,
                                     q_row0, p + t, cos_ptr, sin_ptr, hidden, eps, BLOCK_L, HALF, HALF_PAD, BLOCK_H,
                                     DOT_PREC)
-        m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
-        j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
-        mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
-        md = tl.full((BLOCK_L,), -1.0e30, tl.float32)
-        lb = tl.zeros((BLOCK_L,), dtype=tl.float32)
-        ld = tl.zeros((BLOCK_L,), dtype=tl.float32)
-        a_kl = tl.zeros((BLOCK_L,), dtype=tl.float32)
-
-        for j0 in range(0, p, BLOCK_K):
-            j = j0 + tl.arange(0, BLOCK_K)
-            kb_lo, kb_hi, kd_lo, kd_hi = _cached_keys(pk_b_ptr, pk_d_ptr, stride_pk, j, g * D, j < p, HALF, HALF_PAD)
-            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
-                qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, j0, p, p, c, dep, cand_lo,
-                base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
-                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
+        m_row, j_row, mb, lb, md, ld, a_kl, band_row = _prefix_tiles(
+            qb_lo, qb_hi, qd_lo, qd_hi, pk_b_ptr, pk_d_ptr, stride_pk, g * D, scale, t, p, c, dep, cand_lo,
+            base_row, offs, band_row, BLOCK_L, BLOCK_K, HALF, HALF_PAD, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL,
+            DOT_PREC)
 
         for m0 in range(0, tl.minimum(t0 + BLOCK_L, dep), BLOCK_K):
             m = m0 + tl.arange(0, BLOCK_K)

@@ -123,6 +123,31 @@ def _score_tile(qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale,
 
 
 @triton.jit
+def _prefix_tiles(qb_lo, qb_hi, qd_lo, qd_hi, pk_b_ptr, pk_d_ptr, stride_pk, col, scale, t, p, c, dep, cand_lo,
+                  base_row, offs, band_row, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, HALF: tl.constexpr,
+                  HALF_PAD: tl.constexpr, REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr,
+                  N_OFFSETS: tl.constexpr, WANT_KL: tl.constexpr, DOT_PREC: tl.constexpr):
+    """A fresh state for a tile of rows t, folded over the cached prefix keys (already rotated, fp32):
+    (m_row, j_row, mb, lb, md, ld, a_kl, band_row). Both kernels start every row tile with this; they
+    differ only in how the candidate's own keys are made (table gather or projection)."""
+    m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
+    j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
+    mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
+    md = tl.full((BLOCK_L,), -1.0e30, tl.float32)
+    lb = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    ld = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    a_kl = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for j0 in range(0, p, BLOCK_K):
+        j = j0 + tl.arange(0, BLOCK_K)
+        kb_lo, kb_hi, kd_lo, kd_hi = _cached_keys(pk_b_ptr, pk_d_ptr, stride_pk, j, col, j < p, HALF, HALF_PAD)
+        m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+            qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, j0, p, p, c, dep, cand_lo,
+            base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+            BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
+    return m_row, j_row, mb, lb, md, ld, a_kl, band_row
+
+
+@triton.jit
 def _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl, best, best_i, best_j, kl_acc,
                BLOCK_L: tl.constexpr, WANT_KL: tl.constexpr):
     """End of a row tile: fold per-row max/argmax and row KLs into the per-program results."""
@@ -191,22 +216,10 @@ def _score_kernel(
         tok = tl.load(row_ids + t, mask=t_ok, other=0)
         qb_lo, qb_hi, qd_lo, qd_hi = _rows_rot(tab_b_ptr, tab_d_ptr, stride_tab, tok, q_col, p + t, t_ok,
                                                cos_ptr, sin_ptr, HALF, HALF_PAD)
-        m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
-        j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
-        mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
-        md = tl.full((BLOCK_L,), -1.0e30, tl.float32)
-        lb = tl.zeros((BLOCK_L,), dtype=tl.float32)
-        ld = tl.zeros((BLOCK_L,), dtype=tl.float32)
-        a_kl = tl.zeros((BLOCK_L,), dtype=tl.float32)
-
-        # cached prefix keys (already rotated, fp32)
-        for j0 in range(0, p, BLOCK_K):
-            j = j0 + tl.arange(0, BLOCK_K)
-            kb_lo, kb_hi, kd_lo, kd_hi = _cached_keys(pk_b_ptr, pk_d_ptr, stride_pk, j, g * D, j < p, HALF, HALF_PAD)
-            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
-                qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, j0, p, p, c, dep, cand_lo,
-                base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
-                BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
+        m_row, j_row, mb, lb, md, ld, a_kl, band_row = _prefix_tiles(
+            qb_lo, qb_hi, qd_lo, qd_hi, pk_b_ptr, pk_d_ptr, stride_pk, g * D, scale, t, p, c, dep, cand_lo,
+            base_row, offs, band_row, BLOCK_L, BLOCK_K, HALF, HALF_PAD, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL,
+            DOT_PREC)
 
         # the candidate's own keys, gathered from the table and rotated here (causal: up to this tile)
         for m0 in range(0, tl.minimum(t0 + BLOCK_L, dep), BLOCK_K):
