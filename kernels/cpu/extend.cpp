@@ -5,9 +5,10 @@
 //   * the new row at position P: t's queries against the P cached keys and t's own key;
 //   * the suffix rows at P+1..P+s: one new cell each (against t's key). Their cells against cached
 //     and suffix keys are the same for every t, so they are reduced once (SufCache with c = 1).
-// Tokens go in blocks of 16, one per vector lane: every query and key of the block is rotated at P
-// and transposed to [D][16], logits are 16-token vectors (one per key, no key padding), and the
-// softmax, KL, max and band reductions run 16 tokens wide with no horizontal steps.
+// Tokens go in blocks of 16, one per vector lane: each head's queries and each group's keys of the
+// block are transposed to [D][16] (no RoPE: see Relative), logits are 16-token vectors (one per key,
+// no key padding), and the softmax, KL, max and band reductions run 16 tokens wide with no horizontal
+// steps.
 #include "score.h"
 
 #include <array>
@@ -54,8 +55,8 @@ struct Relative {
   std::vector<float> keys;    // [2][KV][D][ppad]: cached keys at j, rotated back by p
   std::vector<float> suffix;  // [2][s * Hs][D]: suffix queries at p+1+u, rotated back by p (SufCache layout)
   int s = 0;
-  const float* suffix_row(int m, const Group& gr, int s_, int Hs, int D) const {
-    return suffix.data() + (size_t(m) * s_ * Hs + size_t(s_) * gr.h0) * D;
+  const float* suffix_rows(int m, const Group& gr, int Hs, int D) const {  // the group's s * nh rows
+    return suffix.data() + (size_t(m) * s * Hs + size_t(s) * gr.h0) * D;
   }
 };
 
@@ -78,6 +79,7 @@ Relative relative_to(const Problem<T>& P, const SufCache& sc) {
       for (int j = 0; j < P.p; ++j) unrotate(x1 + j, x2 + j, cs[d], sn[d]);
     }
   R.suffix = sc.q;
+  R.s = sc.s;
   for (size_t row = 0; row < R.suffix.size() / D; ++row)
     for (int d = 0; d < half; ++d) unrotate(&R.suffix[row * D + d], &R.suffix[row * D + d + half], cs[d], sn[d]);
   return R;
@@ -137,11 +139,12 @@ struct ExtWorkspace {
 
 template <typename T>
 void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* next, int n_next, const SufCache* sc,
-                 const Earlier& E, const Relative& R, ExtWorkspace& ws, float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
+                 const Earlier& E, const Relative& R, ExtWorkspace& ws, float* out_max, int64_t* out_pos,
+                 float* out_kl, float* out_band) {
   const int D = int(P.D), Hs = P.Hs, ng = int(P.groups.size()), p = P.p, n_off = P.n_off;
   const int s = sc ? sc->s : 0;
-  float* KT = ws.kt.get(size_t(2) * D * BLOCK);  // [2][D][BLOCK]: the block's keys of one group at p
-  float* QT = ws.qt.get(size_t(2) * D * BLOCK);  // [2][D][BLOCK]: the block's queries of one head at p
+  float* KT = ws.kt.get(size_t(2) * D * BLOCK);  // [2][D][BLOCK]: the block's keys of one group, unrotated
+  float* QT = ws.qt.get(size_t(2) * D * BLOCK);  // [2][D][BLOCK]: the block's queries of one head, unrotated
   RowPrefetcher<T> pf;
   float* S[2] = {ws.sb.get(size_t(p + 1) * BLOCK), ws.sd.get(size_t(p + 1) * BLOCK)};  // [key][lane]
   v16f* band = reinterpret_cast<v16f*>(ws.band.get(size_t(std::max(1, n_off)) * BLOCK));
@@ -162,7 +165,7 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
     float* SSd = ws.ssd.get(size_t(std::max(1, s)) * gr.nh * BLOCK);
     if (s) {
       const KeyVec kv = {KT, KT + size_t(D) * BLOCK, BLOCK, 0, BLOCK};
-      row_logits(R.suffix_row(0, gr, s, Hs, D), R.suffix_row(1, gr, s, Hs, D), s * gr.nh, D, &kv, 1, P.scale, SSb, SSd,
+      row_logits(R.suffix_rows(0, gr, Hs, D), R.suffix_rows(1, gr, Hs, D), s * gr.nh, D, &kv, 1, P.scale, SSb, SSd,
                  BLOCK);
     }
     for (int h = 0; h < gr.nh; ++h) {
@@ -247,8 +250,7 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
 
 template <typename T>
 void run_extend(const Problem<T>& P, const int64_t* pool, int64_t N, const int64_t* suffix, int64_t s, const Earlier& E,
-                float* out_max,
-                int64_t* out_pos, float* out_kl, float* out_band) {
+                float* out_max, int64_t* out_pos, float* out_kl, float* out_band) {
   SufCache cache;
   cache.c = 1, cache.s = int(s);
   if (s) build_suffix_cache(P, suffix, cache);
