@@ -445,20 +445,14 @@ void transpose_rows(RowOf row, int n, int npad, int D, float* tile) {
   }
 }
 
-// Table rows row(0..n) (one head each) rotated at positions pos0 + t * step (step 1: a sequence;
-// 0: every row at one position) into a transposed [D][npad] tile: rotate into tmp, then transpose.
-template <typename T, typename RowOf>
-void rot_tile(const Problem<T>& P, RowOf row, int n, int npad, int64_t pos0, int step, float* tmp, float* tile) {
-  const int D = int(P.D);
-  for (int t = 0; t < n; ++t) rope(row(t), P.cs(pos0 + t * step), P.sn(pos0 + t * step), D, tmp + size_t(t) * D);
-  transpose_rows([&](int t) { return tmp + size_t(t) * D; }, n, npad, D, tile);
-}
-
-// Keys of KV head g (model m) of tokens ids[0..n) as a rot_tile.
+// Keys of KV head g (model m) of tokens ids[0..n) at positions pos0.. as a transposed [D][npad] tile
+// (npad a multiple of 8, columns >= n zero): rotate rows into tmp, then transpose.
 template <typename T>
 void key_tile(const Problem<T>& P, int m, int g, const int64_t* ids, int n, int npad, int64_t pos0, float* tmp,
-              float* tile, int step = 1) {
-  rot_tile(P, [&](int t) { return P.krow(m, ids[t], g); }, n, npad, pos0, step, tmp, tile);
+              float* tile) {
+  const int D = int(P.D);
+  for (int t = 0; t < n; ++t) rope(P.krow(m, ids[t], g), P.cs(pos0 + t), P.sn(pos0 + t), D, tmp + size_t(t) * D);
+  transpose_rows([&](int t) { return tmp + size_t(t) * D; }, n, npad, D, tile);
 }
 
 template <typename T>
