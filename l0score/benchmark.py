@@ -236,23 +236,18 @@ def _child_extensions(spec: dict) -> dict:
 
 def _child_pairs(spec: dict) -> dict:
     """One (head, offset) of the exact pair scan over a pool: native kernel vs the torch path."""
-    import copy
-    import types
-
     from . import Scorer
     from .search import pair_scan
 
-    scorer = Scorer.from_pretrained(spec["base"], spec["dormant"], backend="native", template="raw")
+    head = spec["head"]
+    scorer = Scorer.from_pretrained(spec["base"], spec["dormant"], backend="native", template="raw", heads=[head])
     pool = scorer.default_pool()[: spec["pool"]]
-    n, head, d = len(pool), spec["head"], scorer.pair.config.head_dim
+    n, d = len(pool), scorer.pair.config.head_dim
     t = time.perf_counter()
     values, _, _ = scorer.backend.pair_topk(pool, head, 1, 100, 0.0)
     native_s = time.perf_counter() - t
-    ref = copy.copy(scorer)  # pairs.py's torch code on the same table (no pair_topk hook)
-    ref.backend = types.SimpleNamespace(name="torch", lookup=scorer.backend.lookup)
-    ref.heads, ref._baseline = (head,), scorer._baseline[head : head + 1]
     t = time.perf_counter()
-    want = pair_scan(ref, pool, offsets=(1,), top=100, progress=False)
+    want = pair_scan(scorer, pool, offsets=(1,), top=100, progress=False, use_kernel=False)  # same table
     torch_s = time.perf_counter() - t
     return {"pool": n, "head": head, "native_s": native_s, "torch_s": torch_s,
             "native_gflops": 4.0 * d * n * n / native_s / 1e9, "cells_per_s": n * n / native_s,

@@ -25,12 +25,15 @@ from ..reference import rope_angles, rotate
 
 
 def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: int = 4096, progress: bool = True,
-              checkpoint: str | Path | None = None, resume: bool = False, seconds: float | None = None) -> dict:
+              checkpoint: str | Path | None = None, resume: bool = False, seconds: float | None = None,
+              use_kernel: bool = True) -> dict:
     """Top `top` triples overall and per scored head, ranked by |dS|; values are signed dS
     (minus the bias baseline when the scorer uses baseline="bias").
 
     With `checkpoint`, finished heads are saved as they complete and `resume` skips them; `seconds`
-    stops after the head that crosses it ("complete": False in the result)."""
+    stops after the head that crosses it ("complete": False in the result). `use_kernel=False` runs
+    the torch code below on the backend's own table values even when the backend has a pair_topk
+    kernel (the reference for checks and benchmarks)."""
     cfg = scorer.pair.config
     offsets = [int(r) for r in offsets]
     if not offsets or min(offsets) < 0 or max(offsets) >= cfg.max_positions:
@@ -41,7 +44,7 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     device = scorer.device
     # a backend's own exact top-k per (head, offset): pair_topk(pool, head, offset, top, shift) ->
     # (signed values, query index, key index into pool); the torch code below is the reference
-    pair_topk = getattr(scorer.backend, "pair_topk", None)
+    pair_topk = getattr(scorer.backend, "pair_topk", None) if use_kernel else None
     if pair_topk is None:
         _, kb, _, kd = _lookup(scorer, pool)  # keys at position 0: no rotation
     scale = 1.0 / math.sqrt(cfg.head_dim)
