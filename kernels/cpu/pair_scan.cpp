@@ -63,15 +63,22 @@ class TopK {
   std::priority_queue<Cell, std::vector<Cell>, Weaker> heap_;
 };
 
-// Float rows row(0..N) of width W as panels [ceil(N/16)][W][16] (transposed, zero padded).
-template <typename RowOf>
-std::vector<float> panels(int64_t N, int W, RowOf row) {
+// Rows 0..N of width W, made by fill(n, dst), as panels [ceil(N/16)][W][16] (transposed, zero
+// padded): each panel's rows are filled into a small buffer and transposed, so no [N, W] copy exists.
+template <typename Fill>
+std::vector<float> panels(int64_t N, int W, Fill fill) {
   const int64_t np = (N + PANEL - 1) / PANEL;
   std::vector<float> out(size_t(np) * W * PANEL, 0.f);
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < np; ++p) {
-    const int n = int(std::min<int64_t>(PANEL, N - p * PANEL));
-    transpose_rows([&](int t) { return row(p * PANEL + t); }, n, PANEL, W, out.data() + size_t(p) * W * PANEL);
+#pragma omp parallel
+  {
+    std::vector<float> rows(size_t(PANEL) * W);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < np; ++p) {
+      const int n = int(std::min<int64_t>(PANEL, N - p * PANEL));
+      for (int t = 0; t < n; ++t) fill(p * PANEL + t, rows.data() + size_t(t) * W);
+      transpose_rows([&](int t) { return rows.data() + size_t(t) * W; }, n, PANEL, W,
+                     out.data() + size_t(p) * W * PANEL);
+    }
   }
   return out;
 }
@@ -83,38 +90,34 @@ void scan(const T* q_base, const T* k_base, const T* q_dorm, const T* k_dorm, in
   const int64_t g = head / (H / KV);
   const int W = int(2 * D);
   const float scale = float(1.0 / std::sqrt(double(D)));
-  // Queries: [rot_r(q_dorm) | -rot_r(q_base)]; keys: [k_dorm | k_base].
-  std::vector<float> qrows(size_t(N) * W), krows(size_t(N) * W);
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const T* qd = q_dorm + (pool[n] * H + head) * D;
-    const T* qb = q_base + (pool[n] * H + head) * D;
-    float* q = qrows.data() + size_t(n) * W;
-    float* k = krows.data() + size_t(n) * W;
-    rope(qd, cs, sn, int(D), q);
-    rope(qb, cs, sn, int(D), q + D);
+  // Query row of pool token n: [rot_r(q_dorm) | -rot_r(q_base)]; key row: [k_dorm | k_base].
+  auto fill_q = [&](int64_t n, float* q) {
+    rope(q_dorm + (pool[n] * H + head) * D, cs, sn, int(D), q);
+    rope(q_base + (pool[n] * H + head) * D, cs, sn, int(D), q + D);
     for (int d = 0; d < D; ++d) q[D + d] = -q[D + d];
+  };
+  auto fill_k = [&](int64_t n, float* k) {
     for (int d = 0; d < D; ++d) {
       k[d] = tof(k_dorm[(pool[n] * KV + g) * D + d]);
       k[D + d] = tof(k_base[(pool[n] * KV + g) * D + d]);
     }
-  }
-  std::vector<TopK> best;
+  };
   if (offset == 0) {  // a token attends to itself: the diagonal only
     TopK t(top);
+    std::vector<float> q(W), k(W);
     for (int64_t n = 0; n < N; ++n) {
+      fill_q(n, q.data());
+      fill_k(n, k.data());
       float s = 0.f;
-      for (int d = 0; d < W; ++d) s += qrows[size_t(n) * W + d] * krows[size_t(n) * W + d];
+      for (int d = 0; d < W; ++d) s += q[d] * k[d];
       const float v = s * scale - shift;
       t.offer({std::fabs(v), v, n, n});
     }
     out = t.take();
     return;
   }
-  const std::vector<float> QP = panels(N, W, [&](int64_t n) { return qrows.data() + size_t(n) * W; });
-  const std::vector<float> KP = panels(N, W, [&](int64_t n) { return krows.data() + size_t(n) * W; });
-  std::vector<float>().swap(qrows);
-  std::vector<float>().swap(krows);
+  const std::vector<float> QP = panels(N, W, fill_q);
+  const std::vector<float> KP = panels(N, W, fill_k);
   const int64_t np = (N + PANEL - 1) / PANEL;
   const v16i lanes = lane_ids();
   std::vector<std::vector<Cell>> found;
