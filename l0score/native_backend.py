@@ -203,7 +203,6 @@ class NativeBackend:
             *prior)
         return RowStats(torch.from_numpy(hm), torch.from_numpy(hp), torch.from_numpy(hk), torch.from_numpy(band))
 
-
     def pair_topk(self, pool: torch.Tensor, head: int, offset: int, top: int, shift: float = 0.0):
         """The hook `l0score.search.pair_scan` dispatches to: the exact top `top` cells of |dS - shift|
         of query head `head` at offset `offset` over the pool (offset 0: a == b only), as (signed values,

@@ -127,23 +127,31 @@ class Scorer:
         """
         ctx = self.context(template or self.template)
         pool = _as_pool(self.default_pool() if pool is None else pool, self.pair.config.vocab_rows)
+        kernel = getattr(self.backend, "extension_rows", None)  # a backend's dedicated kernel, if any
+        pool_batch = None  # the general path's [t] + suffix rows, packed on first use
         parts = []
         for n, prefix in enumerate(prefixes):
-            if len(prefix) == 0:
-                parts.append(self._score_pool(pool, ctx))
-                continue
-            try:
-                head = self.pack([prefix], None, ctx.template)
-            except (ValueError, TypeError) as exc:
-                raise type(exc)(f"prefix {n}: {exc}") from None
-            c = int(head.cand_len[0])
-            room = self.pair.config.max_positions - len(ctx.template)
-            if c + 1 > room:
-                raise ValueError(f"prefix {n}: extending {c} tokens exceeds the {room} positions left by max_position_embeddings")
-            cand = PackedBatch(head.ids[:, :c], head.cand_len, head.cand_len.clone())
-            own_rows = self._score_packed(cand, ctx)
-            ext = ctx.extend(self._rotated_keys(head.ids[0, :c], ctx.prefix_len))
-            parts.append(self._score_pool(pool, ext, own_rows))
+            ext, own_rows = ctx, None
+            if len(prefix):
+                try:
+                    head = self.pack([prefix], None, ctx.template)
+                except (ValueError, TypeError) as exc:
+                    raise type(exc)(f"prefix {n}: {exc}") from None
+                c = int(head.cand_len[0])
+                room = self.pair.config.max_positions - len(ctx.template)
+                if c + 1 > room:
+                    raise ValueError(f"prefix {n}: extending {c} tokens exceeds the {room} positions left by max_position_embeddings")
+                own_rows = self._score_packed(PackedBatch(head.ids[:, :c], head.cand_len, head.cand_len.clone()), ctx)
+                ext = ctx.extend(self._rotated_keys(head.ids[0, :c], ctx.prefix_len))
+            # the kernel merges the prefix's own rows itself; it returns None when it cannot run (no table)
+            stats = None if kernel is None else kernel(pool, ext, self._heads_t, self.region, self._baseline,
+                                                       self._offsets_t, own_rows)
+            if stats is None:
+                if pool_batch is None:
+                    pool_batch = self.pack(pool[:, None], None, ctx.template)
+                stats = self._score_packed(pool_batch, ext)
+                stats = stats if own_rows is None else merge_rows(stats, own_rows)
+            parts.append(stats)
         stats = RowStats.cat(parts)
         return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
 
@@ -166,17 +174,6 @@ class Scorer:
         parts = [self.backend.score_rows(batch.slice(s, s + chunk), ctx, self._heads_t, self.region,
                                          self._baseline, self._offsets_t) for s in range(0, len(batch), chunk)]
         return RowStats.cat(parts)
-
-    def _score_pool(self, pool: torch.Tensor, ctx: Context, earlier: RowStats | None = None) -> RowStats:
-        """Rows of the one-token candidates [t], t in pool, merged with `earlier` (a candidate prefix's
-        own rows): a backend's dedicated extension kernel when it has one, else the general path."""
-        kernel = getattr(self.backend, "extension_rows", None)
-        if kernel is not None:
-            stats = kernel(pool, ctx, self._heads_t, self.region, self._baseline, self._offsets_t, earlier)
-            if stats is not None:
-                return stats
-        stats = self._score_packed(self.pack(pool[:, None], None, ctx.template), ctx)
-        return stats if earlier is None else merge_rows(stats, earlier)
 
     def _with_prefix_rows(self, stats: RowStats, ctx: Context) -> RowStats:
         if self.region == "all" and ctx.prefix_stats is not None:
