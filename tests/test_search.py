@@ -200,6 +200,8 @@ def test_pool_filters(tiny_pair, tmp_path):
     (lambda s: pair_scan(s, s.default_pool(), offsets=(), progress=False), ValueError, "offsets must be in"),
     (lambda s: s.score_extensions([[1, 2]], pool=[]), ValueError, "pool must be a non-empty"),
     (lambda s: s.score_extensions([[1, -2]], pool=[3]), ValueError, "prefix 0: candidate 0, token 1: id -2"),
+    (lambda s: s.score_extensions([[1]], pool=[3, 10**7]), ValueError, r"pool id 10000000 outside \[0, \d+\)"),
+    (lambda s: s.score_extensions([[1]], pool=[3.0]), TypeError, "pool ids must be integers"),
 ])
 def test_bad_options(tiny_pair, call, error, pattern):
     with pytest.raises(error, match=pattern):
