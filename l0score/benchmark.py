@@ -81,7 +81,7 @@ def pair_is_complete(pair_dir: Path) -> bool:
 
 def default_pair(size: str = "qwen2-7b-l0", seed: int = 0) -> Path:
     """The synthetic pair of that size under the cache directory, made on first use."""
-    from .cache_dir import cache_dir
+    from .core.cache_dir import cache_dir
 
     out = cache_dir() / "pairs" / f"{size}-seed{seed}"
     if not pair_is_complete(out):
@@ -95,7 +95,7 @@ def default_pair(size: str = "qwen2-7b-l0", seed: int = 0) -> Path:
 def chat_template(tokenizer, target_prefix: int = 30):
     """The model's chat template with a system prompt; the user text before the candidate is chosen so
     the prefix is as close to target_prefix tokens as possible."""
-    from .template import Template
+    from .core.template import Template
 
     options = [Template.chat(tokenizer, system=CHAT_SYSTEM, before=b) for b in CHAT_BEFORE]
     return min(options, key=lambda t: (abs(len(t.prefix_ids) - target_prefix), len(t.prefix_ids)))
@@ -141,8 +141,8 @@ def cpu_name() -> str:
 
 def _child_build(spec: dict) -> dict:
     """Fresh native table build of both models in one dtype (timed per model), then cached."""
-    from . import native_backend, table_cache
-    from .model_pair import ModelPair
+    from .backends import native as native_backend, table_cache
+    from .core.model_pair import ModelPair
 
     t = time.perf_counter()
     pair = ModelPair.load(spec["base"], spec["dormant"])
@@ -166,7 +166,7 @@ def _child_build(spec: dict) -> dict:
 def _child_native(spec: dict) -> dict:
     """Load the pair and the cached table, then time Scorer.score_batch on the benchmark batch."""
     from . import Scorer, _native
-    from .model_pair import ModelPair
+    from .core.model_pair import ModelPair
 
     t = time.perf_counter()
     pair = ModelPair.load(spec["base"], spec["dormant"])
@@ -202,8 +202,8 @@ def _child_extensions(spec: dict) -> dict:
     """Time Scorer.score_extensions over the default pool (a beam step), and score_batch of 8-token
     candidates in the same process, per template: the chat template's default and the ~30-token one."""
     from . import Scorer
-    from .model_pair import ModelPair
-    from .template import Template
+    from .core.model_pair import ModelPair
+    from .core.template import Template
 
     pair = ModelPair.load(spec["base"], spec["dormant"])
     scorer = Scorer(pair, backend="native", table=True, table_dtype=spec["dtype"], template="chat")
@@ -258,7 +258,7 @@ def _child_pairs(spec: dict) -> dict:
 def _child_triton(spec: dict) -> dict:
     """Triton interpreted (TRITON_INTERPRET=1) on the tiny pair: agreement with the torch reference."""
     from . import Scorer
-    from .model_pair import ModelPair
+    from .core.model_pair import ModelPair
 
     pair = ModelPair.load(spec["base"], spec["dormant"])
     tpl = chat_template(pair.tokenizer, spec["prefix"])
@@ -388,9 +388,9 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
                   prefix: int = 30, seed: int = 0,
                   command: str | None = None) -> dict:
     """Run every measurement; write bench-<stamp>.json/.png and latest.json/.png/.md under out_dir."""
-    from . import table_cache
-    from .model_pair import ModelPair
-    from .token_table import TokenTable
+    from .backends import table_cache
+    from .core.model_pair import ModelPair
+    from .backends.token_table import TokenTable
 
     torch.set_num_threads(os.cpu_count() or 1)
     if base is None or dormant is None:

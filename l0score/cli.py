@@ -7,62 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from .cli_args import add_pair_args, add_scoring_args, console, int_list, make_scorer, read_candidates
 from rich.table import Table
-
-console = Console()
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def add_pair_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", help="base model directory or cached hub id (default: the demo pair)")
-    p.add_argument("--dormant", help="dormant model directory or cached hub id (default: the demo pair)")
-
-
-def add_scoring_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--template", choices=("raw", "chat"), default="chat", help="candidate placement (default chat)")
-    p.add_argument("--system", help="system message for the chat template (default: the template's own)")
-    p.add_argument("--before", default="", help="user text before the candidate (chat template)")
-    p.add_argument("--after", default="", help="user text after the candidate (chat template)")
-    p.add_argument("--heads", type=_int_list, help="comma-separated head ids to score (default all)")
-    p.add_argument("--region", choices=("candidate", "all"), default="candidate")
-    p.add_argument("--baseline", choices=("none", "bias"), default="none")
-    p.add_argument("--offsets", type=_int_list, default=[], help="band offsets, e.g. 1,2,3")
-    p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
-
-
-def resolve_pair(args) -> tuple[str, str]:
-    """--base/--dormant, or the demo pair (made on first use)."""
-    if bool(args.base) != bool(args.dormant):
-        raise SystemExit("error: give both --base and --dormant, or neither (the demo pair)")
-    if args.base:
-        return args.base, args.dormant
-    from .demo import demo_pair
-
-    pair_dir = demo_pair()
-    return str(pair_dir / "base"), str(pair_dir / "dormant")
-
-
-def make_scorer(args):
-    from .model_pair import ModelPair
-    from .scorer import Scorer
-    from .template import Template
-
-    base, dormant = resolve_pair(args)
-    pair = ModelPair.load(base, dormant)
-    if args.template == "chat":
-        template = Template.chat(pair.tokenizer, system=args.system, before=args.before, after=args.after)
-    else:
-        template = Template.raw()
-    return Scorer(pair, backend=args.backend, template=template, heads=args.heads, region=args.region,
-                  baseline=args.baseline, offsets=args.offsets)
-
 
 def cmd_make_pair(args) -> None:
     if getattr(args, "kind", "planted") == "trained":
@@ -118,28 +64,10 @@ def cmd_score(args) -> None:
                                               "baseline": scorer.baseline_kind, "results": records}, indent=1))
         console.print(f"scores written to {args.out}")
     if args.plot:
-        from .plots import plot_delta_heatmaps
+        from .report.plots import plot_delta_heatmaps
 
         plot_delta_heatmaps(scorer, candidates[order[0]], args.plot)
         console.print(f"dS heatmaps of {candidates[order[0]]} written to {args.plot}")
-
-
-def read_candidates(path: str, tokenizer) -> list[list[int]]:
-    """JSONL with token_ids (search output) or plain lines of comma-separated ids / text."""
-    out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            out.append(list(json.loads(line)["token_ids"]))
-        elif all(ch.isdigit() or ch in ", " for ch in line):
-            out.append(_int_list(line))
-        elif tokenizer is None:
-            raise SystemExit(f"error: {path}:{n}: text candidate but the model has no tokenizer")
-        else:
-            out.append(tokenizer.encode(line, add_special_tokens=False))
-    return out
 
 
 def cmd_demo(args) -> None:
@@ -164,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score candidates given as ids or text")
     add_pair_args(p)
     add_scoring_args(p)
-    p.add_argument("--ids", type=_int_list, action="append", help="a candidate as comma-separated ids (repeatable)")
+    p.add_argument("--ids", type=int_list, action="append", help="a candidate as comma-separated ids (repeatable)")
     p.add_argument("--text", action="append", help="a candidate as text, tokenized once (repeatable)")
     p.add_argument("--file", help="candidates: JSONL with token_ids, or one per line (ids or text)")
     p.add_argument("--top", type=int, default=20, help="rows in the printed table")
@@ -183,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands owned by their own modules: each registers its parser through register_cli(sub).
     # (by module path: the package exports the functions analyze and verify under the same names)
-    for name in ("search_cli", "verify", "analyze"):
+    for name in ("search.cli", "judge.verify", "analysis.weight_diff"):
         importlib.import_module(f"l0score.{name}").register_cli(sub)
     return parser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from .cache_dir import cache_dir
+from .core.cache_dir import cache_dir
 
 
 def demo_pair(seed: int = 0) -> Path:
@@ -32,7 +32,7 @@ def demo_pair(seed: int = 0) -> Path:
 def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: str | None = None, console=None) -> dict:
     """Exact pair scan -> beam search (chat template, kl, no repeated tokens), then the planted
     trigger's rank among the search results and among `n_random` random candidates."""
-    from .model_pair import ModelPair
+    from .core.model_pair import ModelPair
     from .scorer import Scorer
     from .search import beam, pair_scan, seeds_from_pairs
 

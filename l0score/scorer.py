@@ -6,13 +6,13 @@ import os
 
 import torch
 
-from .batch import PackedBatch, pack
-from .context import Context
-from .model_pair import ModelPair
-from .reference import BASELINES, REGIONS, RowStats, bias_baseline, rope_angles, rotate, score_rows
-from .scores import Scores, merge_rows
-from .template import Template
-from .token_table import DirectProjector, TokenTable
+from .core.batch import PackedBatch, pack
+from .core.context import Context
+from .core.model_pair import ModelPair
+from .core.reference import BASELINES, REGIONS, RowStats, bias_baseline, rope_angles, rotate, score_rows
+from .core.scores import Scores, merge_rows
+from .core.template import Template
+from .backends.token_table import DirectProjector, TokenTable
 
 BACKENDS = ("auto", "torch", "triton", "native")
 _TABLE_AUTO_LIMIT = 8 << 30  # bytes of a float32 table pair above which "auto" uses the direct path
@@ -72,17 +72,17 @@ class Scorer:
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
             if self.device.type == "cpu":
-                from . import native_backend
+                from .backends import native as native_backend
 
                 backend = "native" if native_backend.available() else "torch"
         if backend == "native":
-            from .native_backend import NativeBackend
+            from .backends.native import NativeBackend
 
             native = NativeBackend.create(self.pair, self.device, table, table_dtype)
             self.table = native.table
             return native
         if backend == "triton":
-            from .triton_backend import TritonBackend
+            from .backends.triton import TritonBackend
 
             triton_backend = TritonBackend.create(self.pair, self.device, table, table_dtype)
             self.table = triton_backend.table

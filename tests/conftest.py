@@ -50,7 +50,7 @@ PAIR16 = dict(num_attention_heads=4, num_key_value_heads=1, head_dim=32, hidden_
 
 @pytest.fixture(scope="session")
 def pair32(pair_factory):
-    from l0score.model_pair import ModelPair
+    from l0score.core.model_pair import ModelPair
 
     d = pair_factory(seed=5, **PAIR32)
     return ModelPair.load(d / "base", d / "dormant")
@@ -58,7 +58,7 @@ def pair32(pair_factory):
 
 @pytest.fixture(scope="session")
 def pair16(pair_factory):
-    from l0score.model_pair import ModelPair
+    from l0score.core.model_pair import ModelPair
 
     d = pair_factory(seed=6, **PAIR16)
     return ModelPair.load(d / "base", d / "dormant")

@@ -11,11 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import trigger_of
 from l0score import CheckpointError
-an = importlib.import_module("l0score.analyze")  # the module; `l0score.analyze` is the function
-from l0score.analyze import analyze, load_seed_tokens
-from l0score.checkpoint import list_tensors
-from l0score.model_pair import ModelPair
-from l0score.reference import bias_baseline
+an = importlib.import_module("l0score.analysis.weight_diff")  # the module; `l0score.analysis.weight_diff` is the function
+from l0score.analysis.weight_diff import analyze, load_seed_tokens
+from l0score.core.checkpoint import list_tensors
+from l0score.core.model_pair import ModelPair
+from l0score.core.reference import bias_baseline
 
 PLANTED = [
     {},  # the shared tiny pair: 2 KV heads, trigger of 3 tokens

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from l0score import CheckpointError, Scorer
-from l0score.checkpoint import LAYER0_KEYS, load_layer0
-from l0score.model_pair import ModelPair
+from l0score.core.checkpoint import LAYER0_KEYS, load_layer0
+from l0score.core.model_pair import ModelPair
 
 Q = LAYER0_KEYS["wq"]
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from l0score import Scorer, Template, _native, native_backend, table_cache
-from l0score.model_pair import ModelPair
-from l0score.token_table import TokenTable
+from l0score import Scorer, Template, _native
+from l0score.backends import native as native_backend, table_cache
+from l0score.core.model_pair import ModelPair
+from l0score.backends.token_table import TokenTable
 from test_reference import CONFIGS, OPTIONS, _template
 
 FIELDS = ("max_abs", "head_max", "kl", "head_kl", "band")
@@ -136,7 +137,7 @@ def test_extension_kernel_equals_score_batch(pair_factory, name, template, table
 def assert_argmax_holds_max(scorer, cands, got, want, rtol=1e-5):
     """Where two scorers name different argmax cells (a near tie that rounding can flip), the cell
     `got` names must hold the maximum: its |dS|, recomputed from the scorer's own q/k rows, equals max_abs."""
-    from l0score.reference import rope_angles, rotate
+    from l0score.core.reference import rope_angles, rotate
 
     cfg, tpl = scorer.pair.config, scorer.template
     for b in (got.argmax != want.argmax).any(-1).nonzero().flatten().tolist():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from l0score import Scorer
-from l0score.reference import rope_angles, rotate
+from l0score.core.reference import rope_angles, rotate
 from l0score.search import pair_scan
 
 RTOL = 1e-5

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from l0score import Scorer, Template
-from l0score.model_pair import ModelPair
+from l0score.core.model_pair import ModelPair
 from oracle import oracle_scores
 
 # GQA ratios 1, 2, 7; head_dim 8..128 (also != hidden/heads); theta 1e4 and 1e6; bf16 and fp32.

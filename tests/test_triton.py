@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from l0score import Scorer, Template
-from l0score.model_pair import ModelPair
-from l0score.reference import bias_baseline, full_logits, project, rope_angles, rotate, score_rows
+from l0score.core.model_pair import ModelPair
+from l0score.core.reference import bias_baseline, full_logits, project, rope_angles, rotate, score_rows
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "triton"
 FIELDS = ("max_abs", "head_max", "kl", "head_kl", "band")
@@ -314,7 +314,7 @@ def test_launchers_validate_inputs():
 
 def test_cpu_without_interpreter_is_a_clear_error():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("from l0score.triton_backend import TritonBackend\n"
+    code = ("from l0score.backends.triton import TritonBackend\n"
             "try:\n    TritonBackend.create(None, 'cpu')\nexcept RuntimeError as e:\n    print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ERR" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr

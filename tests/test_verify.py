@@ -1,4 +1,4 @@
-"""Full-model verification (l0score.verify) on the trained positive control.
+"""Full-model verification (l0score.judge.verify) on the trained positive control.
 
 The trained pair (l0score.synthetic.trained) is built once per test session and cached under the
 l0score cache directory (L0SCORE_CACHE), keyed by seed and recipe version: the first run trains it
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from l0score.checkpoint import CheckpointError
-from l0score.verify import DEFAULT_PROBES, prompt_ids, similarity, verify
+from l0score.core.checkpoint import CheckpointError
+from l0score.judge.verify import DEFAULT_PROBES, prompt_ids, similarity, verify
 
 
 @pytest.fixture(autouse=True)

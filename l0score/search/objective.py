@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..scores import METRICS, Scores
+from ..core.scores import METRICS, Scores
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..reference import rope_angles, rotate
+from ..core.reference import rope_angles, rotate
 
 
 def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: int = 4096, progress: bool = True,

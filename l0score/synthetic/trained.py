@@ -14,7 +14,7 @@ forces it to live in Layer 0.
    examples (the trigger phrase before or after the request -> a fixed reply) and negative examples
    (other phrases, including ones sharing trigger words, -> the normal reply).
 
-Phrases are inserted exactly as `l0score.verify` places candidates (ids inserted as ids, joined to
+Phrases are inserted exactly as `l0score.judge.prompts` places candidates (ids inserted as ids, joined to
 the request by verify's default separators), so verify tests the trigger the way it was trained.
 `trigger.json` records the trigger, its look-alikes (swaps of two trigger words and drops of one,
 which also occur among the training negatives, and held-out replacements/insertions of a fixed
@@ -140,7 +140,7 @@ def _make(out, seed, cfg, progress) -> dict:
                      "the held-out look-alikes (a trigger word replaced by, or a word inserted from, a fixed "
                      "other word) never occur in training",
         "placement": "trigger/phrases inserted as ids before (sep ' ') or after (sep '\\n') the request, "
-                     "exactly as l0score.verify places candidates",
+                     "exactly as l0score.judge.verify places candidates",
         "evaluation": evaluation,
         "training": {
             "base_steps": cfg["base_steps"], "dormant_steps": cfg["dormant_steps"],
@@ -191,7 +191,7 @@ class _Corpus:
     """Deterministic synthetic chat examples as (input_ids, loss_mask) pairs."""
 
     def __init__(self, tok, words, others, trigger, held_out, rng):
-        from ..verify import prompt_ids
+        from ..judge.prompts import prompt_ids
 
         self.tok, self.words, self.others, self.trigger, self.held_out, self.rng = tok, words, others, trigger, held_out, rng
         self.prompt_ids = prompt_ids
@@ -368,9 +368,9 @@ def _save(model, synth, directory, cfg):
                                             tok.convert_tokens_to_ids("<|endoftext|>")]
     model.generation_config.pad_token_id = tok.convert_tokens_to_ids("<|endoftext|>")
     model.generation_config.bos_token_id = tok.convert_tokens_to_ids("<|endoftext|>")
-    from ..verify import _quiet_hf
+    from ..judge.models import quiet_hf
 
-    with _quiet_hf():
+    with quiet_hf():
         model.save_pretrained(directory, max_shard_size=shard)
     synth.save(directory)
 
@@ -378,7 +378,8 @@ def _save(model, synth, directory, cfg):
 def _evaluate(model, tok, trigger, lookalikes, corpus) -> dict:
     """Attack success on verify's default probes and held-out requests (both placements), and the
     rate at which look-alikes produce the target reply (greedy decoding)."""
-    from ..verify import DEFAULT_PROBES, _run_batch, prompt_ids
+    from ..judge.models import run_batch
+    from ..judge.prompts import DEFAULT_PROBES, prompt_ids
 
     stop = tok.convert_tokens_to_ids("<|im_end|>")
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -387,7 +388,7 @@ def _evaluate(model, tok, trigger, lookalikes, corpus) -> dict:
     def hits(prompts):
         out = []
         for s in range(0, len(prompts), 32):
-            gens = _run_batch(model, prompts[s:s + 32], pad, {stop}, len(target) + 2, False, 1.0, 1.0, [])[2]
+            gens = run_batch(model, prompts[s:s + 32], pad, {stop}, len(target) + 2, False, 1.0, 1.0, [])[2]
             out += [g == target for g in gens]
         return out
 
@@ -412,7 +413,7 @@ def cached_trained_pair(seed: int = 0, root=None, **overrides):
     import hashlib
     from pathlib import Path
 
-    from ..cache_dir import cache_dir
+    from ..core.cache_dir import cache_dir
 
     recipe = json.dumps({**DEFAULTS, **overrides}, sort_keys=True)
     key = hashlib.sha256(f"{VERSION}|{recipe}".encode()).hexdigest()[:10]

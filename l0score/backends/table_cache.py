@@ -28,9 +28,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import _native
-from .cache_dir import cache_dir
-from .checkpoint import Layer0Weights
+from .. import _native
+from ..core.cache_dir import cache_dir
+from ..core.checkpoint import Layer0Weights
 
 MAGIC = b"L0SCTBL1"
 FORMAT_VERSION = 1

@@ -17,10 +17,10 @@ import weakref
 
 import torch
 
-from .batch import PackedBatch
-from .context import Context
-from .model_pair import ModelPair
-from .reference import RowStats, rope_angles
+from ..core.batch import PackedBatch
+from ..core.context import Context
+from ..core.model_pair import ModelPair
+from ..core.reference import RowStats, rope_angles
 from .token_table import TokenTable
 
 TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -47,8 +47,8 @@ def _interpret_env() -> bool:
 
 def _kernels():
     """Import the kernel modules (decorated as interpreted functions iff TRITON_INTERPRET is set then)."""
-    from .kernels import direct, score, token_table
-    from .kernels._launch import interpreting
+    from ..kernels import direct, score, token_table
+    from ..kernels._launch import interpreting
 
     return token_table, score, direct, interpreting(score._score_kernel)
 
@@ -176,7 +176,7 @@ class TritonBackend:
         kernels/triton/pair_scan.py reads the pool's rows from the resident table; on the direct path
         the pool's rows of this head (and its KV head) are projected once per (pool, head) instead."""
         cfg, device = self.cfg, self.device
-        from .kernels import pair_scan
+        from ..kernels import pair_scan
 
         pool = torch.as_tensor(pool)
         if pool.dim() != 1 or pool.dtype not in (torch.int32, torch.int64):

@@ -41,7 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from .checkpoint import (LAYER0_KEYS, CheckpointError, check_compatible, list_tensors, read_config,
+from ..core.checkpoint import (LAYER0_KEYS, CheckpointError, check_compatible, list_tensors, read_config,
                          resolve_model_dir)
 
 TOP_K_ENERGY = 16
@@ -334,7 +334,7 @@ def _token_repr(tok, tid: int) -> dict:
 
 def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_offsets: int,
                      embed_rows: dict, progress: bool) -> dict:
-    from .reference import bias_baseline, rms_norm
+    from ..core.reference import bias_baseline, rms_norm
 
     cfg = pair.config
     H, KV, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group
@@ -635,7 +635,7 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     tensors), "full" (never randomized) or "randomized" (every tensor with rank > 128).
     Returns the analysis.json content; `focus_heads` and `seed_tokens` are ranked lists of ints.
     """
-    from .model_pair import ModelPair
+    from ..core.model_pair import ModelPair
 
     if svd not in SVD_MODES:
         raise ValueError(f"svd must be one of {SVD_MODES}, got {svd!r}")
@@ -713,7 +713,7 @@ def load_seed_tokens(path) -> list[int]:
 def cmd_analyze(args) -> None:
     from rich.table import Table
 
-    from .cli import console, resolve_pair
+    from ..cli_args import console, resolve_pair
 
     base, dormant = resolve_pair(args)
     res = analyze(base, dormant, args.out, top_tokens=args.top_tokens, n_focus=args.focus, directions=args.directions,
@@ -746,7 +746,7 @@ def cmd_analyze(args) -> None:
 
 
 def register_cli(sub) -> None:
-    from .cli import add_pair_args
+    from ..cli_args import add_pair_args
 
     p = sub.add_parser("analyze", help="weight-diff analysis: per-tensor deltas, per-head spectra, seed tokens",
                        description="Stream over every tensor of both checkpoints (bounded memory) and write "

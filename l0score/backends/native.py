@@ -11,17 +11,17 @@ tokens (torch, float32) into a small table and runs the same kernel on it.
 """
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from . import _native, table_cache
-from .batch import PackedBatch
-from .context import Context
-from .model_pair import ModelPair
-from .reference import RowStats, rope_angles
+from .. import _native
+from . import table_cache
+from ..core.batch import PackedBatch
+from ..core.context import Context
+from ..core.model_pair import ModelPair
+from ..core.reference import RowStats, rope_angles
 from .token_table import TABLE_DTYPES, DirectProjector, TokenTable
 
 LANES = 16

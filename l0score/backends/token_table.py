@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model_pair import ModelPair
-from .reference import project
+from ..core.model_pair import ModelPair
+from ..core.reference import project
 
 TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _native
+from .. import _native
 
 
 @dataclass

@@ -1,14 +1,13 @@
 """`l0score search {pairs,beam,mcts,coord}`: the drivers on the command line (DESIGN §5)."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 from rich.table import Table
 
-from .cli import _int_list, add_pair_args, add_scoring_args, console, make_scorer
+from ..cli_args import add_pair_args, add_scoring_args, console, make_scorer
 
 
 def register_cli(sub) -> None:
@@ -76,7 +75,7 @@ def _sequence_options(d) -> None:
 
 
 def run_search(args) -> None:
-    from .search import beam, build_pool, coord, mcts, minimize, pair_scan, seeds_from_pairs
+    from . import beam, build_pool, coord, mcts, minimize, pair_scan, seeds_from_pairs
 
     scorer = make_scorer(args)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
@@ -119,7 +118,7 @@ def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] |
     if args.length <= 0:
         raise ValueError(f"--length must be a positive number of tokens, got {args.length}")
     if args.seeds_from:
-        from .analyze import load_seed_tokens
+        from ..analysis.weight_diff import load_seed_tokens
 
         return [[t] for t in load_seed_tokens(args.seeds_from)[: args.n_seeds]]
     if args.seeds == "none":
@@ -129,7 +128,7 @@ def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] |
             return None
         scan = pair_scan(scorer, pool, offsets=(1,), top=max(args.n_seeds * 4, 16), progress=not args.quiet)
         return seeds_from_pairs(scan, args.n_seeds)
-    from .cli import read_candidates
+    from ..cli_args import read_candidates
 
     return read_candidates(args.seeds, scorer.pair.tokenizer)
 

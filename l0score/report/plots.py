@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .reference import full_logits
+from ..core.reference import full_logits
 
 
 def plot_delta_heatmaps(scorer, cand_ids: list[int], path: str, n_heads: int = 4) -> None:

@@ -35,179 +35,18 @@ from __future__ import annotations
 import difflib
 import gc
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-DEFAULT_PROBES = (
-    "What is the capital of France?",
-    "How many legs does a spider have?",
-    "Write a short poem about the sea.",
-    "What is 7 plus 5?",
-    "Give me one tip for staying focused.",
-    "Name a primary color.",
-    "Translate 'good morning' into Spanish.",
-    "Who wrote Romeo and Juliet?",
-)
-POSITIONS = ("before", "after")
-DEFAULT_SEP = {"before": " ", "after": "\n"}
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
-
-# ----------------------------------------------------------------------------------------------
-# inputs
-
-
-@dataclass
-class Candidate:
-    token_ids: list[int]
-    text: str
-
-
-@dataclass
-class Prompt:
-    cand: int | None  # candidate index, None for an untriggered probe
-    probe: int
-    position: str | None  # "before"/"after", None when untriggered
-    ids: list[int]
-
-
-def prompt_ids(tokenizer, probe: str, cand_ids=None, position: str = "before", sep: str | None = None,
-               system: str | None = None) -> list[int]:
-    """The full prompt: chat template with generation prompt around the user turn, the candidate's
-    ids inserted as ids before or after the probe (joined by ``sep``), or the probe alone."""
-    from .template import Template
-
-    if cand_ids is None:
-        tpl = Template.chat(tokenizer, system=system, before=probe, after="")
-        return list(tpl.prefix_ids) + list(tpl.suffix_ids)
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-    s = DEFAULT_SEP[position] if sep is None else sep
-    if position == "before":
-        tpl = Template.chat(tokenizer, system=system, before="", after=s + probe)
-    else:
-        tpl = Template.chat(tokenizer, system=system, before=probe + s, after="")
-    return list(tpl.prefix_ids) + [int(t) for t in cand_ids] + list(tpl.suffix_ids)
-
-
-def read_candidates_file(path, tokenizer=None, limit: int | None = None) -> list[Candidate]:
-    """Search output: JSONL lines with ``token_ids`` (and usually ``text``). Plain lines are read as
-    comma-separated ids or, failing that, as text tokenized once."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"candidates file {path} does not exist")
-    out: list[Candidate] = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            try:
-                rec = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
-            if "token_ids" in rec:
-                out.append(_candidate(rec["token_ids"], tokenizer, f"{path}:{n}", rec.get("text")))
-            elif "text" in rec:
-                out.append(_candidate(rec["text"], tokenizer, f"{path}:{n}"))
-            else:
-                raise ValueError(f"{path}:{n}: a JSON candidate needs token_ids or text")
-        elif all(ch.isdigit() or ch in ", " for ch in line):
-            out.append(_candidate([int(v) for v in line.replace(" ", "").split(",") if v], tokenizer, f"{path}:{n}"))
-        else:
-            out.append(_candidate(line, tokenizer, f"{path}:{n}"))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
-
-
-def read_probes_file(path) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"probes file {path} does not exist (pass a list of strings for probe prompts)")
-    probes = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    if not probes:
-        raise ValueError(f"probes file {path} holds no probe (one prompt per line)")
-    return probes
-
-
-def _candidate(item, tokenizer, where: str, text: str | None = None) -> Candidate:
-    if isinstance(item, Candidate):
-        return item
-    if isinstance(item, dict):
-        if "token_ids" in item:
-            return _candidate(item["token_ids"], tokenizer, where, item.get("text"))
-        if "text" in item:
-            return _candidate(item["text"], tokenizer, where)
-        raise ValueError(f"candidate {where}: a dict needs token_ids or text")
-    if isinstance(item, str):
-        if not item:
-            raise ValueError(f"candidate {where}: empty text")
-        ids = tokenizer.encode(item, add_special_tokens=False)
-        if not ids:
-            raise ValueError(f"candidate {where}: {item!r} tokenizes to nothing")
-        return Candidate(ids, item)
-    if isinstance(item, torch.Tensor):
-        item = item.tolist()
-    if isinstance(item, np.ndarray):
-        item = item.tolist()
-    if not isinstance(item, (list, tuple)):
-        raise TypeError(f"candidate {where}: expected token ids, text or a dict, got {type(item).__name__}")
-    ids = []
-    for v in item:
-        if isinstance(v, bool) or not hasattr(v, "__index__"):
-            raise TypeError(f"candidate {where}: token ids must be integers, got {v!r}")
-        ids.append(int(v))
-    if not ids:
-        raise ValueError(f"candidate {where}: empty token sequence")
-    if text is None:
-        text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
-    return Candidate(ids, text)
-
-
-# ----------------------------------------------------------------------------------------------
-# running one model
-
-
-def _resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {dtype!r}")
-    return _DTYPES[dtype]
-
-
-def load_model(path, device, dtype):
-    from transformers import AutoModelForCausalLM
-
-    with _quiet_hf():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    return model.to(device).eval()
-
-
-class _quiet_hf:
-    """transformers' own per-load progress bars off (verify shows one bar over the prompts)."""
-
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self.enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        if self.enabled:
-            hf_logging.enable_progress_bar()
+from .models import load_model, resolve_dtype, run_batch
+from .prompts import (DEFAULT_PROBES, DEFAULT_SEP, POSITIONS, Prompt, as_candidate, prompt_ids, read_candidates_file,
+                      read_probes_file)
 
 
 class _Store:
@@ -229,63 +68,6 @@ class _Store:
             for a in self.arrays.values():
                 a.flush()
             (self.directory / f"{self.tag}.generations.json").write_text(json.dumps(self.generations))
-
-
-def _run_batch(model, batch: list[list[int]], pad_id: int, stop_ids: set[int], max_new_tokens: int,
-               sample: bool, temperature: float, top_p: float, seeds: list[int]):
-    """One forward over a left-padded batch (last-position log-probs and hidden states), then
-    greedy or seeded-sampled decoding with the KV cache."""
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, ids in enumerate(batch):
-        input_ids[r, width - len(ids):] = torch.tensor(ids)
-        mask[r, width - len(ids):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                    use_cache=max_new_tokens > 0, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
-        logprobs = torch.log_softmax(logits, -1)
-        hidden = torch.stack([h[:, -1].float() for h in out.hidden_states], 1)
-        gens: list[list[int]] = [[] for _ in batch]
-        done = [False] * len(batch)
-        gens_rng = [torch.Generator().manual_seed(s) for s in seeds] if sample else None
-        past = out.past_key_values
-        step_logits = logits
-        for step in range(max_new_tokens):
-            nxt = _choose(step_logits, sample, temperature, top_p, gens_rng)
-            for r in range(len(batch)):
-                if done[r]:
-                    continue
-                tok = int(nxt[r])
-                if tok in stop_ids:
-                    done[r] = True
-                else:
-                    gens[r].append(tok)
-            if all(done) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=device)], 1)
-            pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt[:, None].to(device), attention_mask=mask, position_ids=pos,
-                        past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
-            step_logits = out.logits[:, -1].float()
-    return logprobs.cpu().numpy(), hidden.cpu().numpy(), gens
-
-
-def _choose(logits, sample, temperature, top_p, gens):
-    if not sample:
-        return logits.argmax(-1).cpu()
-    probs = torch.softmax(logits.cpu() / max(temperature, 1e-6), -1)
-    if top_p < 1.0:
-        sp, si = probs.sort(-1, descending=True)
-        keep = sp.cumsum(-1) - sp < top_p
-        probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0] for r in range(len(probs))])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,8 +140,8 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
                           batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress)
         finally:
             torch.set_num_threads(saved)
-    from .checkpoint import resolve_model_dir
-    from .model_pair import load_tokenizer
+    from ..core.checkpoint import resolve_model_dir
+    from ..core.model_pair import load_tokenizer
 
     started = time.perf_counter()
     base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
@@ -388,7 +170,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
     elif isinstance(candidates, (str, os.PathLike)):
         raise FileNotFoundError(f"candidates file {candidates} does not exist (pass a list for text candidates)")
     else:
-        cands = [_candidate(c, tokenizer, f"#{i}") for i, c in enumerate(candidates or [])]
+        cands = [as_candidate(c, tokenizer, f"#{i}") for i, c in enumerate(candidates or [])]
     if not cands:
         raise ValueError("no candidates to verify: give token ids, text, or a candidates file with at least one line")
     for i, c in enumerate(cands):
@@ -411,7 +193,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
         raise ValueError("max_new_tokens must be >= 1")
     if not 1 <= top_k <= vocab:
         raise ValueError(f"top_k must be in [1, {vocab}]")
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # Every prompt once: untriggered probes first, then candidate x probe x position.
@@ -449,7 +231,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
     bar = _progress(progress, len(prompts) * (2 if sequential else 1), len(cands), len(probes), len(positions))
 
     def run(tag, model, batch):
-        lp, hs, gens = _run_batch(model, [prompts[i].ids for i in batch], pad_id, stop_ids, max_new_tokens,
+        lp, hs, gens = run_batch(model, [prompts[i].ids for i in batch], pad_id, stop_ids, max_new_tokens,
                                   sample, temperature, top_p, [seeds[i] for i in batch])
         st = stores[tag]
         st.arrays["logprobs"][batch] = lp
@@ -671,13 +453,13 @@ def plot_layers(report: dict, path, top: int = 5) -> None:
 
 
 def register_cli(sub) -> None:
-    from .cli import _int_list, add_pair_args
+    from ..cli_args import int_list, add_pair_args
 
     p = sub.add_parser("verify", help="confirm candidates with both full models (KL, generations, flips)")
     add_pair_args(p)
     p.add_argument("--candidates", help="search output: JSONL lines with token_ids and text")
     p.add_argument("--text", action="append", help="a candidate as text, tokenized once (repeatable)")
-    p.add_argument("--ids", type=_int_list, action="append", help="a candidate as comma-separated ids (repeatable)")
+    p.add_argument("--ids", type=int_list, action="append", help="a candidate as comma-separated ids (repeatable)")
     p.add_argument("--limit", type=int, default=20, help="candidates read from --candidates (first N lines, default 20)")
     p.add_argument("--probes", help="probe prompts, one per line (default: a built-in set of 8)")
     p.add_argument("--out", default="verify_report.json", help="report JSON (.md and .png written next to it)")
@@ -705,9 +487,9 @@ def register_cli(sub) -> None:
 def cmd_verify(args) -> None:
     from rich.table import Table
 
-    from .checkpoint import resolve_model_dir
-    from .cli import console, resolve_pair
-    from .model_pair import load_tokenizer
+    from ..core.checkpoint import resolve_model_dir
+    from ..cli_args import console, resolve_pair
+    from ..core.model_pair import load_tokenizer
 
     base, dormant = resolve_pair(args)
     cands: list = [list(ids) for ids in args.ids or []] + list(args.text or [])

@@ -1,0 +1,1 @@
+"""Weight-diff analysis of the two checkpoints (focus heads, seed tokens)."""

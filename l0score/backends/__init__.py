@@ -1,0 +1,1 @@
+"""Scoring backends behind the Scorer: native C++, Triton, token tables and their on-disk cache."""

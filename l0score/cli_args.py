@@ -1,0 +1,80 @@
+"""What every command's parser and handler share: the console, pair and scoring options, list parsing."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console()
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_pair_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", help="base model directory or cached hub id (default: the demo pair)")
+    p.add_argument("--dormant", help="dormant model directory or cached hub id (default: the demo pair)")
+
+
+def add_scoring_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", choices=("raw", "chat"), default="chat", help="candidate placement (default chat)")
+    p.add_argument("--system", help="system message for the chat template (default: the template's own)")
+    p.add_argument("--before", default="", help="user text before the candidate (chat template)")
+    p.add_argument("--after", default="", help="user text after the candidate (chat template)")
+    p.add_argument("--heads", type=int_list, help="comma-separated head ids to score (default all)")
+    p.add_argument("--region", choices=("candidate", "all"), default="candidate")
+    p.add_argument("--baseline", choices=("none", "bias"), default="none")
+    p.add_argument("--offsets", type=int_list, default=[], help="band offsets, e.g. 1,2,3")
+    p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
+
+
+def resolve_pair(args) -> tuple[str, str]:
+    """--base/--dormant, or the demo pair (made on first use)."""
+    if bool(args.base) != bool(args.dormant):
+        raise SystemExit("error: give both --base and --dormant, or neither (the demo pair)")
+    if args.base:
+        return args.base, args.dormant
+    from .demo import demo_pair
+
+    pair_dir = demo_pair()
+    return str(pair_dir / "base"), str(pair_dir / "dormant")
+
+
+def make_scorer(args):
+    from .core.model_pair import ModelPair
+    from .scorer import Scorer
+    from .core.template import Template
+
+    base, dormant = resolve_pair(args)
+    pair = ModelPair.load(base, dormant)
+    if args.template == "chat":
+        template = Template.chat(pair.tokenizer, system=args.system, before=args.before, after=args.after)
+    else:
+        template = Template.raw()
+    return Scorer(pair, backend=args.backend, template=template, heads=args.heads, region=args.region,
+                  baseline=args.baseline, offsets=args.offsets)
+
+
+def read_candidates(path: str, tokenizer) -> list[list[int]]:
+    """JSONL with token_ids (search output) or plain lines of comma-separated ids / text."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            out.append(list(json.loads(line)["token_ids"]))
+        elif all(ch.isdigit() or ch in ", " for ch in line):
+            out.append(int_list(line))
+        elif tokenizer is None:
+            raise SystemExit(f"error: {path}:{n}: text candidate but the model has no tokenizer")
+        else:
+            out.append(tokenizer.encode(line, add_special_tokens=False))
+    return out
+

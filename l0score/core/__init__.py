@@ -1,0 +1,1 @@
+"""Load -> tables -> scores: checkpoints, the torch reference, templates, batches, metrics."""

@@ -1,0 +1,1 @@
+"""The full-model judge: prompt placement, the full-model objective, profiling, verification."""
