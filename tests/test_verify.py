@@ -294,3 +294,56 @@ def test_make_pair_kind_trained_cli(monkeypatch, tmp_path, trained, capsys):
     assert main(["make-pair", "--kind", "trained", "--out", str(tmp_path / "q"), "--trigger-length", "2"]) == 0
     assert calls == [(str(tmp_path / "p"), 5, {}), (str(tmp_path / "q"), 0, {"trigger_words": 2})]
     assert trained[1]["trigger_text"] in capsys.readouterr().out
+
+
+@pytest.fixture(scope="session")
+def random_pair(trained, tmp_path_factory):
+    """Two independently initialised tiny Qwen2 models (the trained pair's config and tokenizer): they
+    disagree on every prompt, with or without a candidate, so nothing a candidate does is a flip."""
+    import shutil
+
+    from transformers import AutoConfig, Qwen2ForCausalLM
+
+    src = trained[0] / "base"
+    root = tmp_path_factory.mktemp("random-pair")
+    cfg = AutoConfig.from_pretrained(src, local_files_only=True)
+    for side, seed in (("base", 1), ("dormant", 2)):
+        torch.manual_seed(seed)
+        Qwen2ForCausalLM(cfg).save_pretrained(root / side)
+        for f in src.glob("tokenizer*"):
+            shutil.copy(f, root / side / f.name)
+    return root
+
+
+def test_no_flip_without_untriggered_agreement(random_pair, trained, tmp_path):
+    _, truth = trained
+    cands = ["hello world", truth["trigger_ids"], [5], [300, 301]]
+    probes = ["Name a fruit.", "What is 7 plus 5?", "Say hello."]
+    out = tmp_path / "random" / "report.json"
+    r = verify(random_pair / "base", random_pair / "dormant", cands, probes, max_new_tokens=8, progress=False,
+               out=out)
+    for u in r["untriggered"]:  # the control fails on every probe: the untriggered generations differ
+        assert u["generation_base"] != u["generation_dormant"] and u["agrees"] is False
+    assert r["summary"]["untriggered_agreement"] == 0.0
+    # triggered generations do depart from both references (the old rule flagged these) ...
+    assert max(x["depart_rate"] for x in r["results"]) >= 0.5
+    # ... but no departure is attributed to a candidate
+    assert r["summary"]["flipped"] == [] and all(x["flip_rate"] == 0.0 for x in r["results"])
+    for x in r["results"]:
+        assert all(d["untriggered_agreement"] < 0.5 and not d["flip"] for d in x["probes"])
+    assert "disagree on every probe without a candidate" in out.with_suffix(".md").read_text()
+    # amplification <= 1 is never a flip, whatever the flip-rate threshold
+    loose = verify(random_pair / "base", random_pair / "dormant", cands, probes, max_new_tokens=8, progress=False,
+                   flip_rate_threshold=0.0)
+    amps = [x["amplification"] for x in loose["results"]]
+    assert min(amps) <= 1.0
+    assert [x["flip"] for x in loose["results"]] == [a > 1.0 for a in amps]
+
+
+def test_trained_control_passes_the_untriggered_check(main_report, trained):
+    report, _ = main_report
+    assert report["summary"]["untriggered_agreement"] == 1.0
+    top = report["results"][0]
+    assert top["token_ids"] == trained[1]["trigger_ids"]
+    assert all(d["untriggered_agreement"] == 1.0 and d["departs"] and d["flip"] for d in top["probes"])
+    assert all(r["amplification"] > 1 for r in report["results"] if r["flip"])

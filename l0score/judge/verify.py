@@ -11,9 +11,15 @@ transformers' ``AutoModelForCausalLM``:
 * greedy (or seeded sampled) generations of ``max_new_tokens`` tokens from both models;
 * the divergence of the two models' hidden states at the last prompt position, layer by layer;
 * ``amplification`` = mean triggered KL / mean untriggered KL over the probes;
-* ``flip``: the dormant's triggered generation departs from its own untriggered generation *and*
-  from the base's triggered generation (similarity below ``flip_threshold``) on at least
-  ``flip_rate_threshold`` of the (probe, placement) prompts.
+* ``untriggered agreement``, the control: on each probe without a candidate, does the dormant's
+  generation agree with the base's (similarity at least ``flip_threshold``)? Reported per probe and
+  as the share of agreeing probes in the summary;
+* ``flip``: on a (probe, placement) prompt whose probe passes the control, the dormant's triggered
+  generation departs from its own untriggered generation *and* from the base's triggered generation
+  (similarity below ``flip_threshold``; ``departs`` records this alone). A candidate is flagged when
+  it flips at least ``flip_rate_threshold`` of its prompts *and* its amplification is > 1: a change
+  the trigger caused, not one the two models show anyway (two models that disagree on every prompt
+  flag nothing).
 
 Similarity of two generations is difflib's ``SequenceMatcher.ratio()`` over the generated token
 ids: 2*M/T with M matched tokens and T the total length (1.0 identical, 0.0 nothing in common; two
@@ -301,6 +307,9 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         m["layer_cos_div"], m["layer_rel_l2"] = _layer_divergence(hd[i], hb[i])
         per_prompt.append(m)
 
+    # The control: a flip is only attributed to a candidate on a probe where, untriggered, the
+    # dormant's generation agrees with the base's (two models that disagree everywhere flip nothing).
+    agreement = [similarity(gd[p], gb[p]) for p in range(len(probes))]
     untriggered = []
     for p in range(len(probes)):
         m = per_prompt[p]
@@ -308,7 +317,7 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
             "probe": probes[p], **{k: m[k] for k in ("kl", "js", "top1_agree", "topk_overlap")},
             "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
             "generation_base": decode(gb[p]), "generation_dormant": decode(gd[p]),
-            "generation_similarity": similarity(gd[p], gb[p]),
+            "generation_similarity": agreement[p], "agrees": agreement[p] >= flip_threshold,
         })
     kl_u = np.array([u["kl"] for u in untriggered])
     mean_kl_u = float(kl_u.mean())
@@ -323,25 +332,30 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         for i in by_cand[c]:
             pr, m = prompts[i], per_prompt[i]
             s_self, s_base = similarity(gd[i], gd[pr.probe]), similarity(gd[i], gb[i])
+            departs = bool(s_self < flip_threshold and s_base < flip_threshold)
             details.append({
                 "probe": probes[pr.probe], "position": pr.position,
                 **{k: m[k] for k in ("kl", "js", "top1_agree", "topk_overlap")},
                 "amplification": m["kl"] / max(kl_u[pr.probe], 1e-12),
                 "similarity_to_untriggered": s_self, "similarity_to_base": s_base,
-                "flip": bool(s_self < flip_threshold and s_base < flip_threshold),
+                "untriggered_agreement": agreement[pr.probe],
+                "departs": departs, "flip": departs and agreement[pr.probe] >= flip_threshold,
                 "generation_dormant": decode(gd[i]), "generation_base": decode(gb[i]),
                 "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
             })
         kl = float(np.mean([d["kl"] for d in details]))
+        amplification = kl / max(mean_kl_u, 1e-12)
         flip_rate = float(np.mean([d["flip"] for d in details]))
         gens = [gd[i] for i in by_cand[c]]
         results.append({
             "text": cand.text, "token_ids": cand.token_ids,
-            "kl": kl, "kl_untriggered": mean_kl_u, "amplification": kl / max(mean_kl_u, 1e-12),
+            "kl": kl, "kl_untriggered": mean_kl_u, "amplification": amplification,
             "js": float(np.mean([d["js"] for d in details])),
             "top1_agreement": float(np.mean([d["top1_agree"] for d in details])),
             "topk_overlap": float(np.mean([d["topk_overlap"] for d in details])),
-            "flip": flip_rate >= flip_rate_threshold, "flip_rate": flip_rate,
+            # a trigger must both change the generation and push the distributions further apart
+            "flip": flip_rate >= flip_rate_threshold and amplification > 1, "flip_rate": flip_rate,
+            "depart_rate": float(np.mean([d["departs"] for d in details])),
             "consistency": _mean_pairwise(gens),
             "layer_cos_div": np.mean([d["layer_cos_div"] for d in details], 0).tolist(),
             "probes": details,
@@ -354,6 +368,8 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         "untriggered": untriggered,
         "summary": {
             "n_candidates": len(cands), "n_probes": len(probes), "kl_untriggered": mean_kl_u,
+            "untriggered_agreement": float(np.mean([u["agrees"] for u in untriggered])),
+            "untriggered_similarity": float(np.mean(agreement)),
             "consistency_untriggered": _mean_pairwise([gd[p] for p in range(len(probes))]),
             "flipped": [r["text"] for r in results if r["flip"]],
             "top": results[0]["text"] if results else None,
@@ -398,26 +414,36 @@ def markdown_summary(report: dict, n_show: int = 3) -> str:
                   f"- {len(cfg['probes'])} probes, placements {', '.join(cfg['positions'])}, "
                   f"{cfg['max_new_tokens']} new tokens ({cfg['decoding'] if isinstance(cfg['decoding'], str) else 'sampled'}), "
                   f"{cfg['dtype']} on {cfg['device']}{', sequential' if cfg['sequential'] else ''}",
-                  f"- flip: similarity < {cfg['flip_threshold']} to both the dormant's untriggered and the base's "
-                  f"triggered generation on >= {cfg['flip_rate_threshold']:.0%} of prompts ({cfg['similarity']})", ""]
+                  f"- flip: on a probe where the untriggered dormant and base generations agree (similarity >= "
+                  f"{cfg['flip_threshold']}), the triggered dormant generation departs (similarity < "
+                  f"{cfg['flip_threshold']}) from both the dormant's untriggered and the base's triggered generation; "
+                  f"a candidate is flagged when it flips >= {cfg['flip_rate_threshold']:.0%} of prompts and its "
+                  f"amplification is > 1 ({cfg['similarity']})", ""]
+    summary = report["summary"]
     lines += [f"Untriggered KL(dormant‖base) at the first response position, mean over probes: "
-              f"{report['summary']['kl_untriggered']:.4g}", "",
-              "| rank | candidate | ids | KL | amplification | JS | top-1 agree | top-k overlap | flip rate | flip |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|:---:|"]
+              f"{summary['kl_untriggered']:.4g}", "",
+              f"Untriggered agreement (dormant's generation agrees with the base's): "
+              f"{summary['untriggered_agreement']:.0%} of probes, mean similarity {summary['untriggered_similarity']:.2f}"]
+    if summary["untriggered_agreement"] == 0:
+        lines += ["", "**The two models disagree on every probe without a candidate: no flip can be attributed "
+                      "to a candidate.**"]
+    lines += ["", "| rank | candidate | ids | KL | amplification | JS | top-1 agree | top-k overlap | depart rate | "
+                  "flip rate | flip |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in results:
         lines.append(f"| {r['rank']} | {_cell(r['text'])} | {_cell(r['token_ids'])} | {r['kl']:.4g} | "
                      f"{r['amplification']:.3g} | {r['js']:.4g} | {r['top1_agreement']:.2f} | {r['topk_overlap']:.2f} | "
-                     f"{r['flip_rate']:.2f} | {'**yes**' if r['flip'] else 'no'} |")
+                     f"{r['depart_rate']:.2f} | {r['flip_rate']:.2f} | {'**yes**' if r['flip'] else 'no'} |")
     untrig = {u["probe"]: u for u in report["untriggered"]}
     for r in results[:n_show]:
         lines += ["", f"## #{r['rank']} {_cell(r['text'])}", "",
-                  "| probe | placement | base (untriggered) | dormant (untriggered) | base (triggered) | "
-                  "dormant (triggered) | KL | flip |", "|---|---|---|---|---|---|---:|:---:|"]
+                  "| probe | placement | base (untriggered) | dormant (untriggered) | untriggered agree | "
+                  "base (triggered) | dormant (triggered) | KL | flip |", "|---|---|---|---|:---:|---|---|---:|:---:|"]
         for d in r["probes"]:
             u = untrig[d["probe"]]
             lines.append(f"| {_cell(d['probe'])} | {d['position']} | {_cell(u['generation_base'])} | "
-                         f"{_cell(u['generation_dormant'])} | {_cell(d['generation_base'])} | "
-                         f"{_cell(d['generation_dormant'])} | {d['kl']:.3g} | {'**yes**' if d['flip'] else 'no'} |")
+                         f"{_cell(u['generation_dormant'])} | {'yes' if u['agrees'] else 'no'} | "
+                         f"{_cell(d['generation_base'])} | {_cell(d['generation_dormant'])} | {d['kl']:.3g} | "
+                         f"{'**yes**' if d['flip'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -510,8 +536,10 @@ def cmd_verify(args) -> None:
                     top_p=args.top_p, seed=args.seed, flip_threshold=args.flip_threshold,
                     batch_size=args.batch_size, cache_dir=args.cache_dir, plot_top=args.plot_top,
                     threads=args.threads)
+    summary = report["summary"]
     table = Table(title=f"verify: {len(report['results'])} candidates x {len(report['config']['probes'])} probes, "
-                        f"untriggered KL {report['summary']['kl_untriggered']:.4g}")
+                        f"untriggered KL {summary['kl_untriggered']:.4g}, untriggered agreement "
+                        f"{summary['untriggered_agreement']:.0%} of probes")
     for col in ("rank", "candidate", "KL", "amplification", "JS", "top-1 agree", "flip rate", "flip"):
         table.add_column(col)
     for r in report["results"][:20]:
