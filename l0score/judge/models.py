@@ -2,6 +2,9 @@
 hidden states, and greedy or seeded-sampled generations decoded with the KV cache."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -97,3 +100,16 @@ def _choose(logits, sample, temperature, top_p, gens):
         probs = probs / probs.sum(-1, keepdim=True)
     return torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0] for r in range(len(probs))])
 
+
+
+def run_model(model, input_ids, cache=None, **kwargs):
+    """``model(input_ids, ...)`` with a KV cache passed and returned under the name this transformers
+    uses (``cache`` from 5.x on, ``past_key_values`` before): returns (output, cache)."""
+    name = _cache_argument(type(model))
+    out = model(input_ids=input_ids, **{name: cache}, **kwargs)
+    return out, getattr(out, name, None)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

@@ -44,6 +44,19 @@ class Prompt:
     ids: list[int]
 
 
+def placement(tokenizer, probe: str, position: str = "before", sep: str | None = None, system: str | None = None):
+    """The Template around a candidate placed before or after ``probe`` in the user turn (joined by
+    ``sep``), rendered through the chat template with the generation prompt."""
+    from ..core.template import Template
+
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    s = DEFAULT_SEP[position] if sep is None else sep
+    if position == "before":
+        return Template.chat(tokenizer, system=system, before="", after=s + probe)
+    return Template.chat(tokenizer, system=system, before=probe + s, after="")
+
+
 def prompt_ids(tokenizer, probe: str, cand_ids=None, position: str = "before", sep: str | None = None,
                system: str | None = None) -> list[int]:
     """The full prompt: chat template with generation prompt around the user turn, the candidate's
@@ -53,13 +66,7 @@ def prompt_ids(tokenizer, probe: str, cand_ids=None, position: str = "before", s
     if cand_ids is None:
         tpl = Template.chat(tokenizer, system=system, before=probe, after="")
         return list(tpl.prefix_ids) + list(tpl.suffix_ids)
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-    s = DEFAULT_SEP[position] if sep is None else sep
-    if position == "before":
-        tpl = Template.chat(tokenizer, system=system, before="", after=s + probe)
-    else:
-        tpl = Template.chat(tokenizer, system=system, before=probe + s, after="")
+    tpl = placement(tokenizer, probe, position, sep, system)
     return list(tpl.prefix_ids) + [int(t) for t in cand_ids] + list(tpl.suffix_ids)
 
 
