@@ -99,6 +99,17 @@ class FullModelOptions:
 
 
 @dataclass
+class ContextRun:
+    """One context's forward of both models: log-probs from the first response position on
+    [B, 1 + extra, V] (float64, CPU), hidden states at the last prompt position, the KV caches."""
+
+    logprobs: dict[str, torch.Tensor]
+    hidden: dict[str, list[torch.Tensor]]
+    caches: dict[str, object]
+    next_position: int
+
+
+@dataclass
 class FullScores:
     """Per-candidate values of the full-model metrics (CPU float tensors [B])."""
 
@@ -206,58 +217,62 @@ class FullModelScorer:
     def _score_group(self, cands: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mean over contexts of each metric for equal-length candidates [B, c]."""
         total = {m: torch.zeros(len(cands), dtype=torch.float64) for m in self.metrics}
-        shared = _common_prefix(cands) if self.options.cache else 0
-        for ci, ctx in enumerate(self.contexts):
-            suffix = torch.tensor(ctx.suffix_ids, dtype=torch.long).expand(len(cands), -1)
-            if self.options.cache:
-                head, tails = list(ctx.prefix_ids) + cands[0, :shared].tolist(), torch.cat([cands[:, shared:], suffix], 1)
-            else:
-                prefix = torch.tensor(ctx.prefix_ids, dtype=torch.long).expand(len(cands), -1)
-                head, tails = [], torch.cat([prefix, cands, suffix], 1)
+        for ci in range(len(self.contexts)):
             for s in range(0, len(cands), self.options.batch_size):
-                vals = self._evaluate(ci, head, tails[s:s + self.options.batch_size])
+                vals = self._evaluate(ci, cands[s:s + self.options.batch_size])
                 for m in self.metrics:
                     total[m][s:s + len(vals[m])] += vals[m]
         return {m: v / len(self.contexts) for m, v in total.items()}
 
     @torch.no_grad()
-    def _evaluate(self, ci: int, head: list[int], tails: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Both models over head (cached) + each row of tails [B, n]; the metrics per row."""
+    def _evaluate(self, ci: int, cands: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metrics for each row of cands [B, c] in context ci."""
         tseq = list(self.options.target_seq)
         # The target string rides along in the same forward unless the reply KL needs the cache after the prompt.
         along = bool(tseq) and "tf_kl" not in self.metrics
-        lp, hidden, past = self._forward(ci, head, tails, tseq[:-1] if along else [])
-        lp_d, lp_b = lp["dormant"][:, 0], lp["base"][:, 0]
+        run = self.run_context(ci, cands, tseq[:-1] if along else [])
+        lp_d, lp_b = run.logprobs["dormant"][:, 0], run.logprobs["base"][:, 0]
         vals = first_position_metrics(lp_d, lp_b, self.metrics, self.options.target_ids, self.options.target_weight)
         if "hidden" in self.metrics:
-            cos = [torch.nn.functional.cosine_similarity(d, b, dim=-1) for d, b in zip(hidden["dormant"], hidden["base"])]
+            cos = [torch.nn.functional.cosine_similarity(d, b, dim=-1) for d, b in zip(run.hidden["dormant"], run.hidden["base"])]
             vals["hidden"] = (1 - torch.stack(cos)).mean(0)
         if "tf_kl" in self.metrics:
-            vals["tf_kl"] = self._reply_kl(lp_d, lp_b, past, len(head) + tails.shape[1])
+            vals["tf_kl"] = self._reply_kl(lp_d, lp_b, run.caches, run.next_position)
         if tseq:
-            if not along:
-                lp = self._forward(ci, head, tails, tseq[:-1])[0]
-            ids = torch.tensor(tseq).expand(len(tails), -1)[..., None]
+            lp = run.logprobs if along else self.run_context(ci, cands, tseq[:-1]).logprobs
+            ids = torch.tensor(tseq).expand(len(cands), -1)[..., None]
             mean_lp = {m: lp[m][:, :len(tseq)].gather(-1, ids)[..., 0].mean(-1) for m in lp}
             vals["target_seq"] = mean_lp["dormant"] - self.options.target_weight * mean_lp["base"]
-        self.evaluations += len(tails)
+        self.evaluations += len(cands)
         return {k: v.cpu() for k, v in vals.items()}
 
-    def _forward(self, ci: int, head: list[int], tails: torch.Tensor, extra: list[int]):
-        """Each model over head + tails (+ extra tokens): float64 CPU log-probs from the first response
-        position on [B, 1 + len(extra), V], hidden states at the last prompt position, the caches."""
-        B, n = tails.shape
-        inputs = torch.cat([tails, torch.tensor(extra, dtype=torch.long).expand(B, -1)], 1)
+    @torch.no_grad()
+    def run_context(self, ci: int, cands: torch.Tensor, extra=()) -> "ContextRun":
+        """Both models over context ci's prompt around each row of cands [B, c] (equal lengths), then
+        the ``extra`` tokens teacher-forced. The prompt before the candidates and the candidates'
+        shared first tokens come from the prefix KV cache (when ``cache``)."""
+        ctx = self.contexts[ci]
+        B, c = cands.shape
+        suffix = torch.tensor(ctx.suffix_ids, dtype=torch.long).expand(B, -1)
+        extra = torch.tensor(list(extra), dtype=torch.long).expand(B, -1)
+        if self.options.cache:
+            shared = _common_prefix(cands)
+            head, tails = list(ctx.prefix_ids) + cands[0, :shared].tolist(), torch.cat([cands[:, shared:], suffix], 1)
+        else:
+            prefix = torch.tensor(ctx.prefix_ids, dtype=torch.long).expand(B, -1)
+            head, tails = [], torch.cat([prefix, cands, suffix], 1)
+        n = tails.shape[1]
+        inputs = torch.cat([tails, extra], 1).to(self.device)
         positions = torch.arange(len(head), len(head) + inputs.shape[1], device=self.device).expand(B, -1)
-        lp, hidden, past = {}, {}, {}
+        run = ContextRun({}, {}, {}, len(head) + inputs.shape[1])
         for m, model in self.models.items():
             cache = self._prefix_cache(ci, m, head, B) if head else None
-            res, past[m] = run_model(model, inputs.to(self.device), cache, position_ids=positions, use_cache=True,
-                                     output_hidden_states="hidden" in self.metrics)
-            lp[m] = torch.log_softmax(res.logits[:, n - 1:].double(), -1).cpu()
+            res, run.caches[m] = run_model(model, inputs, cache, position_ids=positions, use_cache=True,
+                                           output_hidden_states="hidden" in self.metrics)
+            run.logprobs[m] = torch.log_softmax(res.logits[:, n - 1:].double(), -1).cpu()
             if "hidden" in self.metrics:
-                hidden[m] = [res.hidden_states[layer][:, n - 1].double().cpu() for layer in self.options.hidden_layers]
-        return lp, hidden, past
+                run.hidden[m] = [res.hidden_states[layer][:, n - 1].double().cpu() for layer in self.options.hidden_layers]
+        return run
 
     def _reply_kl(self, lp_d, lp_b, past, pos) -> torch.Tensor:
         """KL summed over the dormant's greedy reply's first k positions, both models teacher-forced."""
