@@ -115,7 +115,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
            system: str | None = None, top_k: int = 10, sample: bool = False, temperature: float = 1.0,
            top_p: float = 1.0, seed: int = 0, flip_threshold: float = 0.5, flip_rate_threshold: float = 0.5,
            batch_size: int = 16, cache_dir=None, plot_top: int = 5, progress: bool = True,
-           threads: int | None = None, ray_address: str | None = None) -> dict:
+           threads: int | None = None) -> dict:
     """Verify candidates with both full models; returns the report dict (also written to ``out``).
 
     base, dormant: local model directories or hub ids already in the local cache (never downloads).
@@ -132,12 +132,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
         prompt has its own generator seeded from ``seed`` and its index, identical for both models.
     threads: torch CPU threads for the run (restored afterwards); on a busy shared CPU, 1 avoids
         oversubscription, which slows small models down many times over.
-    ray_address: "auto" or host:port: batches go to Ray workers holding both models (one per GPU,
-        else one per `threads` CPUs, l0score.cluster), each to whichever is free; same report.
     """
-    if sequential and ray_address is not None:
-        raise ValueError("sequential is for one machine's memory; on Ray every worker holds both models: "
-                         "use one or the other")
     if threads is not None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -148,8 +143,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
                           dtype=dtype, max_new_tokens=max_new_tokens, positions=positions, sep=sep, system=system,
                           top_k=top_k, sample=sample, temperature=temperature, top_p=top_p, seed=seed,
                           flip_threshold=flip_threshold, flip_rate_threshold=flip_rate_threshold,
-                          batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress,
-                          ray_address=ray_address)
+                          batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress)
         finally:
             torch.set_num_threads(saved)
     from ..core.checkpoint import resolve_model_dir
@@ -245,10 +239,8 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
     bar = _progress(progress, len(prompts) * (2 if sequential else 1), len(cands), len(probes), len(positions))
 
     def run(tag, model, batch):
-        keep(tag, batch, *run_batch(model, [prompts[i].ids for i in batch], pad_id, stop_ids, max_new_tokens,
-                                    sample, temperature, top_p, [seeds[i] for i in batch]))
-
-    def keep(tag, batch, lp, hs, gens):
+        lp, hs, gens = run_batch(model, [prompts[i].ids for i in batch], pad_id, stop_ids, max_new_tokens,
+                                  sample, temperature, top_p, [seeds[i] for i in batch])
         st = stores[tag]
         st.arrays["logprobs"][batch] = lp
         st.arrays["hidden"][batch] = hs
@@ -268,17 +260,6 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
                 gc.collect()
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
-        elif ray_address is not None:
-            from ..cluster import verify_batches
-
-            jobs = [([prompts[i].ids for i in b], [seeds[i] for i in b]) for b in batches]
-            options = {"pad_id": pad_id, "stop_ids": stop_ids, "max_new_tokens": max_new_tokens, "sample": sample,
-                       "temperature": temperature, "top_p": top_p}
-            for n, outputs in verify_batches(ray_address, base_dir, dormant_dir, torch_dtype, jobs, options,
-                                             threads or 1):
-                for tag, result in outputs.items():
-                    keep(tag, batches[n], *result)
-                bar.update(len(batches[n]))
         else:
             models = {tag: load_model(paths[tag], dev, torch_dtype) for tag in ("base", "dormant")}
             for batch in batches:
@@ -500,7 +481,7 @@ def plot_layers(report: dict, path, top: int = 5) -> None:
 
 
 def register_cli(sub) -> None:
-    from ..cli_args import add_pair_args, add_ray_arg, int_list
+    from ..cli_args import int_list, add_pair_args
 
     p = sub.add_parser("verify", help="confirm candidates with both full models (KL, generations, flips)")
     add_pair_args(p)
@@ -528,7 +509,6 @@ def register_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--plot-top", type=int, default=5, help="candidates drawn in the per-layer PNG")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
-    add_ray_arg(p)
     p.set_defaults(func=cmd_verify)
 
 
@@ -557,7 +537,7 @@ def cmd_verify(args) -> None:
                     system=args.system, top_k=args.top_k, sample=args.sample, temperature=args.temperature,
                     top_p=args.top_p, seed=args.seed, flip_threshold=args.flip_threshold,
                     batch_size=args.batch_size, cache_dir=args.cache_dir, plot_top=args.plot_top,
-                    threads=args.threads, ray_address=args.ray)
+                    threads=args.threads)
     summary = report["summary"]
     table = Table(title=f"verify: {len(report['results'])} candidates x {len(report['config']['probes'])} probes, "
                         f"untriggered KL {summary['kl_untriggered']:.4g}, untriggered agreement "
