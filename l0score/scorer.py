@@ -10,7 +10,7 @@ from .core.batch import PackedBatch, pack
 from .core.context import Context
 from .core.model_pair import ModelPair
 from .core.reference import BASELINES, REGIONS, RowStats, bias_baseline, rope_angles, rotate, score_rows
-from .core.scores import Scores, merge_rows
+from .core.scores import METRICS, Scores, merge_rows
 from .core.template import Template
 from .backends.token_table import DirectProjector, TokenTable
 
@@ -35,6 +35,9 @@ class TorchBackend:
 
 
 class Scorer:
+    kind = "layer0"  # what `objective` says in search results (the full-model scorer says "full")
+    metrics = METRICS
+
     def __init__(self, pair: ModelPair, device=None, backend: str = "auto", template=None, heads=None,
                  region: str = "candidate", baseline: str = "none", offsets=(), table: bool | None = None,
                  table_dtype: str = "float32"):
@@ -154,6 +157,10 @@ class Scorer:
             parts.append(stats)
         stats = RowStats.cat(parts)
         return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+
+    def describe(self) -> dict:
+        """The settings a resumed search must match (prefix ids, -1 for the candidate, suffix ids)."""
+        return {"template": list(self.template.prefix_ids) + [-1] + list(self.template.suffix_ids)}
 
     def default_pool(self) -> torch.Tensor:
         """Real, non-special token ids (padding rows and special tokens excluded)."""

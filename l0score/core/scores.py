@@ -55,6 +55,12 @@ class Scores:
             return self.band.amax(-1)
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
 
+    def record(self, b: int) -> dict:
+        """What a search result keeps of candidate b."""
+        h, i, j = self.argmax[b].tolist()
+        return {"max_abs": float(self.max_abs[b]), "kl": float(self.kl[b]), "argmax": {"head": h, "i": i, "j": j},
+                "band": {str(r): v for r, v in zip(self.offsets, self.band[b].tolist())}}
+
     def to_records(self) -> list[dict]:
         """Plain Python rows, one per candidate (JSON-ready)."""
         cpu = {k: getattr(self, k).detach().cpu().tolist() for k in ("max_abs", "head_max", "argmax", "kl", "head_kl", "band")}

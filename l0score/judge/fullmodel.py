@@ -138,6 +138,7 @@ class FullModelScorer:
     """Both complete models behind the search interface of the Layer-0 `Scorer`."""
 
     kind = "full"
+    metrics: tuple[str, ...]  # the metrics this scorer computes (options.metrics plus what the options imply)
 
     def __init__(self, base, dormant, options: FullModelOptions | None = None, progress: bool = False):
         self.options = options or FullModelOptions()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.scores import METRICS, Scores
+from ..core.scores import METRICS
 
 
 @dataclass(frozen=True)
@@ -16,15 +16,17 @@ class Objective:
     weights: tuple[tuple[str, float], ...]
 
     @classmethod
-    def parse(cls, spec: str) -> "Objective":
+    def parse(cls, spec: str, metrics: tuple[str, ...] = METRICS) -> "Objective":
+        """Names are checked against ``metrics``: the Layer-0 metrics, or a full-model scorer's own."""
+        example = f"'{metrics[0]}=1,{metrics[-1]}=0.5'"
         if spec is None or not str(spec).strip():
-            raise ValueError(f"metric must be one of {', '.join(METRICS)} or a weighted sum like 'max_abs=1,kl=0.5'")
+            raise ValueError(f"metric must be one of {', '.join(metrics)} or a weighted sum like {example}")
         parts = []
         for item in str(spec).split(","):
             name, _, w = item.partition("=")
             name = name.strip()
-            if name not in METRICS:
-                raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)} or a weighted sum like 'max_abs=1,kl=0.5'")
+            if name not in metrics:
+                raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(metrics)} or a weighted sum like {example}")
             try:
                 parts.append((name, float(w) if w else 1.0))
             except ValueError:
@@ -37,7 +39,8 @@ class Objective:
             return self.weights[0][0]
         return ",".join(f"{n}={w:g}" for n, w in self.weights)
 
-    def __call__(self, scores: Scores) -> torch.Tensor:
+    def __call__(self, scores) -> torch.Tensor:
+        """One value per candidate from a Layer-0 `Scores` or a full-model `FullScores`."""
         return sum(w * scores.metric(n) for n, w in self.weights)
 
 

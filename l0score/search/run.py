@@ -28,7 +28,7 @@ class SearchRun:
                  pool: torch.Tensor | None = None, out: str | Path | None = None, budget: int | None = None,
                  seconds: float | None = None, threshold: float | None = None, checkpoint_every: float = 30.0,
                  resume: bool = False, progress: bool = True, keep: int = 100, roundtrip: str = "report",
-                 calibrate: int = 512, seed: int = 0, max_repeat: int | None = None):
+                 calibrate: int = 512, seed: int = 0, max_repeat: int | None = None, ray_address: str | None = None):
         if roundtrip not in ROUNDTRIP_MODES:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {roundtrip!r}")
         if max_repeat is not None and max_repeat <= 0:
@@ -37,12 +37,16 @@ class SearchRun:
             raise ValueError(f"budget must be a positive number of candidates, got {budget}")
         if seconds is not None and seconds <= 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
+        if ray_address is not None:  # every score / score_extensions call spread over a Ray cluster
+            from ..cluster import distribute
+
+            scorer = distribute(scorer, ray_address)
         self.scorer = scorer
-        self.objective = objective if isinstance(objective, Objective) else Objective.parse(objective)
+        self.objective = objective if isinstance(objective, Objective) else Objective.parse(objective, scorer.metrics)
         self.driver, self.length, self.seed, self.max_repeat = driver, length, seed, max_repeat
         self.pool = scorer.default_pool() if pool is None else torch.as_tensor(pool, dtype=torch.int64)
         self.options = {"driver": driver, "metric": self.objective.name, "length": length, "seed": seed,
-                        "template": list(scorer.template.prefix_ids) + [-1] + list(scorer.template.suffix_ids),
+                        **scorer.describe(),
                         "pool_size": len(self.pool), "max_repeat": max_repeat, **options}
         self.out = Path(out) if out is not None else None
         self.ckpt_path = self.out.with_name(self.out.name + ".ckpt.json") if self.out else None
@@ -112,8 +116,8 @@ class SearchRun:
             # best reportable candidates whatever moments pruning happened at.
             if self.roundtrip != "off" and not roundtrips(self.scorer.pair.tokenizer, list(ids)):
                 continue
-            self.results[ids] = {"token_ids": list(ids), "score": float(values[b]), **_record_at(scores, b),
-                                 "driver": self.driver, "step": step}
+            self.results[ids] = {"token_ids": list(ids), "score": float(values[b]), **scores.record(b),
+                                 "driver": self.driver, "objective": self.scorer.kind, "step": step}
         if len(self.results) > 4 * self.keep:
             self._prune()
 
@@ -200,14 +204,9 @@ class SearchRun:
 
 
 def _ordered(rec: dict) -> dict:
-    first = ("token_ids", "text", "score", "z", "max_abs", "kl", "band", "argmax", "driver", "step", "roundtrip")
+    first = ("token_ids", "text", "score", "z", "max_abs", "kl", "band", "argmax", "driver", "objective", "step",
+             "roundtrip")
     return {**{k: rec[k] for k in first if k in rec}, **{k: v for k, v in rec.items() if k not in first}}
-
-
-def _record_at(scores, b: int) -> dict:
-    h, i, j = scores.argmax[b].tolist()
-    return {"max_abs": float(scores.max_abs[b]), "kl": float(scores.kl[b]), "argmax": {"head": h, "i": i, "j": j},
-            "band": {str(r): v for r, v in zip(scores.offsets, scores.band[b].tolist())}}
 
 
 def _atomic_write(path: Path, text: str) -> None:
