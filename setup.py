@@ -44,6 +44,7 @@ setup(
     packages=["l0score", "l0score.core", "l0score.backends", "l0score.search", "l0score.judge",
               "l0score.analysis", "l0score.report", "l0score.synthetic", "l0score.kernels"],
     package_dir={"l0score.kernels": "kernels/triton"},
+    package_data={"l0score.report": ["templates/*.j2"]},
     ext_modules=[CMakeExtension("l0score._native")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
@@ -58,6 +59,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "jinja2>=3.1",
+        "markupsafe>=2.1",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["l0score=l0score.cli:main"]},

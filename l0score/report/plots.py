@@ -39,3 +39,57 @@ def plot_delta_heatmaps(scorer, cand_ids: list[int], path: str, n_heads: int = 4
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (closed afterwards)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_verify_evidence(result: dict, untriggered: dict[str, dict]):
+    """One verified candidate: per-layer hidden-state divergence and KL at the first response position,
+    each against the untriggered probes (the same probes without the candidate).
+
+    result: a verify result (its `probes` details); untriggered: verify's untriggered rows by probe.
+    """
+    details = [d for d in result.get("probes") or [] if isinstance(d, dict)]
+    fig, (ax_l, ax_k) = plt.subplots(1, 2, figsize=(11, 3.4))
+    base_curves = [u["layer_cos_div"] for u in untriggered.values() if u.get("layer_cos_div")]
+    if base_curves:
+        mean = np.mean(base_curves, 0)
+        ax_l.plot(np.arange(len(mean)), mean, "k--", lw=1.4, label="untriggered probes")
+    for pos in sorted({d.get("position") for d in details}, key=str):
+        curves = [d["layer_cos_div"] for d in details if d.get("position") == pos and d.get("layer_cos_div")]
+        if curves:
+            mean = np.mean(curves, 0)
+            ax_l.plot(np.arange(len(mean)), mean, marker="o", ms=3, label=f"candidate {pos} the probe")
+    ax_l.set_yscale("symlog", linthresh=1e-4)
+    ax_l.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_l.set_xlabel("hidden state (0 = embeddings, last = final norm)")
+    ax_l.set_ylabel("1 - cos(dormant, base)")
+    ax_l.set_title("per-layer divergence at the last prompt position", fontsize=9)
+    ax_l.legend(fontsize=7)
+
+    probes = list(dict.fromkeys(d.get("probe") for d in details))
+    positions = sorted({d.get("position") for d in details}, key=str)
+    width = 0.8 / (len(positions) + 1)
+    x = np.arange(len(probes))
+    kl_u = [untriggered.get(p, {}).get("kl", np.nan) for p in probes]
+    ax_k.bar(x, kl_u, width, color="0.6", label="untriggered")
+    for k, pos in enumerate(positions, 1):
+        kl = [next((d.get("kl", np.nan) for d in details if d.get("probe") == p and d.get("position") == pos), np.nan)
+              for p in probes]
+        ax_k.bar(x + k * width, kl, width, label=f"{pos}")
+    ax_k.set_yscale("log")
+    ax_k.set_xticks(x + width * len(positions) / 2, [f"probe {i + 1}" for i in range(len(probes))], fontsize=7,
+                    rotation=45 if len(probes) > 6 else 0)
+    ax_k.set_ylabel("KL(dormant || base)")
+    ax_k.set_title("KL at the first response position", fontsize=9)
+    ax_k.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
