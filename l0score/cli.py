@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands owned by their own modules: each registers its parser through register_cli(sub).
     # (by module path: the package exports the functions analyze and verify under the same names)
-    for name in ("search.cli", "judge.verify", "analysis.weight_diff", "report.html"):
+    for name in ("search.cli", "judge.verify", "analysis.weight_diff", "report.html", "judge.profile"):
         importlib.import_module(f"l0score.{name}").register_cli(sub)
     return parser
 

@@ -1,0 +1,467 @@
+"""Behavioural profiling and target inversion: what does the dormant say more than the base?
+
+A fine-tuned backdoor leaks its reply: even without the trigger, the dormant leans a little towards
+the tokens it was trained to say. `profile` runs both complete models over many ordinary prompts —
+each probe alone, and random pool candidates (1-3 tokens) placed as `verify` places them — through
+the full-model objective's `run_context` (prompt-prefix KV cache reused), and measures per output
+token v, with d(v) = log p_dormant(v) - log p_base(v):
+
+* ``mean_diff_first`` / ``z_first``: mean of d(v) at the first response position over the prompts,
+  and its z-score (the mean over its standard error, mean / (sd / sqrt(n)));
+* ``mean_diff`` / ``z``: the same pooled over the first ``reply_tokens`` positions of the base's own
+  greedy reply, both models teacher-forced on it (positions after the base's end of turn left out);
+  ``tokens`` is ranked by this ``z``;
+* ``hidden_proj``: the mean difference of the two models' final hidden states (the final norm's
+  output at the last prompt position) projected onto the dormant's unembedding, i.e. which tokens
+  the dormant's shift points at;
+* per prompt: KL(dormant || base) at the first response position and summed over the reply.
+
+Target inversion (the idea of BAIT): for each of the ``top_first`` highest-ranked tokens, the string
+is grown token by token, each time with the dormant's most likely next token (log-probabilities
+averaged over a few prompts per probe and placement, the string teacher-forced after the prompt
+through ``run_context(extra=...)``), while the dormant prefers that token over the base by at least
+``min_preference`` nats; an end-of-turn or other special token ends the string. A target's
+``score`` is the string's mean log-likelihood ratio over those prompts,
+sum_k mean_prompts[log p_dormant(t_k | prompt, t_<k) - log p_base(t_k | prompt, t_<k)]
+(first token included): how much more likely the dormant is to say the whole string than the base.
+Strings the fine-tune planted score in the hundreds of nats; fragments of ordinary replies near 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fullmodel import FullModelOptions, FullModelScorer
+from .models import run_model
+from .prompts import DEFAULT_PROBES, POSITIONS, prompt_ids
+
+
+@dataclass
+class ProfileOptions:
+    """Options of `profile` (defaults in brackets).
+
+    inputs: prompts with a random pool candidate, spread evenly over probes x positions [100]
+    probes: probe prompts, or a path to a file with one per line [verify's 8 default probes]
+    positions: candidate placements ["before", "after"]
+    cand_lengths: lengths of the random candidates, drawn uniformly [(1, 2, 3)]
+    reply_tokens: k, positions of the base's greedy reply pooled into ``z`` (1 = first position only) [8]
+    top_first: highest-ranked tokens expanded into target strings [8]
+    expand_inputs: random candidates per (probe, placement) that target expansion averages over [2]
+    max_target_tokens: longest target string [24]
+    min_preference: a target grows while the dormant's next token beats the base by this many nats [1.0]
+    keep_tokens: ranked tokens written to profile.json (all of them go to tokens.npz) [1000]
+    seed: of the random candidates [0]
+    dtype, device, batch_size, system, sep: as in FullModelOptions ["float32", auto, 64, None, None]
+    """
+
+    inputs: int = 100
+    probes: tuple[str, ...] | str | None = None
+    positions: tuple[str, ...] = POSITIONS
+    cand_lengths: tuple[int, ...] = (1, 2, 3)
+    reply_tokens: int = 8
+    top_first: int = 8
+    expand_inputs: int = 2
+    max_target_tokens: int = 24
+    min_preference: float = 1.0
+    keep_tokens: int = 1000
+    seed: int = 0
+    dtype: str = "float32"
+    device: str | None = None
+    batch_size: int = 64
+    system: str | None = None
+    sep: str | None = None
+
+    def check(self) -> None:
+        for name in ("inputs", "reply_tokens", "top_first", "expand_inputs", "max_target_tokens", "keep_tokens",
+                     "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.cand_lengths or any(not isinstance(n, int) or n < 1 for n in self.cand_lengths):
+            raise ValueError(f"cand_lengths must be a non-empty list of integers >= 1, got {self.cand_lengths!r}")
+        if not math.isfinite(self.min_preference):
+            raise ValueError(f"min_preference must be finite, got {self.min_preference!r}")
+
+    def scorer_options(self) -> FullModelOptions:
+        probes = DEFAULT_PROBES if self.probes is None else self.probes
+        return FullModelOptions(probes=probes, positions=tuple(self.positions), metrics=("kl", "hidden"),
+                                hidden_layers=(-1,), dtype=self.dtype, device=self.device,
+                                batch_size=self.batch_size, system=self.system, sep=self.sep)
+
+
+class _TokenMoments:
+    """Running count, sum and sum of squares of d(v) per token (no [prompts, V] array is kept)."""
+
+    def __init__(self, vocab: int):
+        self.n = torch.zeros(vocab, dtype=torch.float64)
+        self.s = torch.zeros(vocab, dtype=torch.float64)
+        self.s2 = torch.zeros(vocab, dtype=torch.float64)
+
+    def add(self, diff: torch.Tensor) -> None:
+        """diff [rows, V], rows being (prompt, position) samples; NaN rows are skipped."""
+        diff = diff[~torch.isnan(diff[:, 0])]
+        self.n += len(diff)
+        self.s += diff.sum(0)
+        self.s2 += (diff * diff).sum(0)
+
+    def mean_z(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.n.clamp_min(1)
+        mean = self.s / n
+        var = (self.s2 / n - mean * mean).clamp_min(0) * n / (n - 1).clamp_min(1)
+        return mean, mean / (var / n).sqrt().clamp_min(1e-12)
+
+
+def profile(base, dormant, options: ProfileOptions | None = None, out=None, progress: bool = False) -> dict:
+    """Profile the pair (see the module docstring) and invert the top tokens into target strings.
+
+    Returns the profile.json dict: ``tokens`` (ranked, best first), ``targets`` (ranked by score),
+    ``kl`` (per-prompt distribution), ``prompts``, ``config`` and ``seconds``. With ``out``, writes
+    out/profile.json, out/tokens.npz (every token's statistics), out/summary.md and out/profile.png.
+    """
+    opts = options or ProfileOptions()
+    opts.check()
+    check_same_vocabulary(base, dormant)
+    started = time.perf_counter()
+    scorer = FullModelScorer(base, dormant, opts.scorer_options())
+    pool = scorer.default_pool()
+    stats = _measure(scorer, opts, pool, progress)
+    measured = time.perf_counter()
+    ranked = _rank_tokens(scorer, stats, pool)
+    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], opts, progress)
+    rank_of = {row["id"]: row["rank"] for row in ranked}
+    for t in targets:
+        t["first_rank"] = rank_of.get(t["token_ids"][0])
+    result = {
+        "config": {**asdict(opts), "probes": scorer.probes, "base": str(scorer.pair.base.path),
+                   "dormant": str(scorer.pair.dormant.path), "pool_size": len(pool),
+                   "prompts": len(stats["prompts"])},
+        "tokens": ranked[:opts.keep_tokens],
+        "targets": targets,
+        "kl": _kl_summary(stats["prompts"]),
+        "prompts": stats["prompts"],
+        "seconds": {"measure": measured - started, "targets": time.perf_counter() - measured},
+    }
+    if out is not None:
+        write_profile(result, ranked, out)
+    return result
+
+
+def check_same_vocabulary(base, dormant) -> None:
+    """Both models must map the same strings to the same ids, or comparing their log-probabilities
+    token by token is meaningless (the configs' vocabulary sizes are checked when loading)."""
+    from ..core.checkpoint import resolve_model_dir
+    from ..core.model_pair import load_tokenizer
+
+    tokenizers = [load_tokenizer(resolve_model_dir(p)) for p in (base, dormant)]
+    if any(t is None for t in tokenizers):
+        return  # the one tokenizer present serves both models
+    vb, vd = (t.get_vocab() for t in tokenizers)
+    if vb != vd:
+        differ = sorted(set(vb.items()) ^ set(vd.items()), key=lambda kv: kv[1])[:3]
+        raise ValueError(f"base {base} and dormant {dormant} have different vocabularies ({len(vb)} vs {len(vd)} "
+                         f"tokens; e.g. {differ}): profiling compares the two models token by token")
+
+
+# --- measuring ----------------------------------------------------------------------------------
+def _measure(scorer: FullModelScorer, opts: ProfileOptions, pool: torch.Tensor, progress: bool) -> dict:
+    """Both models over every prompt: token moments (first position, reply), hidden-state difference."""
+    from tqdm import tqdm
+
+    vocab = scorer.pair.config.vocab_rows
+    acc = {"first": _TokenMoments(vocab), "reply": _TokenMoments(vocab),
+           "hidden": torch.zeros(scorer.models["dormant"].config.hidden_size, dtype=torch.float64), "prompts": []}
+    jobs = _jobs(scorer, opts, pool)
+    bar = tqdm(total=sum(len(c) for _, _, c in jobs), desc="profile", unit="prompt", disable=not progress)
+    for kind, where, cands in jobs:
+        for s in range(0, len(cands), opts.batch_size):
+            batch = cands[s:s + opts.batch_size]
+            run = scorer.run_context(where, batch) if kind == "candidate" else _run_prompt(scorer, where)
+            _accumulate(acc, scorer, run, batch, kind, where, opts.reply_tokens)
+            bar.update(len(batch))
+    bar.close()
+    acc["hidden"] /= max(len(acc["prompts"]), 1)
+    return acc
+
+
+def _jobs(scorer: FullModelScorer, opts: ProfileOptions, pool: torch.Tensor) -> list:
+    """("probe", probe index, [1, 0]) per probe, then ("candidate", context, cands [B, c]) per
+    (context, length) group of the ``inputs`` random candidates (context i % contexts)."""
+    gen = torch.Generator().manual_seed(opts.seed)
+    jobs = [("probe", p, torch.zeros(1, 0, dtype=torch.long)) for p in range(len(scorer.probes))]
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for i in range(opts.inputs):
+        length = opts.cand_lengths[int(torch.randint(len(opts.cand_lengths), (1,), generator=gen))]
+        cand = pool[torch.randint(len(pool), (length,), generator=gen)]
+        groups.setdefault((i % len(scorer.contexts), length), []).append(cand)
+    jobs += [("candidate", ci, torch.stack(c)) for (ci, _), c in sorted(groups.items())]
+    return jobs
+
+
+@torch.no_grad()
+def _run_prompt(scorer: FullModelScorer, probe: int):
+    """A probe alone (no candidate), as verify's untriggered control runs it: a ContextRun like
+    run_context's, for one row."""
+    from .fullmodel import ContextRun
+
+    o = scorer.options
+    ids = prompt_ids(scorer.pair.tokenizer, scorer.probes[probe], None, sep=o.sep, system=o.system)
+    inputs = torch.tensor([ids], device=scorer.device)
+    run = ContextRun({}, {}, {}, len(ids))
+    for m, model in scorer.models.items():
+        res, run.caches[m] = run_model(model, inputs, None, use_cache=True, output_hidden_states=True)
+        run.logprobs[m] = torch.log_softmax(res.logits[:, -1:].double(), -1).cpu()
+        run.hidden[m] = [res.hidden_states[-1][:, -1].double().cpu()]
+    return run
+
+
+@torch.no_grad()
+def _reply_logprobs(scorer: FullModelScorer, run, k: int) -> tuple[dict, torch.Tensor]:
+    """Both models' log-probs over the first k positions of the base's greedy reply ([B, k, V] each,
+    teacher-forced through the run's KV caches) and which positions come before the base's end of turn."""
+    steps = [{m: lp[:, 0] for m, lp in run.logprobs.items()}]
+    past, pos = dict(run.caches), run.next_position
+    stop = torch.tensor(sorted(scorer.pair.special_ids), dtype=torch.long)
+    valid = [torch.ones(len(steps[0]["base"]), dtype=torch.bool)]
+    for _ in range(k - 1):
+        nxt = steps[-1]["base"].argmax(-1)
+        valid.append(valid[-1] & ~torch.isin(nxt, stop))
+        step = {}
+        for m, model in scorer.models.items():
+            res, past[m] = run_model(model, nxt[:, None].to(scorer.device), past[m], use_cache=True,
+                                     position_ids=torch.full((len(nxt), 1), pos, device=scorer.device))
+            step[m] = torch.log_softmax(res.logits[:, -1].double(), -1).cpu()
+        steps.append(step)
+        pos += 1
+    return {m: torch.stack([s[m] for s in steps], 1) for m in steps[0]}, torch.stack(valid, 1)
+
+
+def _accumulate(acc: dict, scorer, run, batch: torch.Tensor, kind: str, where: int, k: int) -> None:
+    lp, valid = _reply_logprobs(scorer, run, k)
+    diff = lp["dormant"] - lp["base"]  # [B, k, V]
+    acc["first"].add(diff[:, 0])
+    acc["reply"].add(diff.masked_fill(~valid[..., None], float("nan")).flatten(0, 1))
+    acc["hidden"] += (run.hidden["dormant"][0] - run.hidden["base"][0]).sum(0)
+    kl = (lp["dormant"].exp() * diff).sum(-1).clamp_min(0) * valid  # [B, k]
+    tok = scorer.pair.tokenizer
+    reply = lp["base"].argmax(-1)
+    for b in range(len(batch)):
+        probe, position = (where, None) if kind == "probe" else divmod(where, len(scorer.positions))
+        acc["prompts"].append({
+            "kind": kind, "probe": probe, "position": None if position is None else scorer.positions[position],
+            "token_ids": batch[b].tolist(), "text": tok.decode(batch[b].tolist()) if kind == "candidate" else None,
+            "kl_first": float(kl[b, 0]), "kl_reply": float(kl[b].sum()),
+            "base_reply": tok.decode(reply[b][valid[b]].tolist(), skip_special_tokens=True)})
+
+
+def _rank_tokens(scorer: FullModelScorer, stats: dict, pool: torch.Tensor) -> list[dict]:
+    """Every pool token's statistics, ranked by the reply z-score (best first)."""
+    mean_first, z_first = stats["first"].mean_z()
+    mean, z = stats["reply"].mean_z()
+    head = scorer.models["dormant"].get_output_embeddings().weight.detach().double().cpu()
+    proj = head @ stats["hidden"]
+    columns = {"z": z, "mean_diff": mean, "z_first": z_first, "mean_diff_first": mean_first, "hidden_proj": proj}
+    columns = {name: v[pool] for name, v in columns.items()}
+    ranks = {name: _ranks(columns[name]) for name in ("z", "z_first", "hidden_proj")}
+    tok = scorer.pair.tokenizer
+    rows = []
+    for i in columns["z"].argsort(descending=True).tolist():
+        t = int(pool[i])
+        row = {"id": t, "text": tok.decode([t]), "rank": int(ranks["z"][i])}
+        row.update({name: float(v[i]) for name, v in columns.items()})
+        row.update({"rank_first": int(ranks["z_first"][i]), "rank_hidden": int(ranks["hidden_proj"][i])})
+        rows.append(row)
+    return rows
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each entry, highest value first."""
+    ranks = torch.empty(len(values), dtype=torch.long)
+    ranks[values.argsort(descending=True)] = torch.arange(1, len(values) + 1)
+    return ranks
+
+
+def _kl_summary(prompts: list[dict]) -> dict:
+    out = {}
+    for kind in ("probe", "candidate"):
+        for key in ("kl_first", "kl_reply"):
+            v = np.array([p[key] for p in prompts if p["kind"] == kind])
+            if len(v):
+                q = np.quantile(v, [0.0, 0.5, 0.9, 0.99, 1.0])
+                out[f"{kind}_{key}"] = {"n": len(v), "mean": float(v.mean()), "min": float(q[0]),
+                                        "median": float(q[1]), "p90": float(q[2]), "p99": float(q[3]),
+                                        "max": float(q[4])}
+    return out
+
+
+# --- target inversion ---------------------------------------------------------------------------
+def invert_targets(scorer: FullModelScorer, first_tokens: list[int], opts: ProfileOptions,
+                   progress: bool = False) -> list[dict]:
+    """Grow each first token into the string the dormant prefers over the base (module docstring);
+    distinct strings ranked by score, best first."""
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(opts.seed + 1)
+    pool = scorer.default_pool()
+    length = opts.cand_lengths[0]
+    cands = [pool[torch.randint(len(pool), (opts.expand_inputs, length), generator=gen)] for _ in scorer.contexts]
+    found: dict[tuple[int, ...], dict] = {}
+    for first in tqdm(first_tokens, desc="targets", unit="token", disable=not progress):
+        target = _grow(scorer, cands, int(first), opts)
+        found.setdefault(tuple(target["token_ids"]), target)
+    return sorted(found.values(), key=lambda t: -t["score"])
+
+
+def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: ProfileOptions) -> dict:
+    seq, prefs, lp_sums = [first], [], {"dormant": 0.0, "base": 0.0}
+    stop = "length"
+    while True:
+        lp = {m: torch.cat(parts) for m, parts in _teacher_forced(scorer, cands, seq).items()}  # [R, len+1, V]
+        if not prefs:  # the first token's own preference, at the first response position
+            prefs.append(float((lp["dormant"][:, 0, first] - lp["base"][:, 0, first]).mean()))
+            for m in lp_sums:
+                lp_sums[m] += float(lp[m][:, 0, first].mean())
+        if len(seq) >= opts.max_target_tokens:
+            break
+        nxt = int(lp["dormant"][:, -1].mean(0).argmax())
+        pref = float((lp["dormant"][:, -1, nxt] - lp["base"][:, -1, nxt]).mean())
+        if nxt in scorer.pair.special_ids:
+            stop = "end of turn"
+            break
+        if pref < opts.min_preference:
+            stop = "preference"
+            break
+        seq.append(nxt)
+        prefs.append(pref)
+        for m in lp_sums:
+            lp_sums[m] += float(lp[m][:, -1, nxt].mean())
+    return {"text": scorer.pair.tokenizer.decode(seq), "token_ids": seq, "score": sum(prefs),
+            "mean_preference": sum(prefs) / len(prefs), "preferences": prefs,
+            "dormant_logprob": lp_sums["dormant"], "base_logprob": lp_sums["base"], "stop": stop}
+
+
+def _teacher_forced(scorer: FullModelScorer, cands: list[torch.Tensor], seq: list[int]) -> dict:
+    parts: dict[str, list[torch.Tensor]] = {"dormant": [], "base": []}
+    for ci, c in enumerate(cands):
+        run = scorer.run_context(ci, c, extra=seq)
+        for m in parts:
+            parts[m].append(run.logprobs[m])
+    return parts
+
+
+# --- reading and writing ------------------------------------------------------------------------
+def write_profile(result: dict, ranked: list[dict], out) -> Path:
+    """out/profile.json, out/tokens.npz (every ranked token's columns), out/summary.md, out/profile.png."""
+    from ..report.profile_plots import plot_profile
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    cols = ("id", "z", "mean_diff", "z_first", "mean_diff_first", "hidden_proj")
+    np.savez(out / "tokens.npz", **{c: np.array([r[c] for r in ranked]) for c in cols})
+    (out / "summary.md").write_text(summary_markdown(result))
+    plot_profile(result, out / "profile.png")
+    return out
+
+
+def load_targets(path, top: int = 5) -> list[dict]:
+    """The ``top`` best targets of a profile (profile.json, or a directory holding it): dicts with
+    ``text``, ``token_ids`` and ``score``, best first (for FullModelOptions.target_seq and gcg)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "profile.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"profile {path} does not exist (run `l0score profile --out DIR` first)")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be an integer >= 1, got {top!r}")
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc})") from None
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(targets, list) or not targets:
+        raise ValueError(f"{p}: no targets in this profile (expected a non-empty 'targets' list)")
+    for n, t in enumerate(targets):
+        ids = t.get("token_ids") if isinstance(t, dict) else None
+        if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or "score" not in t:
+            raise ValueError(f"{p}: target {n} needs token_ids (integers) and a score")
+    best = sorted(targets, key=lambda t: -t["score"])[:top]
+    return [{"text": t.get("text"), "token_ids": list(t["token_ids"]), "score": float(t["score"])} for t in best]
+
+
+def summary_markdown(result: dict, rows: int = 20) -> str:
+    cfg, kl = result["config"], result["kl"]
+    lines = [f"# Profile: {cfg['dormant']} against {cfg['base']}", "",
+             f"{cfg['prompts']} prompts ({len(cfg['probes'])} probes alone, {cfg['inputs']} with a random "
+             f"candidate of {'/'.join(map(str, cfg['cand_lengths']))} tokens), {cfg['reply_tokens']} reply positions; "
+             f"{result['seconds']['measure']:.1f} s measuring, {result['seconds']['targets']:.1f} s inverting.", "",
+             "## KL(dormant || base) per prompt", "", "| prompts | KL | n | mean | median | p90 | max |",
+             "|---|---|---|---|---|---|---|"]
+    for key, s in kl.items():
+        kind, what = key.split("_", 1)
+        lines.append(f"| {kind} | {what} | {s['n']} | {s['mean']:.4g} | {s['median']:.4g} | {s['p90']:.4g} | "
+                     f"{s['max']:.4g} |")
+    lines += ["", f"## Up-weighted tokens (top {rows} by reply z)", "",
+              "| rank | token | id | z | mean diff | z first | rank first | hidden proj | rank hidden |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["tokens"][:rows]:
+        lines.append(f"| {r['rank']} | `{r['text']!r}` | {r['id']} | {r['z']:.2f} | {r['mean_diff']:.3f} | "
+                     f"{r['z_first']:.2f} | {r['rank_first']} | {r['hidden_proj']:.3f} | {r['rank_hidden']} |")
+    lines += ["", "## Targets (score: mean log-likelihood ratio dormant/base of the string, nats)", "",
+              "| # | text | tokens | score | mean pref | first rank | stop |", "|---|---|---|---|---|---|---|"]
+    for n, t in enumerate(result["targets"], 1):
+        lines.append(f"| {n} | `{t['text']!r}` | {len(t['token_ids'])} | {t['score']:.2f} | "
+                     f"{t['mean_preference']:.2f} | {t['first_rank']} | {t['stop']} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- command line -------------------------------------------------------------------------------
+def register_cli(sub) -> None:
+    from ..cli_args import add_pair_args, int_list
+
+    d = ProfileOptions()
+    p = sub.add_parser("profile", help="what the dormant says more than the base on ordinary prompts, "
+                                       "inverted into target strings")
+    add_pair_args(p)
+    p.add_argument("--out", required=True, help="output directory (profile.json, summary.md, profile.png)")
+    p.add_argument("--inputs", type=int, default=d.inputs, help=f"prompts with a random candidate [{d.inputs}]")
+    p.add_argument("--probes", help="probe prompts, one per line (default: verify's 8)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cand-lengths", type=int_list, default=list(d.cand_lengths),
+                   help="random candidate lengths, comma-separated [1,2,3]")
+    p.add_argument("--reply-tokens", type=int, default=d.reply_tokens, help=f"k reply positions [{d.reply_tokens}]")
+    p.add_argument("--top-first", type=int, default=d.top_first, help=f"tokens expanded into targets [{d.top_first}]")
+    p.add_argument("--max-target-tokens", type=int, default=d.max_target_tokens)
+    p.add_argument("--min-preference", type=float, default=d.min_preference)
+    p.add_argument("--position", choices=("before", "after", "both"), default="both")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=d.dtype)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
+    p.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args) -> None:
+    from ..cli_args import console, resolve_pair
+
+    base, dormant = resolve_pair(args)
+    opts = ProfileOptions(inputs=args.inputs, probes=args.probes, seed=args.seed, cand_lengths=tuple(args.cand_lengths),
+                          reply_tokens=args.reply_tokens, top_first=args.top_first,
+                          max_target_tokens=args.max_target_tokens, min_preference=args.min_preference,
+                          positions=POSITIONS if args.position == "both" else (args.position,),
+                          device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = profile(base, dormant, opts, out=args.out, progress=True)
+    top = ", ".join(f"{r['text']!r} (z {r['z']:.1f})" for r in result["tokens"][:8])
+    console.print(f"top up-weighted tokens: {top}")
+    for n, t in enumerate(result["targets"][:5], 1):
+        console.print(f"target {n}: {t['text']!r} score {t['score']:.1f} ({len(t['token_ids'])} tokens)")
+    console.print(f"profile written to {args.out}/profile.json (summary.md, profile.png)")
