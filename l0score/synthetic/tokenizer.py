@@ -149,6 +149,17 @@ class SyntheticTokenizer:
     word_ids: list
     special_ids: dict
 
+    def split_words(self, min_tokens=2, max_tokens=4):
+        """English words that are NOT whole tokens: (word, ids of " word") for each word whose text
+        with a leading space encodes to min_tokens..max_tokens pieces, as most words of a real text
+        do in a small vocabulary. Sorted by word (deterministic whatever the build seed)."""
+        out = []
+        for word in sorted(set(_ENGLISH_WORDS)):
+            ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
+            if min_tokens <= len(ids) <= max_tokens and len(ids) > 1:
+                out.append((word, ids))
+        return out
+
     def save(self, directory):
         """Write tokenizer.json + tokenizer_config.json the way a Qwen2-Instruct repo has them.
 
