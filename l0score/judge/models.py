@@ -58,15 +58,14 @@ def run_batch(model, batch: list[list[int]], pad_id: int, stop_ids: set[int], ma
     input_ids, mask = input_ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                    use_cache=max_new_tokens > 0, logits_to_keep=1)
+        out, past = run_model(model, input_ids, None, attention_mask=mask, position_ids=pos,
+                              output_hidden_states=True, use_cache=max_new_tokens > 0, logits_to_keep=1)
         logits = out.logits[:, -1].float()
         logprobs = torch.log_softmax(logits, -1)
         hidden = torch.stack([h[:, -1].float() for h in out.hidden_states], 1)
         gens: list[list[int]] = [[] for _ in batch]
         done = [False] * len(batch)
         gens_rng = [torch.Generator().manual_seed(s) for s in seeds] if sample else None
-        past = out.past_key_values
         step_logits = logits
         for step in range(max_new_tokens):
             nxt = _choose(step_logits, sample, temperature, top_p, gens_rng)
@@ -82,9 +81,8 @@ def run_batch(model, batch: list[list[int]], pad_id: int, stop_ids: set[int], ma
                 break
             mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=device)], 1)
             pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt[:, None].to(device), attention_mask=mask, position_ids=pos,
-                        past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
+            out, past = run_model(model, nxt[:, None].to(device), past, attention_mask=mask, position_ids=pos,
+                                  use_cache=True, logits_to_keep=1)
             step_logits = out.logits[:, -1].float()
     return logprobs.cpu().numpy(), hidden.cpu().numpy(), gens
 
