@@ -57,6 +57,7 @@ setup(
         "numpy>=1.24",
         "pybind11>=2.12",
         "tqdm>=4.60",
+        "rich>=13",
         "matplotlib>=3.7",
         "jinja2>=3.1",
         "markupsafe>=2.1",
