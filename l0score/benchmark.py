@@ -5,7 +5,9 @@ cache directory if missing), a ~30-token chat prefix, 8 random real tokens per c
 template's suffix, all heads, metrics max_abs + kl (region "candidate").
 
 Measured in the same run:
-  * the machine's float32 matmul rate (torch.mm of 4096^2 matrices): the roofline;
+  * the machine's ceilings (l0score.machine): the theoretical peak from the CPU's vector width, FMA
+    pipes, clock and cores; the measured FMA peak of the native micro-kernel (the roofline: every
+    rate below is also given as a fraction of it); torch.mm of 4096^2 float32 matrices (sgemm);
   * native token-table scorer, fp32 and bf16 tables: candidates/s through Scorer.score_batch
     (each in its own process, so its peak RSS and its cached-table load time are its own);
   * native table build time per model (fresh build, then stored in the disk cache);
@@ -20,7 +22,9 @@ Measured in the same run:
     fp32 and bf16 tables, in the model's own chat template (its default system prompt) and in the
     ~30-token prefix above; score_batch of 8-token candidates in the same process for the ratio.
 Useful work per candidate = the dot products of every cell that depends on the candidate, both
-models (6.9 MFLOP at p=30, c=8, s=5, 28 heads, D=128); useful GFLOP/s is compared with the roofline.
+models (6.9 MFLOP at p=30, c=8, s=5, 28 heads, D=128); per extension, those of the new token's row
+and the suffix rows; per pair-scan cell, the two D-long dot products. Useful GFLOP/s is compared
+with the measured FMA peak (docs/benchmark.md says what bounds each path below it).
 
 The machine may be shared: the load average is recorded before and after, and every native run also
 reports its CPU time per candidate (wall-clock throughput is what the ratios use).
@@ -41,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .machine import ceilings, fma_peak
 
 RESULT_TAG = "L0BENCH_RESULT "
 CHAT_SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
@@ -131,16 +137,11 @@ def useful_flops(head_dim: int, n_heads: int, p: int, c: int, s: int) -> float:
     return 2.0 * n_heads * cells * 2 * head_dim
 
 
-def matmul_rate(n: int = 4096, reps: int = 3) -> float:
-    """Best float32 torch.mm rate in GFLOP/s over reps (the roofline)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+def extension_flops(head_dim: int, n_heads: int, p: int, c: int, s: int) -> float:
+    """Dot-product FLOPs that differ between the extensions prefix[:c] + [t] of one call, both models:
+    the new token's row (p + c + 1 cells) and each suffix row's cell against t (s cells). The suffix
+    rows' other cells sit at the same relative offsets for every t, so they are shared by the call."""
+    return 2.0 * n_heads * (p + c + 1 + s) * 2 * head_dim
 
 
 def cpu_name() -> str:
@@ -194,7 +195,7 @@ def _child_native(spec: dict) -> dict:
     info = {r: {"source": i.source, "seconds": i.seconds} for r, i in scorer.backend.table_info.items()}
     cands = candidates(pair, spec["n"], spec["length"], seed=spec["seed"])
     scorer.score_batch(cands[: min(2048, len(cands))])  # warm-up: page in, thread pool
-    matmul = matmul_rate(spec.get("matmul_n", 4096))  # the roofline, under the same conditions
+    peak = fma_peak()  # the roofline, under the same conditions
     walls, cpus = [], []
     for _ in range(spec["reps"]):
         c0, t = time.process_time(), time.perf_counter()
@@ -210,7 +211,7 @@ def _child_native(spec: dict) -> dict:
         "pair_load_s": pair_load_s, "table_setup_s": table_s, "table": info,
         "rss_gb": peak_rss_gb(), "template": tpl.name, "prefix_len": len(tpl.prefix_ids),
         "suffix_len": len(tpl.suffix_ids),
-        "matmul_gflops": matmul,
+        "fma_gflops": peak,
         "sample": {"max_abs": scores.max_abs[:keep].tolist(), "kl": scores.kl[:keep].tolist()},
     }
 
@@ -231,7 +232,7 @@ def _child_extensions(spec: dict) -> dict:
     pool = scorer.default_pool()
     rng = np.random.default_rng(spec["seed"])
     cands = candidates(pair, spec["n_batch"], spec["length"], seed=spec["seed"])
-    out = {"dtype": spec["dtype"], "pool": len(pool), "reps": spec["reps"], "templates": {}}
+    out = {"dtype": spec["dtype"], "pool": len(pool), "reps": spec["reps"], "templates": {}, "fma_gflops": fma_peak()}
     for name, tpl in templates.items():
         prefixes = {c: rng.choice(pool.numpy(), c).tolist() for c in EXTENSION_PREFIXES}
         scorer.score_extensions([prefixes[0]], pool, template=tpl)  # warm-up: context, page-in
@@ -248,8 +249,11 @@ def _child_extensions(spec: dict) -> dict:
         per_prefix = {c: len(pool) / statistics.median(w) for c, w in walls.items()}
         step = len(pool) * len(prefixes) / sum(statistics.median(w) for w in walls.values())
         batch_rate = len(cands) / statistics.median(batch)
-        out["templates"][name] = {"prefix_len": len(tpl.prefix_ids), "suffix_len": len(tpl.suffix_ids),
+        cfg, p, s = pair.config, len(tpl.prefix_ids), len(tpl.suffix_ids)
+        flops = sum(len(pool) * extension_flops(cfg.head_dim, cfg.num_heads, p, c, s) for c in prefixes)
+        out["templates"][name] = {"prefix_len": p, "suffix_len": s,
                                   "ext_per_s": step, "ext_per_s_by_prefix": per_prefix,
+                                  "useful_gflops": flops / sum(statistics.median(w) for w in walls.values()) / 1e9,
                                   "ext_per_s_all": {c: [len(pool) / x for x in w] for c, w in walls.items()},
                                   "batch_cand_per_s": batch_rate, "ext_vs_batch": step / batch_rate}
     return out
@@ -409,10 +413,6 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
                   prefix: int = 30, seed: int = 0,
                   command: str | None = None) -> dict:
     """Run every measurement; write bench-<stamp>.json/.png and latest.json/.png/.md under out_dir."""
-    from .backends import table_cache
-    from .core.model_pair import ModelPair
-    from .backends.token_table import TokenTable
-
     torch.set_num_threads(os.cpu_count() or 1)
     if base is None or dormant is None:
         pair_dir = default_pair("tiny" if quick else "qwen2-7b-l0")
@@ -425,71 +425,99 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
         reps = min(reps, 2)
     out_dir = Path(out_dir) if out_dir else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    res: dict = {"stamp": stamp, "command": command or "run_benchmark()",
+    res: dict = {"stamp": time.strftime("%Y%m%d-%H%M%S"), "command": command or "run_benchmark()",
                  "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                              "loadavg_start": os.getloadavg()},
                  "pair": {"base": base, "dormant": dormant}, "targets": TARGETS, "quick": quick, "notes": []}
     spec = {"base": base, "dormant": dormant, "prefix": prefix, "length": length, "seed": seed}
-    steps = ["build fp32", "build bf16", "native fp32", "native bf16", "extensions fp32", "extensions bf16",
-             "pairs", "roofline", "torch", "transformers", "triton"]
     from tqdm import tqdm
 
-    bar = tqdm(total=len(steps), desc="bench", unit="step")
+    bar = tqdm(total=11, desc="bench", unit="step")
+    _native_children(res, spec, bar, build=build, extensions=extensions, quick=quick, n_native=n_native, reps=reps)
+    bar.set_postfix_str("ceilings")
+    _ceilings(res, quick)
+    bar.update(1)
+    flops = _parent_baselines(res, spec, bar, extensions=extensions, n_torch=n_torch, n_transformers=n_transformers)
+    bar.set_postfix_str("triton")
+    if triton:
+        tiny = default_pair("tiny")
+        res["triton"] = _run_child("triton", {**spec, "base": str(tiny / "base"), "dormant": str(tiny / "dormant"),
+                                              "n": 8}, env={"TRITON_INTERPRET": "1"})
+    bar.update(1)
+    bar.close()
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    for key, row in res.items():  # a child that failed is a skipped row, with its reason
+        if isinstance(row, dict) and "error" in row and key != "triton":
+            res["notes"].append(f"{key} skipped: {row['error']}")
+    _summarise(res, flops)
+    _write(res, out_dir)
+    return res
 
-    def step(name):
-        bar.set_postfix_str(name)
-        return name
 
+def _native_children(res: dict, spec: dict, bar, *, build: bool, extensions: bool, quick: bool, n_native: int,
+                     reps: int) -> None:
+    """Table builds, score_batch, extensions and the pair scan: one child process each."""
     for dtype in ("float32", "bfloat16"):
-        step(f"build {dtype}")
+        bar.set_postfix_str(f"build {dtype}")
         if build:
             res[f"build_{dtype}"] = _run_child("build", {**spec, "dtype": dtype})
         bar.update(1)
     for dtype in ("float32", "bfloat16"):
-        step(f"native {dtype}")
-        res[f"native_{dtype}"] = _run_child("native", {**spec, "dtype": dtype, "n": n_native, "reps": reps,
-                                                      "matmul_n": 1024 if quick else 4096})
+        bar.set_postfix_str(f"native {dtype}")
+        res[f"native_{dtype}"] = _run_child("native", {**spec, "dtype": dtype, "n": n_native, "reps": reps})
         bar.update(1)
-
     for dtype in ("float32", "bfloat16"):
-        step(f"extensions {dtype}")
+        bar.set_postfix_str(f"extensions {dtype}")
         if extensions:
             res[f"extensions_{dtype}"] = _run_child("extensions", {**spec, "dtype": dtype, "reps": reps,
                                                                   "n_batch": 512 if quick else 4096})
         bar.update(1)
-
-    step("pairs")
+    bar.set_postfix_str("pairs")
     if extensions:
         res["pairs"] = _run_child("pairs", {**spec, "pool": 2000 if quick else 20000, "head": 0})
     bar.update(1)
 
-    step("roofline")
-    # The roofline is the best fp32 matmul rate seen in this run (here and just before each native
-    # timing): on a shared machine a low reading means contention, not a slower machine.
-    rates = {"parent": matmul_rate(1024 if quick else 4096)}
-    for dtype in ("float32", "bfloat16"):
-        if "matmul_gflops" in res.get(f"native_{dtype}", {}):
-            rates[f"native_{dtype}"] = res[f"native_{dtype}"]["matmul_gflops"]
-    res["machine"]["matmul_gflops_measured"] = rates
-    res["machine"]["matmul_gflops"] = max(rates.values())
-    bar.update(1)
 
-    pair = ModelPair.load(base, dormant)
-    tpl = bench_template(pair.tokenizer, prefix)
+def _ceilings(res: dict, quick: bool) -> None:
+    """Theoretical peak, sgemm and the measured FMA peak. The peak is the best FMA rate seen in this
+    run (here and just before each native timing): on a shared machine a low reading means
+    contention, not a slower machine."""
+    ceil = ceilings(sgemm_n=1024 if quick else 4096)
+    rates = {"parent": ceil["fma_gflops"]}
+    for key in ("native_float32", "native_bfloat16", "extensions_float32", "extensions_bfloat16"):
+        if "fma_gflops" in res.get(key, {}):
+            rates[key] = res[key]["fma_gflops"]
+    ceil["fma_gflops_measured"] = rates
+    ceil["fma_gflops"] = max(rates.values())
+    ceil["sgemm_of_fma"] = ceil["sgemm_gflops"] / ceil["fma_gflops"]
+    th = ceil["theoretical"]["gflops"]
+    ceil["fma_of_theoretical"] = ceil["fma_gflops"] / th if th else None
+    res["machine"]["ceilings"] = ceil
+
+
+def _parent_baselines(res: dict, spec: dict, bar, *, extensions: bool, n_torch: int, n_transformers: int) -> float:
+    """The setting, then the torch reference and transformers' modules in this process; returns the
+    useful FLOPs per candidate."""
+    from .backends import table_cache
+    from .backends.token_table import TokenTable
+    from .core.model_pair import ModelPair
+
+    pair = ModelPair.load(spec["base"], spec["dormant"])
+    tpl = bench_template(pair.tokenizer, spec["prefix"])
     if tpl.name == "raw":
         res["notes"].append(NO_CHAT_NOTE.format(rows="native fp32/bf16, torch and transformers")
                             + (", and the extension rows' two chat templates became one raw row" if extensions else ""))
-    cfg = pair.config
+    cfg, length = pair.config, spec["length"]
     p, s = len(tpl.prefix_ids), len(tpl.suffix_ids)
     flops = useful_flops(cfg.head_dim, cfg.num_heads, p, length, s)
-    res["setting"] = {"template": tpl.name, "prefix_len": p, "candidate_len": length, "suffix_len": s, "heads": cfg.num_heads,
-                      "head_dim": cfg.head_dim, "vocab_rows": cfg.vocab_rows, "hidden": cfg.hidden_size,
-                      "metrics": ["max_abs", "kl"], "region": "candidate", "useful_mflop_per_candidate": flops / 1e6,
+    res["setting"] = {"template": tpl.name, "prefix_len": p, "candidate_len": length, "suffix_len": s,
+                      "heads": cfg.num_heads, "head_dim": cfg.head_dim, "vocab_rows": cfg.vocab_rows,
+                      "hidden": cfg.hidden_size, "metrics": ["max_abs", "kl"], "region": "candidate",
+                      "useful_mflop_per_candidate": flops / 1e6,
                       "checkpoint_dtype": str(pair.base.dtype).replace("torch.", "")}
-    cands = candidates(pair, max(n_torch, n_transformers), length, seed=seed)
+    cands = candidates(pair, max(n_torch, n_transformers), length, seed=spec["seed"])
 
-    step("torch")
+    bar.set_postfix_str("torch")
     t = time.perf_counter()
     tables = [table_cache.load(w, "float32") for w in (pair.base, pair.dormant)]
     load_s = time.perf_counter() - t
@@ -503,71 +531,68 @@ def run_benchmark(base=None, dormant=None, quick: bool = False, out_dir=None, n_
     del table
     bar.update(1)
 
-    step("transformers")
+    bar.set_postfix_str("transformers")
     res["transformers"] = _transformers_baseline(pair, tpl, cands[:n_transformers])
     bar.update(1)
-
-    step("triton")
-    if triton:
-        tiny = default_pair("tiny")
-        res["triton"] = _run_child("triton", {"base": str(tiny / "base"), "dormant": str(tiny / "dormant"),
-                                              "prefix": prefix, "length": length, "seed": seed, "n": 8},
-                                   env={"TRITON_INTERPRET": "1"})
-    bar.update(1)
-    bar.close()
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    for key, row in res.items():  # a child that failed is a skipped row, with its reason
-        if isinstance(row, dict) and "error" in row and key != "triton":
-            res["notes"].append(f"{key} skipped: {row['error']}")
-    _summarise(res, flops)
-    _write(res, out_dir)
-    return res
+    return flops
 
 
 def _summarise(res: dict, flops: float) -> None:
-    roof = res["machine"]["matmul_gflops"]
-    summary = {"roofline_cand_per_s": roof * 1e9 / flops}
+    peak = res["machine"]["ceilings"]["fma_gflops"]
+    summary = {"roofline_cand_per_s": peak * 1e9 / flops, "peak_gflops": peak,
+               "sgemm_of_peak": res["machine"]["ceilings"]["sgemm_of_fma"]}
     for dtype in ("float32", "bfloat16"):
         nat = res.get(f"native_{dtype}", {})
-        if "cand_per_s" not in nat:
-            continue
-        rate = nat["cand_per_s"]
-        summary[dtype] = {
-            "cand_per_s": rate, "cand_per_hour": rate * 3600, "useful_gflops": rate * flops / 1e9,
-            "roofline_fraction": rate * flops / 1e9 / roof,
-            "vs_torch": rate / res["torch"]["cand_per_s"], "vs_transformers": rate / res["transformers"]["cand_per_s"],
-            "cpu_bound_cand_per_s": (res["machine"]["cores"] or 1) * 1e6 / nat["cpu_us_per_cand"],
-            "cached_table_load_s": max(i["seconds"] for i in nat["table"].values()),
-            "table_from_cache": all(i["source"] == "cache" for i in nat["table"].values()),
-            "rss_gb": nat["rss_gb"],
-            "agreement_vs_torch": _agreement(nat, res["torch"]),
-        }
-        build = res.get(f"build_{dtype}", {})
-        if "build_s" in build:
-            summary[dtype]["build_s_per_model"] = build["build_s"]
+        if "cand_per_s" in nat:
+            summary[dtype] = _native_summary(res, nat, flops, peak)
+            build = res.get(f"build_{dtype}", {})
+            if "build_s" in build:
+                summary[dtype]["build_s_per_model"] = build["build_s"]
     for dtype in ("float32", "bfloat16"):
         ext = res.get(f"extensions_{dtype}", {})
         if "templates" in ext:
-            summary[f"extensions_{dtype}"] = {name: {k: t[k] for k in ("prefix_len", "ext_per_s", "ext_vs_batch")}
-                                              for name, t in ext["templates"].items()}
+            summary[f"extensions_{dtype}"] = {
+                name: {"prefix_len": t["prefix_len"], "ext_per_s": t["ext_per_s"], "ext_vs_batch": t["ext_vs_batch"],
+                       "useful_gflops": t["useful_gflops"], "peak_fraction": t["useful_gflops"] / peak}
+                for name, t in ext["templates"].items()}
+    if "native_gflops" in res.get("pairs", {}):
+        summary["pairs_peak_fraction"] = res["pairs"]["native_gflops"] / peak
     summary["torch_vs_transformers"] = res["torch"]["cand_per_s"] / res["transformers"]["cand_per_s"]
     summary["transformers_agreement_vs_torch"] = _agreement(res["transformers"], res["torch"])
-    f32 = summary.get("float32", {})
-    if f32 and not res.get("quick"):  # the targets are for the full-size pair
-        t = TARGETS
-        summary["targets_met"] = {
-            "native_fp32_cand_per_s": f32["cand_per_s"] >= t["native_fp32_cand_per_s"],
-            "roofline_fraction": f32["roofline_fraction"] >= t["roofline_fraction"],
-            "vs_transformers": f32["vs_transformers"] >= t["vs_transformers"],
-            "build_s_per_model": all(v <= t["build_s_per_model"] for v in f32.get("build_s_per_model", {"-": 0}).values()),
-            "cached_load_s": f32["cached_table_load_s"] <= t["cached_load_s"],
-            "rss_gb_fp32": f32["rss_gb"] <= t["rss_gb_fp32"],
-            "rss_gb_bf16": summary.get("bfloat16", {}).get("rss_gb", 1e9) <= t["rss_gb_bf16"],
-        }
-        if "chat" in summary.get("extensions_float32", {}):  # the target is in the default chat template
-            summary["targets_met"]["native_fp32_extensions_per_s"] = (
-                summary["extensions_float32"]["chat"]["ext_per_s"] >= t["native_fp32_extensions_per_s"])
+    if summary.get("float32") and not res.get("quick"):  # the targets are for the full-size pair
+        summary["targets_met"] = _targets_met(summary)
     res["summary"] = summary
+
+
+def _native_summary(res: dict, nat: dict, flops: float, peak: float) -> dict:
+    rate = nat["cand_per_s"]
+    return {
+        "cand_per_s": rate, "cand_per_hour": rate * 3600, "useful_gflops": rate * flops / 1e9,
+        "roofline_fraction": rate * flops / 1e9 / peak,  # of the measured FMA peak
+        "vs_torch": rate / res["torch"]["cand_per_s"], "vs_transformers": rate / res["transformers"]["cand_per_s"],
+        "cpu_bound_cand_per_s": (res["machine"]["cores"] or 1) * 1e6 / nat["cpu_us_per_cand"],
+        "cached_table_load_s": max(i["seconds"] for i in nat["table"].values()),
+        "table_from_cache": all(i["source"] == "cache" for i in nat["table"].values()),
+        "rss_gb": nat["rss_gb"],
+        "agreement_vs_torch": _agreement(nat, res["torch"]),
+    }
+
+
+def _targets_met(summary: dict) -> dict:
+    t, f32 = TARGETS, summary["float32"]
+    met = {
+        "native_fp32_cand_per_s": f32["cand_per_s"] >= t["native_fp32_cand_per_s"],
+        "roofline_fraction": f32["roofline_fraction"] >= t["roofline_fraction"],
+        "vs_transformers": f32["vs_transformers"] >= t["vs_transformers"],
+        "build_s_per_model": all(v <= t["build_s_per_model"] for v in f32.get("build_s_per_model", {"-": 0}).values()),
+        "cached_load_s": f32["cached_table_load_s"] <= t["cached_load_s"],
+        "rss_gb_fp32": f32["rss_gb"] <= t["rss_gb_fp32"],
+        "rss_gb_bf16": summary.get("bfloat16", {}).get("rss_gb", 1e9) <= t["rss_gb_bf16"],
+    }
+    if "chat" in summary.get("extensions_float32", {}):  # the target is in the default chat template
+        met["native_fp32_extensions_per_s"] = summary["extensions_float32"]["chat"]["ext_per_s"] >= t[
+            "native_fp32_extensions_per_s"]
+    return met
 
 
 def default_out_dir() -> Path:
@@ -593,49 +618,22 @@ def _write(res: dict, out_dir: Path) -> None:
 def markdown(res: dict) -> str:
     """The README table of a result."""
     s, m, st = res["summary"], res["machine"], res["setting"]
-    rows = [("machine fp32 matmul (roofline)", f"{m['matmul_gflops']:.0f} GFLOP/s", f"{s['roofline_cand_per_s']:,.0f}", "")]
-    for dtype, label in (("float32", "native, fp32 table"), ("bfloat16", "native, bf16 table")):
-        if dtype in s:
-            d = s[dtype]
-            rows.append((label, f"{d['useful_gflops']:.0f} GFLOP/s ({100 * d['roofline_fraction']:.0f}% of roofline)",
-                         f"{d['cand_per_s']:,.0f}",
-                         f"{d['vs_torch']:.0f}x torch, {d['vs_transformers']:,.0f}x transformers"))
-    rows.append(("torch reference, context cache", "", f"{res['torch']['cand_per_s']:,.0f}",
-                 f"{s['torch_vs_transformers']:.1f}x transformers"))
-    rows.append(("transformers Layer-0 modules, batched 32", "", f"{res['transformers']['cand_per_s']:,.1f}", "1x"))
-    lines = [f"Setting: {st.get('template', 'chat')} template, prefix {st['prefix_len']} + candidate {st['candidate_len']} + suffix {st['suffix_len']} tokens, "
-             f"{st['heads']} heads, D={st['head_dim']}, vocab {st['vocab_rows']}, max_abs + kl; "
-             f"{st['useful_mflop_per_candidate']:.2f} MFLOP useful per candidate. "
-             f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}.",
-             "", "| implementation | rate | candidates/s | ratio |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines = [f"Setting: {st.get('template', 'chat')} template, prefix {st['prefix_len']} + candidate "
+             f"{st['candidate_len']} + suffix {st['suffix_len']} tokens, {st['heads']} heads, D={st['head_dim']}, "
+             f"vocab {st['vocab_rows']}, max_abs + kl; {st['useful_mflop_per_candidate']:.2f} MFLOP useful per "
+             f"candidate. Machine: {m['cpu']}, {m['cores']} cores, load average {m['loadavg_start'][0]:.1f} -> "
+             f"{m['loadavg_end'][0]:.1f}.", "", *_ceiling_lines(m["ceilings"]), "",
+             "| implementation | rate | candidates/s | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rate_rows(res)]
     lines.append("")
-    for dtype in ("float32", "bfloat16"):
-        if dtype in s:
-            d = s[dtype]
-            build = d.get("build_s_per_model", {})
-            lines.append(f"- {dtype} table: {d['cand_per_hour'] / 1e6:.1f} M candidates/hour; build "
-                         + (", ".join(f"{k} {v:.0f} s" for k, v in build.items()) or "not measured")
-                         + f"; cached load {d['cached_table_load_s']:.1f} s; peak RSS {d['rss_gb']:.1f} GB; "
-                         f"CPU-time bound {d['cpu_bound_cand_per_s']:,.0f}/s; max rel. diff vs torch "
-                         f"max_abs {d['agreement_vs_torch']['max_abs']:.1e}, kl {d['agreement_vs_torch']['kl']:.1e}")
-    for dtype in ("float32", "bfloat16"):
-        ext = res.get(f"extensions_{dtype}", {})
-        for name, t in ext.get("templates", {}).items():
-            by = ", ".join(f"{c} cached: {r:,.0f}/s" for c, r in t["ext_per_s_by_prefix"].items())
-            where = {"chat": f"chat template with a {t['prefix_len']}-token prefix (its default system prompt)",
-                     "chat30": f"chat template with a {t['prefix_len']}-token prefix (the setting above)",
-                     "raw": "raw template (the tokenizer has no chat template)"}[name]
-            lines.append(f"- extensions, {dtype} table, {where}: "
-                         f"**{t['ext_per_s']:,.0f} extensions/s** over a {ext['pool']:,}-token pool ({by}); "
-                         f"{t['ext_vs_batch']:.1f}x the rate of whole 8-token candidates in the same process "
-                         f"({t['batch_cand_per_s']:,.0f}/s)")
+    lines += _native_lines(s) + _extension_lines(res)
     if "native_gflops" in res.get("pairs", {}):
         pr = res["pairs"]
         lines.append(f"- pair scan (one head and offset, {pr['pool']:,}-token pool): native {pr['native_s']:.2f} s "
-                     f"({pr['native_gflops']:.0f} GFLOP/s, {pr['torch_s'] / pr['native_s']:.1f}x the torch path's "
-                     f"{pr['torch_s']:.1f} s, same best cell: {pr['same_best']}); the whole vocabulary would take "
-                     f"{pr['full_vocab_s_per_head_offset']:.0f} s per head and offset")
+                     f"({pr['native_gflops']:.0f} GFLOP/s, {100 * s['pairs_peak_fraction']:.0f}% of the FMA peak; "
+                     f"{pr['torch_s'] / pr['native_s']:.1f}x the torch path's {pr['torch_s']:.1f} s, same best cell: "
+                     f"{pr['same_best']}); the whole vocabulary would take {pr['full_vocab_s_per_head_offset']:.0f} s "
+                     f"per head and offset")
     if "triton" in res:
         t = res["triton"]
         if "error" in t:
@@ -648,6 +646,66 @@ def markdown(res: dict) -> str:
     lines += [f"- note: {n}" for n in res.get("notes", [])]
     lines.append(f"\nCommand: `{res['command']}` ({res['stamp']})\n")
     return "\n".join(lines)
+
+
+def _ceiling_lines(c: dict) -> list[str]:
+    th = c["theoretical"]
+    of_th = f", {100 * c['fma_of_theoretical']:.0f}% of the theoretical peak" if c.get("fma_of_theoretical") else ""
+    return [f"Ceilings: theoretical {th['gflops']:.0f} GFLOP/s ({th['cores']} cores x {th['clock_ghz']:.2f} GHz "
+            f"[{th['clock_source']}] x {th['flop_per_cycle_per_core']} FLOP/cycle: {th['vector_bits']}-bit vectors, "
+            f"{th['fma_pipes']} FMA pipes of {th['fma_pipe_bits']} bits, {th['fma_note']}); "
+            f"**measured FMA peak {c['fma_gflops']:.0f} GFLOP/s**{of_th} (native micro-kernel, the roofline below); "
+            f"sgemm {c['sgemm_n']}² {c['sgemm_gflops']:.0f} GFLOP/s ({100 * c['sgemm_of_fma']:.0f}% of the FMA peak)."]
+
+
+def _rate_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    s, c = res["summary"], res["machine"]["ceilings"]
+    rows = [("measured FMA peak (roofline)", f"{c['fma_gflops']:.0f} GFLOP/s", f"{s['roofline_cand_per_s']:,.0f}", ""),
+            (f"torch.mm {c['sgemm_n']}² (sgemm)", f"{c['sgemm_gflops']:.0f} GFLOP/s ({100 * c['sgemm_of_fma']:.0f}% of peak)",
+             "", "")]
+    for dtype, label in (("float32", "native, fp32 table"), ("bfloat16", "native, bf16 table")):
+        if dtype in s:
+            d = s[dtype]
+            rows.append((label, f"{d['useful_gflops']:.1f} GFLOP/s ({100 * d['roofline_fraction']:.0f}% of peak)",
+                         f"{d['cand_per_s']:,.0f}",
+                         f"{d['vs_torch']:.0f}x torch, {d['vs_transformers']:,.0f}x transformers"))
+    for key, label in (("torch", "torch reference, context cache"), ("transformers", "transformers Layer-0 modules, batched 32")):
+        gflops = res[key]["cand_per_s"] * res["setting"]["useful_mflop_per_candidate"] / 1e3
+        ratio = f"{s['torch_vs_transformers']:.1f}x transformers" if key == "torch" else "1x"
+        rows.append((label, f"{gflops:.2g} GFLOP/s ({100 * gflops / c['fma_gflops']:.2g}% of peak)",
+                     f"{res[key]['cand_per_s']:,.1f}", ratio))
+    return rows
+
+
+def _native_lines(s: dict) -> list[str]:
+    lines = []
+    for dtype in ("float32", "bfloat16"):
+        if dtype in s:
+            d = s[dtype]
+            build = d.get("build_s_per_model", {})
+            lines.append(f"- {dtype} table: {d['cand_per_hour'] / 1e6:.1f} M candidates/hour; build "
+                         + (", ".join(f"{k} {v:.0f} s" for k, v in build.items()) or "not measured")
+                         + f"; cached load {d['cached_table_load_s']:.1f} s; peak RSS {d['rss_gb']:.1f} GB; "
+                         f"CPU-time bound {d['cpu_bound_cand_per_s']:,.0f}/s; max rel. diff vs torch "
+                         f"max_abs {d['agreement_vs_torch']['max_abs']:.1e}, kl {d['agreement_vs_torch']['kl']:.1e}")
+    return lines
+
+
+def _extension_lines(res: dict) -> list[str]:
+    lines = []
+    for dtype in ("float32", "bfloat16"):
+        ext = res.get(f"extensions_{dtype}", {})
+        for name, t in ext.get("templates", {}).items():
+            by = ", ".join(f"{c} cached: {r:,.0f}/s" for c, r in t["ext_per_s_by_prefix"].items())
+            where = {"chat": f"chat template with a {t['prefix_len']}-token prefix (its default system prompt)",
+                     "chat30": f"chat template with a {t['prefix_len']}-token prefix (the setting above)",
+                     "raw": "raw template (the tokenizer has no chat template)"}[name]
+            peak = res["summary"][f"extensions_{dtype}"][name]["peak_fraction"]
+            lines.append(f"- extensions, {dtype} table, {where}: **{t['ext_per_s']:,.0f} extensions/s** over a "
+                         f"{ext['pool']:,}-token pool ({by}); {t['useful_gflops']:.1f} GFLOP/s useful "
+                         f"({100 * peak:.0f}% of the FMA peak); {t['ext_vs_batch']:.1f}x the rate of whole 8-token "
+                         f"candidates in the same process ({t['batch_cand_per_s']:,.0f}/s)")
+    return lines
 
 
 def _plot(res: dict, path: Path) -> None:
@@ -669,7 +727,7 @@ def _plot(res: dict, path: Path) -> None:
     bars = ax.barh(names, rates, color=["#999999", "#6699cc", "#ee9944", "#dd5522"][: len(rates)])
     ax.set_xscale("log")
     ax.axvline(s["roofline_cand_per_s"], color="k", ls="--", lw=1)
-    ax.text(s["roofline_cand_per_s"], len(names) - 0.5, " fp32 matmul\n roofline", va="top", fontsize=8)
+    ax.text(s["roofline_cand_per_s"], len(names) - 0.5, " measured\n FMA peak", va="top", fontsize=8)
     ax.axvline(TARGETS["native_fp32_cand_per_s"], color="g", ls=":", lw=1)
     ax.text(TARGETS["native_fp32_cand_per_s"], -0.45, " target", color="g", va="bottom", fontsize=8)
     for bar, r in zip(bars, rates):

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "pack.h"
+#include "roofline.h"
 #include "score.h"
 #include "table_build.h"
 
@@ -52,6 +53,7 @@ PYBIND11_MODULE(_native, m) {
         py::arg("data"));
   m.def("checksum", &l0score::checksum, "64-bit content hash of a C-contiguous buffer (parallel, deterministic).",
         py::arg("data"));
+  m.def("fma_peak", &l0score::fma_peak, "Measured FMA ceiling in GFLOP/s (roofline.cpp).", py::arg("iterations"), py::arg("threads") = 0);
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads the kernels use.");
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); }, "Set the OpenMP threads of the kernels.",
         py::arg("n"));
