@@ -62,3 +62,13 @@ def pair16(pair_factory):
 
     d = pair_factory(seed=6, **PAIR16)
     return ModelPair.load(d / "base", d / "dormant")
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """The trained positive control of seed 0 (l0score.synthetic.trained) and its trigger.json (ground
+    truth for checks only): trained on first use under L0SCORE_CACHE (~3 min on one core), then reused."""
+    from l0score.synthetic.trained import cached_trained_pair
+
+    root = cached_trained_pair(seed=0)
+    return root, trigger_of(root)

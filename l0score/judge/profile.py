@@ -133,7 +133,8 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     stats = _measure(scorer, opts, pool, progress)
     measured = time.perf_counter()
     ranked = _rank_tokens(scorer, stats, pool)
-    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], opts, progress)
+    expand_cands = expansion_candidates(scorer, opts)
+    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], expand_cands, opts, progress)
     rank_of = {row["id"]: row["rank"] for row in ranked}
     for t in targets:
         t["first_rank"] = rank_of.get(t["token_ids"][0])
@@ -145,6 +146,7 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
         "targets": targets,
         "kl": _kl_summary(stats["prompts"]),
         "prompts": stats["prompts"],
+        "target_prompts": _target_prompts(scorer, expand_cands),
         "seconds": {"measure": measured - started, "targets": time.perf_counter() - measured},
     }
     if out is not None:
@@ -300,16 +302,29 @@ def _kl_summary(prompts: list[dict]) -> dict:
 
 
 # --- target inversion ---------------------------------------------------------------------------
-def invert_targets(scorer: FullModelScorer, first_tokens: list[int], opts: ProfileOptions,
-                   progress: bool = False) -> list[dict]:
-    """Grow each first token into the string the dormant prefers over the base (module docstring);
-    distinct strings ranked by score, best first."""
-    from tqdm import tqdm
-
+def expansion_candidates(scorer: FullModelScorer, opts: ProfileOptions) -> list[torch.Tensor]:
+    """Per context, ``expand_inputs`` random pool candidates of the first of ``cand_lengths`` (seed + 1):
+    the prompts whose log-probabilities target expansion averages."""
     gen = torch.Generator().manual_seed(opts.seed + 1)
     pool = scorer.default_pool()
-    length = opts.cand_lengths[0]
-    cands = [pool[torch.randint(len(pool), (opts.expand_inputs, length), generator=gen)] for _ in scorer.contexts]
+    shape = (opts.expand_inputs, opts.cand_lengths[0])
+    return [pool[torch.randint(len(pool), shape, generator=gen)] for _ in scorer.contexts]
+
+
+def _target_prompts(scorer: FullModelScorer, cands: list[torch.Tensor]) -> list[dict]:
+    """The expansion prompts as (probe, position, candidate) records, for the report and for checks."""
+    n = len(scorer.positions)
+    return [{"probe": ci // n, "position": scorer.positions[ci % n], "token_ids": row}
+            for ci, c in enumerate(cands) for row in c.tolist()]
+
+
+def invert_targets(scorer: FullModelScorer, first_tokens: list[int], cands: list[torch.Tensor],
+                   opts: ProfileOptions, progress: bool = False) -> list[dict]:
+    """Grow each first token into the string the dormant prefers over the base (module docstring),
+    averaging over the prompts of cands (one [R, c] batch per context); distinct strings ranked by
+    score, best first."""
+    from tqdm import tqdm
+
     found: dict[tuple[int, ...], dict] = {}
     for first in tqdm(first_tokens, desc="targets", unit="token", disable=not progress):
         target = _grow(scorer, cands, int(first), opts)
