@@ -37,6 +37,7 @@ def register_cli(sub) -> None:
         if name == "coord":
             d.add_argument("--restarts", type=int, default=4)
             d.add_argument("--max-sweeps", type=int, default=8)
+    _register_gcg(drivers)
 
 
 def _common(d) -> None:
@@ -166,3 +167,165 @@ def _print_results(results: list[dict], args, seconds: float) -> None:
             m = r["minimized"]
             console.print(f"{r['token_ids']} -> {m['token_ids']} keeps {m['score']:.4f} of {m['original_score']:.4f}")
     console.print(f"{len(results)} results in {seconds:.1f} s -> {args.out}")
+
+
+# --- search gcg, and the full-model objective's options (shared with hunt) --------------------------
+
+def add_full_model_args(p) -> None:
+    """The full-model objective's options (`make_full_scorer` reads them): search gcg and hunt."""
+    from ..cli_args import int_list
+
+    g = p.add_argument_group("full-model objective (--objective full: both complete models judge every candidate)")
+    g.add_argument("--objective", choices=("layer0", "full"), default="layer0",
+                   help="score candidates by Layer 0 alone (default) or by both full models over probe prompts")
+    g.add_argument("--probes", help="probe prompts, one per line (default: the first 3 of verify's probes)")
+    g.add_argument("--positions", default="before,after", help="candidate placements: before, after or both")
+    g.add_argument("--target", action="append",
+                   help="target reply text (repeatable): 'target' uses each one's first token, 'target_seq' the first text")
+    g.add_argument("--targets-from", help="profile.json of `l0score profile`: its best targets instead of --target")
+    g.add_argument("--target-top", type=int, default=1, help="targets taken from --targets-from [1]")
+    g.add_argument("--target-weight", type=float, default=1.0, help="lambda of the target losses [1.0]")
+    g.add_argument("--reply-tokens", type=int, default=8, help="k reply positions of tf_kl [8]")
+    g.add_argument("--hidden-layers", type=int_list, default=[-1], help="hidden states compared by 'hidden' [-1]")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--full-batch", type=int, default=64, help="prompts per forward call [64]")
+    g.add_argument("--pool-from", help="token ids to search over: an ids file, a JSON list, search JSONL "
+                                      "(their token_ids) or analysis.json (its seed_tokens); filters still apply")
+    g.add_argument("--pool-top", type=int, help="only the first N ids of --pool-from (ranked lists: the best N)")
+
+
+def metric_names(spec: str) -> list[str]:
+    """The metric names of an objective spec like 'kl' or 'target=1,kl=0.5'."""
+    return [item.partition("=")[0].strip() for item in str(spec or "").split(",") if item.strip()]
+
+
+def make_full_scorer(args):
+    """The full-model objective (`FullModelScorer`) from add_full_model_args' options.
+
+    Computes kl and js always, and whatever else args.metric names: hidden, tf_kl (--reply-tokens),
+    target (the first token of each target), target_seq (the first target's tokens), the targets
+    coming from --target TEXT or --targets-from profile.json (its --target-top best).
+    """
+    from ..cli_args import resolve_pair
+    from ..core.checkpoint import resolve_model_dir
+    from ..core.model_pair import load_tokenizer
+    from ..judge.fullmodel import FULL_METRICS, FullModelOptions, FullModelScorer
+    from .objective import Objective
+
+    Objective.parse(args.metric, FULL_METRICS)  # unknown names fail before any model loads
+    names = set(metric_names(args.metric))
+    base, dormant = resolve_pair(args)
+    targets = []
+    if names & {"target", "target_seq"}:
+        if args.target and args.targets_from:
+            raise ValueError("give --target or --targets-from, not both")
+        if args.target:
+            tok = load_tokenizer(resolve_model_dir(dormant)) or load_tokenizer(resolve_model_dir(base))
+            if tok is None:
+                raise ValueError("--target TEXT needs a tokenizer in the model directory")
+            targets = [tok.encode(text, add_special_tokens=False) for text in args.target]
+            if not all(targets):
+                raise ValueError(f"a --target text tokenizes to nothing: {args.target!r}")
+        elif args.targets_from:
+            from ..judge.profile import load_targets
+
+            targets = [t["token_ids"] for t in load_targets(args.targets_from, args.target_top)]
+        else:
+            need = sorted(names & {"target", "target_seq"})[0]
+            raise ValueError(f"metric {need!r} needs a target: pass --target TEXT or --targets-from profile.json")
+    if "tf_kl" in names and args.reply_tokens < 1:
+        raise ValueError(f"metric 'tf_kl' needs --reply-tokens >= 1, got {args.reply_tokens}")
+    positions = tuple(p.strip() for p in args.positions.split(",") if p.strip())
+    options = FullModelOptions(
+        probes=args.probes, positions=positions,
+        metrics=("kl", "js") + (("hidden",) if "hidden" in names else ()),
+        reply_tokens=args.reply_tokens if "tf_kl" in names else 0, hidden_layers=tuple(args.hidden_layers),
+        target_ids=tuple(dict.fromkeys(t[0] for t in targets)) if "target" in names else (),
+        target_seq=tuple(targets[0]) if "target_seq" in names else (), target_weight=args.target_weight,
+        dtype=args.dtype, device=args.device, batch_size=args.full_batch, system=args.system)
+    return FullModelScorer(base, dormant, options, progress=not getattr(args, "quiet", True))
+
+
+def _register_gcg(drivers) -> None:
+    d = drivers.add_parser("gcg", help="gradient-guided token swaps (GCG), Layer 0 or full models")
+    add_pair_args(d)
+    add_scoring_args(d)
+    _common(d)
+    _sequence_options(d)
+    add_full_model_args(d)
+    d.set_defaults(func=run_gcg, seeds="none", ray=None, heads_from=None)
+    g = d.add_argument_group("gcg (docs/gcg.md; defaults of GCGOptions)")
+    g.add_argument("--steps", type=int, default=100, help="gradient steps per restart [100]")
+    g.add_argument("--topk", type=int, default=32, help="replacement tokens per position from the gradient [32]")
+    g.add_argument("--batch", type=int, default=64, help="swapped candidates scored exactly per step [64]")
+    g.add_argument("--n-replace", type=int, default=1, help="positions changed per swapped candidate [1]")
+    g.add_argument("--restarts", type=int, default=1, help="independent starts [1]")
+    g.add_argument("--alpha", type=float,
+                   help="weight of the Layer-0 term in alpha*L0 + (1-alpha)*output [1 for layer0, 0 for full]")
+    g.add_argument("--layer0-metric", default="kl", help="the Layer-0 term with --objective full [kl]")
+    g.add_argument("--tau", type=float, default=0.05, help="smooth-max temperature for max_abs/band gradients")
+    g.add_argument("--calibrate", type=int, help="random candidates for z [512 layer0, 64 full]")
+
+
+def run_gcg(args) -> None:
+    import torch
+
+    from . import build_pool, seeds_from_pairs
+    from .gcg import GCGOptions, gcg
+    from .pool import read_pool_ids
+
+    full = args.objective == "full"
+    options = GCGOptions(length=args.length, steps=args.steps, topk=args.topk, batch=args.batch,
+                         n_replace=args.n_replace, restarts=args.restarts, alpha=args.alpha,
+                         layer0_metric=args.layer0_metric, tau=args.tau)
+    options.validate()  # before any model is loaded
+    if args.heads_from:
+        raise ValueError("search gcg does not take --heads-from; pass --heads")
+    if not full:
+        from ..core.scores import METRICS
+
+        needs_full = [m for m in metric_names(args.metric) if m not in METRICS]
+        if needs_full:
+            raise ValueError(f"metric {needs_full[0]!r} needs the full models: pass --objective full "
+                             "(probes from --probes FILE, or verify's default probes)")
+    if full and args.seeds == "pairs":
+        raise ValueError("--seeds pairs scans Layer 0; with --objective full give --seeds FILE or --seeds-from")
+    scorer = make_full_scorer(args) if full else make_scorer(args)
+    pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
+                      no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
+                      deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
+    if args.pool_from:
+        wanted = read_pool_ids(args.pool_from, args.pool_top)
+        pool = pool[torch.isin(pool, torch.tensor(wanted, dtype=torch.long))]
+        if not len(pool):
+            raise ValueError(f"{args.pool_from}: none of its ids is in the filtered pool")
+    seeds = _seeds(args, scorer, pool, seeds_from_pairs, _layer0_pair_scan)
+    options.seeds = tuple(tuple(s) for s in (seeds or ()))
+    console.print(f"pool: {len(pool)} tokens; objective {args.objective} ({args.metric})")
+    start = time.perf_counter()
+    result = gcg(scorer, options, objective=args.metric, pool=pool, out=args.out, budget=args.budget,
+                 seconds=args.seconds, threshold=args.threshold, checkpoint_every=args.checkpoint_every,
+                 resume=args.resume, progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip,
+                 seed=args.seed, max_repeat=args.max_repeat, calibrate=args.calibrate or (64 if full else 512))
+    _print_gcg(result, args, scorer.metrics, time.perf_counter() - start)
+
+
+def _layer0_pair_scan(scorer, pool, **kw):
+    from .pairs import pair_scan
+
+    kw.pop("ray_address", None)
+    return pair_scan(scorer, pool, **kw)
+
+
+def _print_gcg(result, args, metrics, seconds: float) -> None:
+    table = Table(title=f"gcg: top {min(args.top, len(result.results))} by {args.metric}")
+    shown = [m for m in metrics if any(m in r for r in result.results)][:4]
+    for col in ("rank", "text", "token_ids", "score", "z", *shown, "step"):
+        table.add_column(col)
+    for n, r in enumerate(result.results[: args.top], 1):
+        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['score']:.4f}", f"{r['z']:.1f}",
+                      *(f"{r[m]:.4f}" if isinstance(r.get(m), float) else "" for m in shown), str(r["step"]))
+    console.print(table)
+    console.print(f"{len(result.results)} results after {result.steps} gradient steps, {result.evaluations} "
+                  f"candidates scored, in {seconds:.1f} s -> {args.out}")

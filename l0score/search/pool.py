@@ -1,6 +1,7 @@
 """The token pool searched over: which vocabulary ids a driver may place in a candidate."""
 from __future__ import annotations
 
+import json
 import re
 import string
 from pathlib import Path
@@ -67,3 +68,36 @@ def _read_ids(path) -> list[int]:
         return [int(v) for v in re.split(r"[\s,]+", text.strip()) if v]
     except ValueError as exc:
         raise ValueError(f"{path}: allow-list must hold integer token ids ({exc})") from None
+
+
+def read_pool_ids(path, top: int | None = None) -> list[int]:
+    """Token ids to search over, in the file's order: analysis.json (its ranked seed_tokens), a JSON
+    list of ids, search JSONL (every row's token_ids, best rows first), or plain ids. ``top``: the
+    first N only."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"pool file {path} does not exist")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise ValueError(f"the pool's top must be a positive integer, got {top!r}")
+    text = p.read_text().strip()
+    try:
+        if text.startswith(("{", "[")):
+            try:
+                rows = [json.loads(text)]
+            except ValueError:  # JSONL: one search result a line
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if isinstance(rows[0], list):
+                ids = rows[0]
+            elif "seed_tokens" in rows[0]:
+                ids = rows[0]["seed_tokens"]
+            else:
+                ids = [t for row in rows for t in row["token_ids"]]
+        else:
+            ids = _read_ids(p)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: expected token ids (analysis.json, a JSON list, search JSONL or plain ids): "
+                         f"{exc!r}") from None
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise ValueError(f"{path}: expected a non-empty list of integer token ids")
+    ids = list(dict.fromkeys(ids))  # first occurrence keeps its rank
+    return ids[:top] if top else ids
