@@ -2,6 +2,7 @@
 validated batch to a backend and assembles `Scores`."""
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -15,6 +16,7 @@ from .core.template import Template
 from .backends.token_table import DirectProjector, TokenTable
 
 BACKENDS = ("auto", "torch", "triton", "native")
+EXTENSION_SIDES = ("right", "left")
 _TABLE_AUTO_LIMIT = 8 << 30  # bytes of a float32 table pair above which "auto" uses the direct path
 
 
@@ -121,15 +123,23 @@ class Scorer:
         stats = self._score_packed(self.pack(token_ids, lengths, ctx.template), ctx)
         return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
 
-    def score_extensions(self, prefixes, pool=None, template: Template | None = None) -> Scores:
+    def score_extensions(self, prefixes, pool=None, template: Template | None = None, side: str = "right") -> Scores:
         """Scores of `prefix + [t]` for every prefix and every token t of pool, computed incrementally.
 
         prefixes: list of candidate prefixes (possibly empty); pool: 1-D token ids (default: every
         real, non-special token). Fields are flattened: row p * len(pool) + n is prefixes[p] + [pool[n]].
         The prefix's own rows are scored once; only the new row and the suffix rows are computed per t.
+
+        side="left" scores `[t] + prefix` instead (same row order). Every row of the fragment then sees
+        the new key t, so nothing of the fragment's rows can be reused: it runs the general kernel on
+        the packed batch (docs/search.md has the measured rates of both forms).
         """
+        if side not in EXTENSION_SIDES:
+            raise ValueError(f"side must be one of {', '.join(EXTENSION_SIDES)}, got {side!r}")
         ctx = self.context(template or self.template)
         pool = _as_pool(self.default_pool() if pool is None else pool, self.pair.config.vocab_rows)
+        if side == "left":
+            return self._score_prepends(prefixes, pool, ctx)
         kernel = getattr(self.backend, "extension_rows", None)  # a backend's dedicated kernel, if any
         pool_batch = None  # the general path's [t] + suffix rows, packed on first use
         parts = []
@@ -157,6 +167,43 @@ class Scorer:
             parts.append(stats)
         stats = RowStats.cat(parts)
         return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+
+    def _score_prepends(self, fragments, pool: torch.Tensor, ctx: Context) -> Scores:
+        parts = []
+        for n, fragment in enumerate(fragments):
+            try:
+                tail = torch.as_tensor(list(fragment), dtype=torch.int64).reshape(1, -1)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"prefix {n}: {exc}") from None
+            cands = torch.cat((pool[:, None], tail.expand(len(pool), -1)), 1)
+            parts.append(self._score_packed(self.pack(cands, None, ctx.template), ctx))
+        return Scores.from_stats(self._with_prefix_rows(RowStats.cat(parts), ctx), self.heads, self.offsets)
+
+    @property
+    def baseline_table(self) -> torch.Tensor:
+        """[len(heads), max_positions]: the content-free dS per scored head and offset that max-type
+        metrics subtract (zeros unless baseline="bias")."""
+        return self._baseline
+
+    def with_heads(self, heads) -> "Scorer":
+        """The same pair, backend (tables), template and settings, scoring only `heads`.
+
+        Cheap: nothing is rebuilt but the template contexts (a search restricted to the heads an
+        analysis singled out runs this instead of loading a second scorer)."""
+        view = copy.copy(self)
+        view.heads = _check_heads(heads, self.pair.config.num_heads)
+        view._heads_t = torch.tensor(view.heads, device=self.device)
+        rows = [self.heads.index(h) for h in view.heads if h in self.heads]
+        if len(rows) == len(view.heads):
+            view._baseline = self._baseline[rows]
+        elif self.baseline_kind == "bias":
+            view._baseline = bias_baseline(self.pair.base, self.pair.dormant, view._heads_t,
+                                           self.pair.config.max_positions, self.device)
+        else:
+            view._baseline = torch.zeros(len(view.heads), self.pair.config.max_positions, device=self.device)
+        view._contexts = {}
+        view.context(view.template)
+        return view
 
     def describe(self) -> dict:
         """The settings a resumed search must match (prefix ids, -1 for the candidate, suffix ids)."""

@@ -326,6 +326,43 @@ def _select_focus(scores: list[float], n_focus: int | None = None) -> int | None
     return k + 1 if gaps[k] >= math.log(FOCUS_MIN_RATIO) else None
 
 
+def _changed_query_keys(delta_q: torch.Tensor, s: torch.Tensor, v: torch.Tensor, wk: torch.Tensor, key_offsets,
+                        cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where one head's changed queries point, as hidden-space vectors to project normed embeddings on.
+
+    The q delta block [D, hidden] = sum_i s_i u_i v_i^T moves a query along the left singular vectors
+    u_i; against a key k one offset r back it adds s_i (v_i . n) rot_r(u_i) . k. So a token whose
+    dormant key k = Wk n' + bk has a large rot_r(u_i) . k is a key the change is after: with
+    z_ir = Wk^T rot_r(u_i), that is n' . z_ir (+ a constant). Returns z [hidden, dirs x offsets]
+    (offset-major) and the weights s_i / s_1 of its columns.
+    """
+    from ..core.reference import rope_angles, rotate
+
+    u = (delta_q.double() @ v.double()) / s.double().clamp(min=1e-300)  # [D, dirs]
+    cos, sin = rope_angles(torch.tensor(list(key_offsets)), cfg.head_dim, cfg.rope_theta)
+    rotated = rotate(u.T.float()[None], cos[:, None], sin[:, None])  # [offsets, dirs, D]
+    z = (rotated.reshape(-1, cfg.head_dim) @ wk).T  # [hidden, offsets x dirs]
+    weights = (s / s[0].clamp(min=1e-30)).repeat(len(key_offsets))
+    return z, weights
+
+
+def _key_role_scores(proj: torch.Tensor, weights: list[torch.Tensor], n_offsets: int, excluded) -> torch.Tensor:
+    """[tokens, heads] key-role score in [0, 1]: per head, the largest over offsets of the weighted
+    norm of a token's centred key projections, relative to the vocabulary's largest."""
+    out = torch.zeros(proj.shape[0], len(weights))
+    keep = torch.ones(proj.shape[0], dtype=torch.bool)
+    keep[list(excluded)] = False
+    col = 0
+    for n, w in enumerate(weights):
+        p = proj[:, col:col + len(w)]
+        col += len(w)
+        centred = (p - p[keep].mean(0)) * w
+        score = centred.view(len(p), n_offsets, -1).pow(2).sum(-1).sqrt().amax(1)
+        score[~keep] = 0.0
+        out[:, n] = score / score.max().clamp(min=1e-30)
+    return out
+
+
 def _token_repr(tok, tid: int) -> dict:
     if tok is None:
         return {"token": None, "text": None}
@@ -333,7 +370,7 @@ def _token_repr(tok, tid: int) -> dict:
 
 
 def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_offsets: int,
-                     embed_rows: dict, progress: bool) -> dict:
+                     embed_rows: dict, progress: bool, key_offsets=(1, 2, 3, 4)) -> dict:
     from ..core.reference import bias_baseline, rms_norm
 
     cfg = pair.config
@@ -378,22 +415,32 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
                   f"(ties: the kv head's k_proj block); focus heads = {rule}. Seed blocks: the focus heads' q "
                   "blocks, their kv heads' k blocks and any kv head whose k block stands out by the same rule")
 
-    # Seed tokens: alignment of RMS-normed dormant embeddings with each focus block's top right
-    # singular vectors, weighted by sigma_i / sigma_1 (score in [0, 1]).
+    # Seed tokens, query role: alignment of RMS-normed dormant embeddings with each focus block's
+    # top right singular vectors, weighted by sigma_i / sigma_1 (score in [0, 1]); key role: the
+    # same with the focus kv heads' k blocks, and (blocks "kq<h>") the tokens whose dormant keys
+    # the changed queries of focus head h point at (_changed_query_keys).
     blocks = [("q", h, *q_blocks[h][1:]) for h in focus] + [("k", g, *k_blocks[g][1:]) for g in focus_kv]
     vecs = torch.cat([v for *_, v in blocks], 1)  # [hidden, sum dirs]
     weights = torch.cat([s / s[0].clamp(min=1e-30) for *_, s, _ in blocks])
     widths = [v.shape[1] for *_, v in blocks]
+    kq = [_changed_query_keys(dwq[h * D:(h + 1) * D], *q_blocks[h][1:], dorm.wk[(h // G) * D:(h // G + 1) * D].float(),
+                              key_offsets, cfg) for h in focus]
+    kq_vecs = torch.cat([z for z, _ in kq], 1) if kq else torch.empty(cfg.hidden_size, 0)
     n_tok = pair.n_tokens
     block_scores = torch.empty(n_tok, len(blocks))
+    kq_proj = torch.empty(n_tok, kq_vecs.shape[1])
     step = max(1, CHUNK_ELEMENTS // cfg.hidden_size)
     for start in tqdm(range(0, n_tok, step), desc="token alignment", unit="chunk", disable=not progress, leave=False):
         stop = min(n_tok, start + step)
         n = rms_norm(dorm, dorm.embed[start:stop])
+        kq_proj[start:stop] = n @ kq_vecs  # key projections (the k bias is the same for every token)
         n = n / n.norm(dim=1, keepdim=True).clamp(min=1e-30)
         w = (n @ vecs) * weights  # [rows, sum dirs]
         block_scores[start:stop] = torch.stack([c.pow(2).sum(1).sqrt() for c in w.split(widths, 1)], 1)
     excluded = sorted(i for i in pair.special_ids if i < n_tok)
+    kq_scores = _key_role_scores(kq_proj, [w for _, w in kq], len(key_offsets), excluded)
+    blocks += [("kq", h, q_blocks[h][1], None) for h in focus]
+    block_scores = torch.cat((block_scores, kq_scores), 1)
     block_scores[excluded] = -1.0
     best, best_block = block_scores.max(1)
     k = min(top_tokens, n_tok - len(excluded))
@@ -407,10 +454,13 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
     for row, (tid, val) in enumerate(zip(seed_ids, top_vals.tolist())):
         bi = int(best_block[tid])
         kind, idx, s, _ = blocks[bi]
-        c = cos_top[bi][row]
-        di = int((c * s / s[0].clamp(min=1e-30)).abs().argmax())
+        di = cosine = None
+        if kind != "kq":  # kq blocks rank keys by projection, not by an embedding cosine
+            c = cos_top[bi][row]
+            di = int((c * s / s[0].clamp(min=1e-30)).abs().argmax())
+            cosine = float(c[di])
         details.append({"id": tid, **_token_repr(tok, tid), "score": val, "block": f"{kind}{idx}",
-                        "role": "query" if kind == "q" else "key", "direction": di, "cosine": float(c[di])})
+                        "role": "query" if kind == "q" else "key", "direction": di, "cosine": cosine})
     per_block = {}
     for bi, (kind, idx, _, _) in enumerate(blocks):
         vals, ids = block_scores[:, bi].topk(min(10, k))
@@ -450,6 +500,8 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
         "focus_kv_heads": focus_kv,
         "focus_rule": focus_rule,
         "seed_tokens": seed_ids,
+        "seed_roles": [d["role"] for d in details],
+        "key_offsets": list(key_offsets),
         "seed_token_details": details,
         "seed_blocks": [f"{kind}{idx}" for kind, idx, _, _ in blocks],
         "per_block_tokens": per_block,
@@ -593,10 +645,13 @@ def _summary_md(result: dict) -> str:
               "Tokens whose RMS-normed dormant embedding aligns with the top right-singular vectors of the focus "
               f"heads' q_proj blocks (query role) and their kv heads' k_proj blocks (key role): blocks "
               f"{', '.join(l0['seed_blocks'])}. Score = sqrt(sum_i (sigma_i/sigma_1 * cos_i)^2) over the top "
-              f"directions; specials and padding rows excluded.", "",
+              f"directions; specials and padding rows excluded. Blocks kq<h> (key role): tokens whose dormant keys "
+              "the changed queries of focus head h point at, offsets 1.."
+              f"{max(l0.get('key_offsets') or [0])} back (weighted norm of the centred key projections on "
+              "the rotated left singular vectors, relative to the vocabulary's largest).", "",
               "| rank | id | token | score | block | role | cosine |", "|---:|---:|---|---:|---|---|---:|"]
     for rank, t in enumerate(l0["seed_token_details"][:30], 1):
-        lines.append(f"| {rank} | {t['id']} | {_md_token(t)} | {t['score']:.4f} | {t['block']} | {t['role']} | {t['cosine']:+.4f} |")
+        lines.append(f"| {rank} | {t['id']} | {_md_token(t)} | {t['score']:.4f} | {t['block']} | {t['role']} | {_fmt(t['cosine'], '+.4f')} |")
     bt = l0["bias_template"]
     lines += ["", "## Bias-only dS template", "",
               f"dS of the q/k bias deltas alone (RoPE applied) per head and relative offset 0..{bt['n_offsets'] - 1} "
@@ -625,7 +680,8 @@ def _summary_md(result: dict) -> str:
 
 
 def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None = None, directions: int = 4,
-            offsets: int = 128, svd: str = "auto", plots: bool = True, progress: bool = True) -> dict:
+            offsets: int = 128, svd: str = "auto", plots: bool = True, progress: bool = True,
+            key_offsets: int = 4, layer0_only: bool = False) -> dict:
     """Weight-diff analysis of a base/dormant pair; writes analysis.json, summary.md and PNG plots.
 
     base, dormant: model directories or cached hub ids. top_tokens: length of `seed_tokens`.
@@ -633,14 +689,18 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     right-singular vectors per block used for token alignment. offsets: relative offsets of the
     bias-only template. svd: "auto" (full spectrum where affordable, randomized for the largest
     tensors), "full" (never randomized) or "randomized" (every tensor with rank > 128).
-    Returns the analysis.json content; `focus_heads` and `seed_tokens` are ranked lists of ints.
+    key_offsets: key-role seeds look at offsets 1..key_offsets behind the changed queries.
+    layer0_only: pass 1 reads only the embedding and Layer-0 tensors (what the seeds need; a
+    fraction of the time on a full checkpoint); the per-layer tables then cover those alone.
+    Returns the analysis.json content; `focus_heads` and `seed_tokens` are ranked lists of ints,
+    `seed_roles` the role ("query" or "key") each seed token was found in.
     """
     from ..core.model_pair import ModelPair
 
     if svd not in SVD_MODES:
         raise ValueError(f"svd must be one of {SVD_MODES}, got {svd!r}")
-    if top_tokens < 1 or directions < 1 or offsets < 1:
-        raise ValueError("top_tokens, directions and offsets must be positive")
+    if top_tokens < 1 or directions < 1 or offsets < 1 or key_offsets < 1:
+        raise ValueError("top_tokens, directions, offsets and key_offsets must be positive")
     start = time.perf_counter()
     base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
     entries_b, entries_d = _pair_entries(base_dir, dormant_dir)
@@ -648,6 +708,8 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     out.mkdir(parents=True, exist_ok=True)
 
     names = sorted(entries_b, key=_sort_key)
+    if layer0_only:
+        names = [n for n in names if layer_of(n) in ("embed", "0")]
     embed_rows: dict = {}
     tensors = []
     bar = tqdm(names, desc="tensor deltas", unit="tensor", disable=not progress)
@@ -658,7 +720,8 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     bar.close()
 
     pair = ModelPair.load(base_dir, dormant_dir)
-    layer0 = _layer0_analysis(pair, n_focus, top_tokens, directions, offsets, embed_rows, progress)
+    layer0 = _layer0_analysis(pair, n_focus, top_tokens, directions, offsets, embed_rows, progress,
+                              tuple(range(1, key_offsets + 1)))
     cfg = pair.config
     del pair, embed_rows
 
@@ -674,6 +737,8 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
                    "head_dim": cfg.head_dim, "vocab_rows": cfg.vocab_rows, "rope_theta": cfg.rope_theta},
         "focus_heads": layer0["focus_heads"],
         "seed_tokens": layer0["seed_tokens"],
+        "seed_roles": layer0["seed_roles"],
+        "layer0_only": layer0_only,
         "n_changed": sum(t["delta_norm"] > 0 for t in tensors),
         "svd_methods": methods,
         "svd_settings": {"mode": svd, "randomized_rank": RANDOMIZED_RANK, "randomized_niter": RANDOMIZED_NITER,
@@ -691,23 +756,49 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     return result
 
 
-def load_seed_tokens(path) -> list[int]:
-    """Ranked seed token ids from an analysis.json (or a directory holding one, or a JSON list)."""
+def _read_analysis_file(path):
     p = Path(path)
     if p.is_dir():
         p = p / "analysis.json"
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file (expected the analysis.json written by `l0score analyze`)")
     try:
-        data = json.loads(p.read_text())
+        return p, json.loads(p.read_text())
     except ValueError as exc:
         raise ValueError(f"{p}: not valid JSON ({exc})") from None
-    seeds = data.get("seed_tokens") if isinstance(data, dict) else data
-    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seeds):
-        raise ValueError(f"{p}: expected 'seed_tokens' as a list of non-negative integer token ids")
-    if not seeds:
-        raise ValueError(f"{p}: 'seed_tokens' is empty")
-    return list(seeds)
+
+
+def _check_ids(p, name: str, values, allow_empty: bool = False) -> list[int]:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"{p}: expected '{name}' as a list of non-negative integer ids")
+    if not values and not allow_empty:
+        raise ValueError(f"{p}: '{name}' is empty")
+    return list(values)
+
+
+def load_seed_tokens(path) -> list[int]:
+    """Ranked seed token ids from an analysis.json (or a directory holding one, or a JSON list)."""
+    p, data = _read_analysis_file(path)
+    return _check_ids(p, "seed_tokens", data.get("seed_tokens") if isinstance(data, dict) else data)
+
+
+def load_focus_heads(path) -> list[int]:
+    """The focus heads of an analysis.json (or the directory holding one)."""
+    return read_analysis(path)["focus_heads"]
+
+
+def read_analysis(analysis) -> dict:
+    """focus_heads, seed_tokens and seed_roles ("query"/"key" per seed token) of an analysis: the
+    analysis.json content, its path, or the directory holding it."""
+    p, data = ("analysis", analysis) if isinstance(analysis, dict) else _read_analysis_file(analysis)
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected the analysis.json object written by `l0score analyze`")
+    seeds = _check_ids(p, "seed_tokens", data.get("seed_tokens"))
+    heads = _check_ids(p, "focus_heads", data.get("focus_heads"), allow_empty=True)
+    roles = data.get("seed_roles") or [None] * len(seeds)
+    if len(roles) != len(seeds):
+        raise ValueError(f"{p}: 'seed_roles' has {len(roles)} entries for {len(seeds)} seed tokens")
+    return {"focus_heads": heads, "seed_tokens": seeds, "seed_roles": list(roles)}
 
 
 def cmd_analyze(args) -> None:
@@ -717,7 +808,8 @@ def cmd_analyze(args) -> None:
 
     base, dormant = resolve_pair(args)
     res = analyze(base, dormant, args.out, top_tokens=args.top_tokens, n_focus=args.focus, directions=args.directions,
-                  offsets=args.offsets, svd=args.svd, plots=not args.no_plots, progress=not args.quiet)
+                  offsets=args.offsets, svd=args.svd, plots=not args.no_plots, progress=not args.quiet,
+                  key_offsets=args.key_offsets, layer0_only=args.layer0_only)
     l0 = res["layer0"]
     table = Table(title="most concentrated 2-D deltas")
     for col in ("parameter", "‖Δ‖", "rel", "σ1", "top-16", "rank90", "eff. rank", "method"):
@@ -736,10 +828,10 @@ def cmd_analyze(args) -> None:
                       f"{100 * r['q_top16_energy']:.1f}%", f"{r['k_sigma1']:.4g}")
     console.print(table)
     table = Table(title="seed tokens")
-    for col in ("rank", "id", "token", "score", "block"):
+    for col in ("rank", "id", "token", "score", "block", "role"):
         table.add_column(col)
     for rank, t in enumerate(l0["seed_token_details"][:12], 1):
-        table.add_row(str(rank), str(t["id"]), repr(t["text"]), f"{t['score']:.4f}", t["block"])
+        table.add_row(str(rank), str(t["id"]), repr(t["text"]), f"{t['score']:.4f}", t["block"], t["role"])
     console.print(table)
     console.print(f"analysis written to {Path(args.out) / 'analysis.json'} and summary.md ({res['seconds']:.1f} s); "
                   f"use it with `l0score search ... --seeds-from {Path(args.out) / 'analysis.json'}`")
@@ -759,6 +851,10 @@ def register_cli(sub) -> None:
     p.add_argument("--offsets", type=int, default=128, help="relative offsets in the bias-only template (default 128)")
     p.add_argument("--svd", choices=SVD_MODES, default="auto",
                    help="auto: full spectrum where affordable, randomized for the largest tensors")
+    p.add_argument("--key-offsets", type=int, default=4,
+                   help="key-role seeds: offsets 1..N behind the changed queries (default 4)")
+    p.add_argument("--layer0-only", action="store_true",
+                   help="read only the embedding and Layer-0 tensors (all the seeds need; much faster)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_analyze)

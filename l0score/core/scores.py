@@ -7,7 +7,7 @@ import torch
 
 from .reference import RowStats
 
-METRICS = ("max_abs", "kl", "band")
+METRICS = ("max_abs", "kl", "band", "head_max_sum")
 
 
 @dataclass
@@ -44,7 +44,9 @@ class Scores:
         return Scores(**fields, heads=self.heads, offsets=self.offsets)
 
     def metric(self, name: str, weights: dict[str, float] | None = None) -> torch.Tensor:
-        """One score per candidate: "max_abs", "kl", "band" (max over offsets)."""
+        """One score per candidate: "max_abs", "kl", "band" (max over offsets), "head_max_sum" (sum over
+        the scored heads of head_max: a sequence scores on every head it moves, so holding all of a
+        trigger's (key, query) pairs beats holding its strongest pair twice)."""
         if name == "max_abs":
             return self.max_abs
         if name == "kl":
@@ -53,6 +55,8 @@ class Scores:
             if not self.offsets:
                 raise ValueError("metric 'band' needs band offsets (offsets=...)")
             return self.band.amax(-1)
+        if name == "head_max_sum":
+            return self.head_max.sum(-1)
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
 
     def record(self, b: int) -> dict:

@@ -29,11 +29,16 @@ def register_cli(sub) -> None:
             _sequence_options(d)
         if name == "beam":
             d.add_argument("--width", type=int, default=16)
+            d.add_argument("--grow", choices=("both", "right"), default="both",
+                           help="extend fragments on both sides (default) or append only")
+            d.add_argument("--left-screen", type=int, default=64,
+                           help="left tokens tried per head and fragment, picked by their exact cells (0: all)")
         if name == "mcts":
             d.add_argument("--branch", type=int, default=16, help="children kept per expanded node")
             d.add_argument("--batch", type=int, default=8, help="leaves evaluated together (virtual loss)")
             d.add_argument("--c-puct", type=float, default=1.5)
-            d.add_argument("--rollout", choices=("greedy", "random"), default="greedy")
+            d.add_argument("--rollout", choices=("none", "greedy", "random"), default="none",
+                           help="leaf value: its exact score (none, default), or a greedy/random completion")
         if name == "coord":
             d.add_argument("--restarts", type=int, default=4)
             d.add_argument("--max-sweeps", type=int, default=8)
@@ -47,6 +52,7 @@ def _common(d) -> None:
     d.add_argument("--checkpoint-every", type=float, default=30.0, help="seconds between checkpoints")
     d.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.json")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--heads-from", help="analysis.json from `l0score analyze`: score only its focus heads")
     g = d.add_argument_group("token pool (specials and padding rows are always excluded)")
     g.add_argument("--ascii", action="store_true", help="only tokens whose text is ASCII")
     g.add_argument("--printable", action="store_true", help="only tokens whose text is printable")
@@ -67,18 +73,22 @@ def _sequence_options(d) -> None:
     d.add_argument("--roundtrip", choices=("report", "search", "off"), default="report",
                    help="drop results whose text does not re-tokenize to the same ids (report, the default), "
                         "also prune such prefixes during beam search (search), or keep everything (off)")
-    d.add_argument("--seeds", default="pairs",
-                   help="'pairs' (best token pairs from an exact scan), 'none', or a JSONL/ids file of prefixes")
+    d.add_argument("--seeds", default=None,
+                   help="'pairs' (best token pairs from an exact scan, of the focus heads when an analysis is "
+                        "given; cached on disk), 'none', or a JSONL/ids file of prefixes (default: pairs, or none "
+                        "with --seeds-from)")
     d.add_argument("--seeds-from", help="analysis.json from `l0score analyze`: its seed_tokens start the search")
     d.add_argument("--n-seeds", type=int, default=16)
-    d.add_argument("--max-repeat", type=int, default=2, help="max occurrences of one token in a candidate")
+    d.add_argument("--max-repeat", type=int, default=1,
+                   help="max occurrences of one token in a candidate (default 1: every token once)")
     d.add_argument("--minimize", action="store_true", help="also report each top result with tokens dropped while the score holds")
 
 
 def run_search(args) -> None:
-    from . import beam, build_pool, coord, mcts, minimize, pair_scan, seeds_from_pairs
+    from . import beam, build_pool, coord, mcts, minimize, seeds_from_pairs
+    from .pair_cache import cached_pair_scan as pair_scan
 
-    scorer = make_scorer(args)
+    scorer = _focus(make_scorer(args), args)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
                       no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
                       deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
@@ -101,7 +111,8 @@ def run_search(args) -> None:
                   progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip, seed=args.seed,
                   max_repeat=args.max_repeat)
     if args.driver == "beam":
-        results = beam(scorer, length=args.length, width=args.width, seeds=seeds, **run_kw)
+        results = beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
+                       left_screen=args.left_screen or None, **run_kw)
     elif args.driver == "mcts":
         results = mcts(scorer, length=args.length, branch=args.branch, batch=args.batch, c_puct=args.c_puct,
                        rollout=args.rollout, seeds=seeds, **run_kw)
@@ -118,20 +129,38 @@ def run_search(args) -> None:
 def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] | None:
     if args.length <= 0:
         raise ValueError(f"--length must be a positive number of tokens, got {args.length}")
+    chosen = args.seeds or ("none" if args.seeds_from else "pairs")
+    seeds = []
     if args.seeds_from:
-        from ..analysis.weight_diff import load_seed_tokens
+        from ..analysis.weight_diff import load_focus_heads, load_seed_tokens
 
-        return [[t] for t in load_seed_tokens(args.seeds_from)[: args.n_seeds]]
-    if args.seeds == "none":
-        return None
-    if args.seeds == "pairs":
+        seeds = [[t] for t in load_seed_tokens(args.seeds_from)[: args.n_seeds]]
+        if chosen == "pairs" and not args.heads_from:  # the scan covers the analysis' focus heads only
+            scorer = scorer.with_heads(load_focus_heads(args.seeds_from) or scorer.heads)
+    if chosen == "none":
+        return seeds or None
+    if chosen == "pairs":
         if args.length < 2:
-            return None
+            return seeds or None
         scan = pair_scan(scorer, pool, offsets=(1,), top=max(args.n_seeds * 4, 16), progress=not args.quiet)
-        return seeds_from_pairs(scan, args.n_seeds)
+        return seeds + seeds_from_pairs(scan, args.n_seeds)
     from ..cli_args import read_candidates
 
-    return read_candidates(args.seeds, scorer.pair.tokenizer)
+    return seeds + read_candidates(chosen, scorer.pair.tokenizer)
+
+
+def _focus(scorer, args):
+    """The scorer restricted to an analysis' focus heads (--heads-from)."""
+    if not getattr(args, "heads_from", None):
+        return scorer
+    if args.heads:
+        raise ValueError("give --heads or --heads-from, not both")
+    from ..analysis.weight_diff import load_focus_heads
+
+    heads = load_focus_heads(args.heads_from)
+    if not heads:
+        raise ValueError(f"{args.heads_from}: the analysis names no focus heads")
+    return scorer.with_heads(heads)
 
 
 def _write_pairs(out: str, scan: dict) -> None:

@@ -1,12 +1,15 @@
 """Monte Carlo tree search (PUCT) over token prefixes.
 
 Nodes are prefixes. Expanding a node scores every pool token appended to it in one incremental call
-(`score_extensions`); its `branch` best become children with priors softmax(z / prior_temp). Leaves
-are picked `batch` at a time with virtual loss (so one batch spreads over the tree), completed to
-full length by the rollout policy ("greedy": best extension at every step, batched across leaves;
-"random": uniform pool tokens), and scored together; values are z-scores against random candidates
-of the full length, so the exploration constant is scale-free. With seeds, the root's children are
-the seed prefixes (e.g. the best token pairs), since at Layer 0 a single token carries little signal.
+(`score_extensions`); its `branch` best become children with priors softmax(z / prior_temp), and
+each child keeps its exact score as z against random candidates of its own length. Leaves are
+picked `batch` at a time with virtual loss (so one batch spreads over the tree). A leaf's value is,
+with rollout="none" (the default), that exact z already computed at expansion: no candidate is
+spent on rollouts, so at a given budget the tree expands as many prefixes as a beam of the same
+budget, best-first with PUCT exploration. "greedy" completes each leaf to full length by its best
+extensions, "random" by uniform pool tokens, and uses the z of the completed sequence (full
+length). An unvisited child starts at its own z (not 0), so the exact scores order the first
+visits. With seeds, the root's children are the seed prefixes (e.g. the best token pairs).
 """
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ import torch
 from .beam import _check_length
 from .run import SearchRun, rng_from
 
-ROLLOUTS = ("greedy", "random")
+ROLLOUTS = ("none", "greedy", "random")
 
 
 def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float = 1.5, prior_temp: float = 1.0,
-         rollout: str = "greedy", virtual_loss: float = 3.0, seeds=None, **run_kw) -> list[dict]:
+         rollout: str = "none", virtual_loss: float = 3.0, seeds=None, **run_kw) -> list[dict]:
     _check_length(length)
     if rollout not in ROLLOUTS:
         raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}, got {rollout!r}")
@@ -68,6 +71,8 @@ def _expand(run, tree, prefixes, branch, prior_temp, length):
         prior /= prior.sum()
         kids = [prefix + (int(run.pool[i]),) for i in top.indices]
         tree.expanded[prefix] = (kids, prior.tolist())
+        for kid, zk in zip(kids, z.tolist()):
+            tree.z0[kid] = zk
         if len(prefix) + 1 == length:
             idx = row * n + top.indices
             run.offer([list(c) for c in kids], scores[idx], values[idx], tree.iteration)
@@ -76,14 +81,32 @@ def _expand(run, tree, prefixes, branch, prior_temp, length):
 
 
 def _evaluate(run, tree, leaves, length, rollout, calib, rng) -> dict:
-    """Value (z at full length) of each leaf: terminal score, or the score of its rollout."""
+    """Value of each leaf: its exact z from expansion (rollout "none"), the terminal score, or the
+    score of its rollout (z at full length)."""
     values, pending = {}, []
     for leaf in leaves:
         if len(leaf) == length and leaf in tree.terminal:
             values[leaf] = calib.z(tree.terminal[leaf])
+        elif rollout == "none" and leaf in tree.z0:
+            values[leaf] = tree.z0[leaf]
         else:
             pending.append(leaf)
     if not pending:
+        return values
+    if rollout == "none":  # seed prefixes: scored as they are, at their own length (the root is 0)
+        if () in pending:
+            values[()] = 0.0
+            pending.remove(())
+        if not pending:
+            return values
+        scores, own = run.score([list(p) for p in pending])
+        for leaf, v in zip(pending, own.tolist()):
+            tree.z0[leaf] = values[leaf] = run.calibration(len(leaf)).z(v)
+            if len(leaf) == length:
+                tree.terminal[leaf] = v
+        full = [i for i, p in enumerate(pending) if len(p) == length]
+        if full:
+            run.offer([list(pending[i]) for i in full], scores[full], own[full], tree.iteration)
         return values
     seqs = [list(p) for p in pending]
     if rollout == "greedy":
@@ -118,6 +141,7 @@ class _Tree:
         self.w: dict[tuple, float] = {}
         self.expanded: dict[tuple, tuple[list[tuple], list[float]]] = {}
         self.terminal: dict[tuple, float] = {}
+        self.z0: dict[tuple, float] = {}  # exact z of a prefix at its own length, from its parent's expansion
         self.iteration = 0
         self.rng = None
 
@@ -138,7 +162,7 @@ class _Tree:
             best, best_u = None, -math.inf
             for kid, p in zip(kids, priors):
                 n = self.n.get(kid, 0.0)
-                q = self.w[kid] / n if n else 0.0
+                q = self.w[kid] / n if n else self.z0.get(kid, 0.0)
                 u = q + c_puct * p * math.sqrt(parent_n + 1.0) / (1.0 + n) + 1e-9 * rng.random()
                 if u > best_u:
                     best, best_u = kid, u
@@ -160,7 +184,8 @@ class _Tree:
         return {"iteration": self.iteration, "rng": self.rng,
                 "stats": [[list(k), self.n[k], self.w[k]] for k in self.n],
                 "expanded": [[list(k), [list(c) for c in kids], pr] for k, (kids, pr) in self.expanded.items()],
-                "terminal": [[list(k), v] for k, v in self.terminal.items()]}
+                "terminal": [[list(k), v] for k, v in self.terminal.items()],
+                "z0": [[list(k), v] for k, v in self.z0.items()]}
 
     @classmethod
     def load(cls, state) -> "_Tree":
@@ -172,4 +197,6 @@ class _Tree:
             tree.expanded[tuple(k)] = ([tuple(c) for c in kids], pr)
         for k, v in state["terminal"]:
             tree.terminal[tuple(k)] = v
+        for k, v in state.get("z0", []):
+            tree.z0[tuple(k)] = v
         return tree

@@ -9,9 +9,16 @@ import torch
 from ..core.scores import METRICS
 
 
+# The Layer-0 objective of the hunt (docs/search.md, "Which metric recovers the trigger"): each
+# scored head contributes its largest |dS|, so only a sequence holding every planted (key, query)
+# pair scores on every head the trigger moved. kl and max_abs reward near-misses that repeat the
+# strongest pair ([q1, X, q2] over [k, q1, q2] under kl at full scale).
+HUNT_LAYER0_METRIC = "head_max_sum"
+
+
 @dataclass(frozen=True)
 class Objective:
-    """`max_abs`, `kl`, `band`, or a weighted sum written "max_abs=1,kl=0.5"."""
+    """`max_abs`, `kl`, `band`, `head_max_sum`, or a weighted sum written "max_abs=1,kl=0.5"."""
 
     weights: tuple[tuple[str, float], ...]
 

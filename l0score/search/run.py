@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .clusters import cluster_ids
 from .objective import Calibration, Objective
 from .pool import roundtrips
 
@@ -86,8 +87,10 @@ class SearchRun:
         scores = self.scorer.score_batch(candidates)
         return scores, self._account(scores)
 
-    def score_extensions(self, prefixes, pool=None) -> tuple[object, torch.Tensor]:
-        scores = self.scorer.score_extensions(prefixes, self.pool if pool is None else pool)
+    def score_extensions(self, prefixes, pool=None, side: str = "right") -> tuple[object, torch.Tensor]:
+        """prefix + [t] for every pool token t (side="left": [t] + prefix)."""
+        kw = {} if side == "right" else {"side": side}  # a scorer without left extensions still appends
+        scores = self.scorer.score_extensions(prefixes, self.pool if pool is None else pool, **kw)
         return scores, self._account(scores)
 
     def _account(self, scores) -> torch.Tensor:
@@ -97,12 +100,13 @@ class SearchRun:
         self.bar.set_postfix(best=f"{max(self.best_score(), float(values.max())):.4g}", refresh=False)
         return values
 
-    def over_repeat(self, tokens) -> torch.Tensor:
-        """Bool mask over the pool: tokens that would occur more than max_repeat times if added."""
+    def over_repeat(self, tokens, pool: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool mask over the pool (or `pool`): tokens that would occur more than max_repeat times if added."""
+        pool = self.pool if pool is None else pool
         if self.max_repeat is None or len(tokens) == 0:
-            return torch.zeros(len(self.pool), dtype=torch.bool)
+            return torch.zeros(len(pool), dtype=torch.bool)
         ids, counts = torch.unique(torch.as_tensor(list(tokens), dtype=torch.int64), return_counts=True)
-        return torch.isin(self.pool, ids[counts >= self.max_repeat])
+        return torch.isin(pool, ids[counts >= self.max_repeat])
 
     def offer(self, candidates: list[list[int]], scores, values: torch.Tensor, step: int, top: int | None = None) -> None:
         """Remember the best of what was scored (at most `top`, default keep, per call)."""
@@ -170,7 +174,9 @@ class SearchRun:
 
     # --- results -----------------------------------------------------------------------------
     def ranked(self) -> list[dict]:
-        """Best first, with z against random candidates of the same length and the round-trip flag."""
+        """Every kept result with z against random candidates of the same length, the round-trip flag
+        and its `cluster` (search/clusters.py): first the best of each cluster, best first, then the
+        near-repeats, best first, so the first N rows are N different hypotheses."""
         tok = self.scorer.pair.tokenizer
         out = []
         for ids, rec in sorted(self.results.items(), key=lambda kv: (-kv[1]["score"], kv[0])):
@@ -181,7 +187,11 @@ class SearchRun:
             out.append(rec)
             if len(out) == self.keep:
                 break
-        return out
+        seen = set()
+        for rec, cluster in zip(out, cluster_ids([r["token_ids"] for r in out], tok)):
+            rec["cluster"], rec["representative"] = cluster, cluster not in seen
+            seen.add(cluster)
+        return sorted(out, key=lambda r: not r["representative"])  # stable: score order within each part
 
     def write_results(self) -> list[dict]:
         ranked = self.ranked()
@@ -204,8 +214,8 @@ class SearchRun:
 
 
 def _ordered(rec: dict) -> dict:
-    first = ("token_ids", "text", "score", "z", "max_abs", "kl", "band", "argmax", "driver", "objective", "step",
-             "roundtrip")
+    first = ("token_ids", "text", "score", "z", "cluster", "representative", "max_abs", "kl", "band", "argmax",
+             "driver", "objective", "step", "roundtrip")
     return {**{k: rec[k] for k in first if k in rec}, **{k: v for k, v in rec.items() if k not in first}}
 
 
