@@ -42,7 +42,7 @@ setup(
     description="Fast base-vs-dormant Layer-0 attention scoring for backdoor-trigger discovery in Qwen2 models",
     python_requires=">=3.10",
     packages=["l0score", "l0score.core", "l0score.backends", "l0score.search", "l0score.judge",
-              "l0score.analysis", "l0score.report", "l0score.synthetic", "l0score.kernels"],
+              "l0score.analysis", "l0score.report", "l0score.synthetic", "l0score.cluster", "l0score.kernels"],
     package_dir={"l0score.kernels": "kernels/triton"},
     package_data={"l0score.report": ["templates/*.j2"]},
     ext_modules=[CMakeExtension("l0score._native")],
@@ -62,6 +62,7 @@ setup(
         "jinja2>=3.1",
         "markupsafe>=2.1",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # ray: `--ray` (l0score.cluster, docs/cluster.md); the test extra has it so CI runs the cluster tests
+    extras_require={"ray": ["ray>=2.40,<3"], "test": ["pytest>=7", "ray>=2.40,<3"]},
     entry_points={"console_scripts": ["l0score=l0score.cli:main"]},
 )

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import add_pair_args, add_scoring_args, console, int_list, make_scorer, read_candidates
+from .cli_args import add_pair_args, add_ray_arg, add_scoring_args, console, int_list, make_scorer, read_candidates
 from rich.table import Table
 
 def cmd_make_pair(args) -> None:
@@ -54,6 +54,10 @@ def cmd_score(args) -> None:
         candidates += read_candidates(args.file, tok)
     if not candidates:
         raise SystemExit("error: nothing to score: give --ids, --text or --file")
+    if args.ray:
+        from .cluster import distribute
+
+        scorer = distribute(scorer, args.ray)
     scores = scorer.score_batch(candidates)
     records = scores.to_records()
     for rec, ids in zip(records, candidates):
@@ -105,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score candidates given as ids or text")
     add_pair_args(p)
     add_scoring_args(p)
+    add_ray_arg(p)
     p.add_argument("--ids", type=int_list, action="append", help="a candidate as comma-separated ids (repeatable)")
     p.add_argument("--text", action="append", help="a candidate as text, tokenized once (repeatable)")
     p.add_argument("--file", help="candidates: JSONL with token_ids, or one per line (ids or text)")
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError) as exc:  # ConnectionError: --ray ADDRESS
         console.print(f"[red]error:[/red] {exc}")
         return 2
     return 0

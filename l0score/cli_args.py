@@ -34,6 +34,12 @@ def add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
 
 
+def add_ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="auto", metavar="auto|ADDRESS",
+                   help="run on a Ray cluster: 'auto' (the default with a bare --ray) joins the cluster of this "
+                        "machine or starts a local one; host:port joins that head (docs/cluster.md)")
+
+
 def resolve_pair(args) -> tuple[str, str]:
     """--base/--dormant, or the demo pair (made on first use)."""
     if bool(args.base) != bool(args.dormant):
@@ -57,8 +63,10 @@ def make_scorer(args):
         template = Template.chat(pair.tokenizer, system=args.system, before=args.before, after=args.after)
     else:
         template = Template.raw()
+    # with --ray the workers score on their nodes' tables: this process needs none of its own
+    table = False if getattr(args, "ray", None) else None
     return Scorer(pair, backend=args.backend, template=template, heads=args.heads, region=args.region,
-                  baseline=args.baseline, offsets=args.offsets)
+                  baseline=args.baseline, offsets=args.offsets, table=table)
 
 
 def read_candidates(path: str, tokenizer) -> list[list[int]]:

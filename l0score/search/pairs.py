@@ -26,14 +26,16 @@ from ..core.reference import rope_angles, rotate
 
 def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: int = 4096, progress: bool = True,
               checkpoint: str | Path | None = None, resume: bool = False, seconds: float | None = None,
-              use_kernel: bool = True) -> dict:
+              use_kernel: bool = True, ray_address: str | None = None) -> dict:
     """Top `top` triples overall and per scored head, ranked by |dS|; values are signed dS
     (minus the bias baseline when the scorer uses baseline="bias").
 
     With `checkpoint`, finished heads are saved as they complete and `resume` skips them; `seconds`
     stops after the head that crosses it ("complete": False in the result). `use_kernel=False` runs
     the torch code below on the backend's own table values even when the backend has a pair_topk
-    kernel (the reference for checks and benchmarks)."""
+    kernel (the reference for checks and benchmarks). `ray_address` ("auto" or host:port) runs one
+    Ray task per (head, offset) on the backend's kernel (l0score.cluster); the merged result and the
+    checkpoint file are the same as in one process."""
     cfg = scorer.pair.config
     offsets = [int(r) for r in offsets]
     if not offsets or min(offsets) < 0 or max(offsets) >= cfg.max_positions:
@@ -45,9 +47,10 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     # a backend's own exact top-k per (head, offset): pair_topk(pool, head, offset, top, shift) ->
     # (signed values, query index, key index into pool); the torch code below is the reference
     pair_topk = getattr(scorer.backend, "pair_topk", None) if use_kernel else None
-    if pair_topk is None:
-        _, kb, _, kd = _lookup(scorer, pool)  # keys at position 0: no rotation
-    scale = 1.0 / math.sqrt(cfg.head_dim)
+    if ray_address is not None and pair_topk is None:
+        raise ValueError("a pair scan on Ray runs the backend's pair_topk kernel: use the native backend "
+                         "(and use_kernel=True), or no Ray")
+    keys = None if pair_topk is not None else _lookup(scorer, pool)  # keys at position 0: no rotation
     baseline = scorer._baseline
     options = {"offsets": offsets, "top": top, "heads": list(scorer.heads), "baseline": scorer.baseline_kind,
                "pool": hashlib.sha1(pool.numpy().tobytes()).hexdigest()}
@@ -57,33 +60,17 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     start_time = time.monotonic()
     bar = tqdm(total=len(scorer.heads) * len(offsets) * len(pool), unit="row", unit_scale=True, desc="pairs",
                disable=not progress)
-    for n_head, h in enumerate(scorer.heads):
-        if h in per_head:
-            bar.update(len(offsets) * len(pool))
-            continue
-        if seconds is not None and time.monotonic() - start_time > seconds:
-            break
-        g = h // cfg.group
-        keys = torch.cat((kd[:, g], kb[:, g]), -1) if pair_topk is None else None  # [N, 2D]
-        best = _TopK(top)
-        for r in offsets:
-            cos, sin = rope_angles(torch.tensor([r], device=device), cfg.head_dim, cfg.rope_theta)
-            shift = float(baseline[n_head, r])
-            if pair_topk is not None:
-                best.add(*pair_topk(pool, h, r, top, shift), r)
-                bar.update(len(pool))
-                continue
-            for start in range(0, len(pool), block):
-                qb, _, qd, _ = _lookup(scorer, pool[start : start + block])
-                queries = torch.cat((rotate(qd[:, h], cos, sin), -rotate(qb[:, h], cos, sin)), -1)
-                if r == 0:
-                    vals = (queries * keys[start : start + block]).sum(-1) * scale - shift
-                    best.add(vals, start + torch.arange(len(vals), device=device), start + torch.arange(len(vals), device=device), r)
-                else:
-                    for kstart in range(0, len(pool), block * 4):
-                        vals = queries @ keys[kstart : kstart + block * 4].T * scale - shift
-                        best.add_matrix(vals, start, kstart, r)
-                bar.update(len(queries))
+    todo = [(n, h) for n, h in enumerate(scorer.heads) if h not in per_head]
+    bar.update((len(scorer.heads) - len(todo)) * len(offsets) * len(pool))
+    if ray_address is None:  # lazily: a head starts only after the time check of the one before
+        finished = ((h, _scan_head(scorer, pool, n, h, offsets, top, block, pair_topk, keys, bar)) for n, h in todo)
+    else:
+        from ..cluster import pair_shards
+
+        shifts = {(h, r): float(baseline[n, r]) for n, h in todo for r in offsets}
+        shards = pair_shards(scorer, pool, [h for _, h in todo], offsets, top, shifts, ray_address)
+        finished = ((h, _merge_offsets(results, offsets, top, bar, len(pool))) for h, results in shards)
+    for h, best in finished:
         per_head[h] = best.rows(pool, h)
         if checkpoint is not None:
             _save(checkpoint, options, per_head)

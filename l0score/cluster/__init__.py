@@ -1,0 +1,23 @@
+"""Scale-out on Ray (DESIGN §8): pair-scan shards, batches of candidates and full-model work spread
+over a cluster, with results identical to one process and lost workers' work re-run.
+
+Imported only when `--ray` / `ray_address=` is given: nothing else in l0score imports Ray.
+    connect.py  joining a cluster (auto or an address)
+    pool.py     WorkerPool: stateful actors, work to whichever is free, re-run on loss
+    tables.py   the token table once per node in Ray's object store
+    scoring.py  pair-scan shards and ClusterScorer (the drivers' drop-in Scorer)
+    models.py   actors holding both full models (verify, the hunt's full-model stage)
+"""
+from .connect import connect
+from .models import full_model_pool, verify_batches
+from .pool import POOLS, WorkerPool
+from .scoring import ClusterScorer, distribute, pair_shards, scorer_pool
+
+
+def shutdown() -> None:
+    """Release the pool this process made (workers, tables); Ray stays connected."""
+    POOLS.close()
+
+
+__all__ = ["connect", "WorkerPool", "ClusterScorer", "distribute", "pair_shards", "scorer_pool", "full_model_pool",
+           "verify_batches", "shutdown"]
