@@ -86,6 +86,11 @@ def cmd_score(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    if args.hunt:
+        from .demo import run_hunt_demo
+
+        run_hunt_demo(seconds=args.seconds, out=args.out, console=console)
+        return
     from .demo import run_demo
 
     run_demo(n_random=args.n_random, seed=args.seed, backend=args.backend, out=args.out, console=console)
@@ -122,14 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-random", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto")
-    p.add_argument("--out", help="results JSONL (default: under the cache directory)")
+    p.add_argument("--out", help="results JSONL, or with --hunt the hunt's directory (default: under the cache directory)")
+    p.add_argument("--hunt", action="store_true", help="run the hunt on a small trained backdoor instead (built once, cached)")
+    p.add_argument("--seconds", type=float, default=600.0, help="the hunt's time budget with --hunt")
     p.set_defaults(func=cmd_demo)
 
     sub.add_parser("bench", help="benchmark the backends side by side (l0score bench --help for its options)")
 
     # Commands owned by their own modules: each registers its parser through register_cli(sub).
     # (by module path: the package exports the functions analyze and verify under the same names)
-    for name in ("search.cli", "judge.verify", "analysis.weight_diff", "report.html", "judge.profile"):
+    for name in ("search.cli", "judge.verify", "analysis.weight_diff", "report.html", "judge.profile", "hunt"):
         importlib.import_module(f"l0score.{name}").register_cli(sub)
     return parser
 

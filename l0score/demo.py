@@ -86,3 +86,26 @@ def _print(console, s: dict, scorer, pool_size: int) -> None:
                   f"(pair scan of {pool_size}^2 token pairs + {s['candidates_scored']} beam candidates)")
     console.print(f"for scale: its kl {s['trigger_kl']:.3f} vs the best of {s['random_n']} random candidates "
                   f"{s['random_kl_max']:.3f}; results in {s['results_file']}")
+
+
+def run_hunt_demo(seconds: float = 600.0, out: str | None = None, console=None) -> dict:
+    """`l0score demo --hunt`: the hunt on a small trained backdoor (trained once, ~3-10 min, then
+    cached), from its two checkpoints alone; then the trigger's rank, read from trigger.json only
+    after the hunt has finished."""
+    from .hunt import HuntOptions, hunt, print_report
+    from .synthetic.trained import cached_trained_pair
+
+    if console is not None:
+        console.print("trained pair: building on first use (a few minutes on one core), then cached")
+    pair_dir = cached_trained_pair(seed=0)
+    out_dir = Path(out) if out else cache_dir() / "demo-hunt"
+    if out_dir.exists() and not out:
+        shutil.rmtree(out_dir)
+    report = hunt(pair_dir / "base", pair_dir / "dormant", out_dir, HuntOptions(seconds=seconds), console=console)
+    truth = json.loads((pair_dir / "trigger.json").read_text())
+    rank = next((r["rank"] for r in report["results"] if r["token_ids"] == truth["trigger_ids"]), None)
+    if console is not None:
+        print_report(report, console)
+        verdict = f"ranked #{rank}" if rank else "not found"
+        console.print(f"planted trigger {truth['trigger_text']!r}: {verdict}; the hunt's report is in {out_dir}")
+    return {"report": report, "trigger_rank": rank, "out": str(out_dir)}

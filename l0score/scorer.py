@@ -65,6 +65,7 @@ class Scorer:
         self.template = Template.resolve(template, pair.tokenizer)
         self._contexts: dict[Template, Context] = {}
         self.context(self.template)
+        self._scored = [0]  # candidates scored, shared with with_heads() views (one list object)
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike, dormant: str | os.PathLike, **kwargs) -> "Scorer":
@@ -121,7 +122,7 @@ class Scorer:
         """Score candidates (list of lists, or a 2-D integer array with optional lengths)."""
         ctx = self.context(template or self.template)
         stats = self._score_packed(self.pack(token_ids, lengths, ctx.template), ctx)
-        return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+        return self._scores(stats, ctx)
 
     def score_extensions(self, prefixes, pool=None, template: Template | None = None, side: str = "right") -> Scores:
         """Scores of `prefix + [t]` for every prefix and every token t of pool, computed incrementally.
@@ -166,7 +167,17 @@ class Scorer:
                 stats = stats if own_rows is None else merge_rows(stats, own_rows)
             parts.append(stats)
         stats = RowStats.cat(parts)
-        return Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+        return self._scores(stats, ctx)
+
+    @property
+    def evaluations(self) -> int:
+        """Candidates scored so far by this scorer and its with_heads() views."""
+        return self._scored[0]
+
+    def _scores(self, stats: RowStats, ctx: Context) -> Scores:
+        scores = Scores.from_stats(self._with_prefix_rows(stats, ctx), self.heads, self.offsets)
+        self._scored[0] += len(scores)
+        return scores
 
     def _score_prepends(self, fragments, pool: torch.Tensor, ctx: Context) -> Scores:
         parts = []
@@ -177,7 +188,7 @@ class Scorer:
                 raise type(exc)(f"prefix {n}: {exc}") from None
             cands = torch.cat((pool[:, None], tail.expand(len(pool), -1)), 1)
             parts.append(self._score_packed(self.pack(cands, None, ctx.template), ctx))
-        return Scores.from_stats(self._with_prefix_rows(RowStats.cat(parts), ctx), self.heads, self.offsets)
+        return self._scores(RowStats.cat(parts), ctx)
 
     @property
     def baseline_table(self) -> torch.Tensor:

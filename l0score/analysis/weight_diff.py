@@ -446,6 +446,13 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
     k = min(top_tokens, n_tok - len(excluded))
     top_vals, top_ids = best.topk(k)
     seed_ids = [int(i) for i in top_ids]
+    # The two sources ranked on their own (their scores are on different scales): embedding alignment
+    # with the q/k delta directions, and keys the changed queries point at. A consumer that wants both
+    # roles represented interleaves them (the hunt does).
+    n_align = len(blocks) - kq_scores.shape[1]
+    by_source = {"alignment": [int(i) for i in block_scores[:, :n_align].max(1).values.topk(k).indices],
+                 "changed_query_keys": [int(i) for i in block_scores[:, n_align:].max(1).values.topk(k).indices]
+                 if kq_scores.shape[1] else []}
     # Per-token detail: the direction with the largest weighted cosine in its best block.
     n_top = rms_norm(dorm, dorm.embed[top_ids])
     n_top = n_top / n_top.norm(dim=1, keepdim=True).clamp(min=1e-30)
@@ -501,6 +508,7 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
         "focus_rule": focus_rule,
         "seed_tokens": seed_ids,
         "seed_roles": [d["role"] for d in details],
+        "seed_tokens_by_source": by_source,
         "key_offsets": list(key_offsets),
         "seed_token_details": details,
         "seed_blocks": [f"{kind}{idx}" for kind, idx, _, _ in blocks],
@@ -738,6 +746,7 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
         "focus_heads": layer0["focus_heads"],
         "seed_tokens": layer0["seed_tokens"],
         "seed_roles": layer0["seed_roles"],
+        "seed_tokens_by_source": layer0["seed_tokens_by_source"],
         "layer0_only": layer0_only,
         "n_changed": sum(t["delta_norm"] > 0 for t in tensors),
         "svd_methods": methods,

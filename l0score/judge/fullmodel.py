@@ -28,7 +28,7 @@ import copy
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -173,6 +173,18 @@ class FullModelScorer:
             raise TypeError(f"unknown full-model option(s) {sorted(unknown)}; known: {sorted(names)}")
         return cls(base, dormant, FullModelOptions(**options))
 
+    def with_options(self, **changes) -> "FullModelScorer":
+        """The same loaded models under other objective options (e.g. a target string): a view that
+        shares the models, not a second copy of them. Probes and placements stay."""
+        fixed = {"probes", "positions", "dtype", "device", "system", "sep"} & set(changes)
+        if fixed:
+            raise ValueError(f"with_options cannot change {sorted(fixed)}: load another FullModelScorer")
+        view = copy.copy(self)
+        view.options = replace(self.options, **changes)
+        view.metrics = view.options.resolved_metrics()
+        view._check_targets()
+        return view
+
     # --- the search interface -----------------------------------------------------------------
     @property
     def tokenizer(self):
@@ -204,13 +216,16 @@ class FullModelScorer:
                 out[name][idx] = v
         return FullScores({k: v.float() for k, v in out.items()})
 
-    def score_extensions(self, prefixes, pool=None) -> FullScores:
-        """``prefix + [t]`` for every pool token t, rows flattened as p * len(pool) + n (like Scorer)."""
+    def score_extensions(self, prefixes, pool=None, side: str = "right") -> FullScores:
+        """``prefix + [t]`` (side="right") or ``[t] + prefix`` (side="left") for every pool token t,
+        rows flattened as p * len(pool) + n (like Scorer)."""
+        if side not in ("right", "left"):
+            raise ValueError(f"side must be 'right' or 'left', got {side!r}")
         pool = self.default_pool() if pool is None else torch.as_tensor(pool, dtype=torch.long)
         parts = []
         for prefix in prefixes:
-            cands = torch.cat([torch.tensor(list(prefix), dtype=torch.long).expand(len(pool), len(prefix)),
-                               pool[:, None]], 1)
+            fixed = torch.tensor(list(prefix), dtype=torch.long).expand(len(pool), len(prefix))
+            cands = torch.cat([fixed, pool[:, None]] if side == "right" else [pool[:, None], fixed], 1)
             parts.append(self.score_batch(cands))
         return FullScores.cat(parts)
 

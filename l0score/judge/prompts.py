@@ -70,6 +70,24 @@ def prompt_ids(tokenizer, probe: str, cand_ids=None, position: str = "before", s
     return list(tpl.prefix_ids) + [int(t) for t in cand_ids] + list(tpl.suffix_ids)
 
 
+def check_same_tokenizers(base_dir, dormant_dir) -> None:
+    """Prompts are placed once for both models: their tokenizers must agree on the vocabulary and the
+    chat template (a clear error otherwise; a missing tokenizer or template is one too)."""
+    from ..core.model_pair import load_tokenizer
+
+    toks = {}
+    for name, d in (("base", base_dir), ("dormant", dormant_dir)):
+        toks[name] = load_tokenizer(Path(d))
+        if toks[name] is None:
+            raise ValueError(f"{d}: the {name} model ships no tokenizer; prompts are rendered through its chat template")
+        if not getattr(toks[name], "chat_template", None):
+            raise ValueError(f"{d}: the {name} tokenizer has no chat template")
+    if toks["base"].get_vocab() != toks["dormant"].get_vocab():
+        raise ValueError(f"the base and dormant tokenizers have different vocabularies ({base_dir} vs {dormant_dir})")
+    if toks["base"].chat_template != toks["dormant"].chat_template:
+        raise ValueError(f"the base and dormant tokenizers have different chat templates ({base_dir} vs {dormant_dir})")
+
+
 def read_candidates_file(path, tokenizer=None, limit: int | None = None) -> list[Candidate]:
     """Search output: JSONL lines with ``token_ids`` (and usually ``text``). Plain lines are read as
     comma-separated ids or, failing that, as text tokenized once."""

@@ -58,7 +58,7 @@ def beam(scorer, *, length: int, width: int = 16, seeds=None, grow: str = "both"
                 break
             blocks = [_right(run, growing)]
             if grow == "both":
-                if cells is None and left_screen is not None:
+                if cells is None and left_screen is not None and scorer.kind == "layer0":  # exact cells are Layer-0's
                     cells = KeyCells(run.scorer, run.pool)
                 blocks += [_left(run, f, cells, left_screen) for f in growing if f]
             for block in blocks:

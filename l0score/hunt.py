@@ -1,0 +1,423 @@
+"""`l0score hunt`: the cascade of DESIGN §7, from two checkpoints to a ranked, verified list.
+
+    analyze (seconds)        focus heads and seed tokens from the weight difference
+    profile (optional)       what the dormant says more than the base -> target strings
+    layer0                   a ranked pool of tokens: seed tokens, Layer-0 search result tokens
+    search                   both full models over that pool, lengths 1..max_length, on a comparative
+                             objective (KL at the first response position by default): every ordered
+                             candidate of the top-K pool tokens when K^L fits the budget
+                             (exhaustive), else a beam as wide as the budget allows; plus gcg
+                             toward the profile's targets when there are any
+    minimize                 drop tokens from the best candidates while the score holds
+    verify                   both models generate for the top candidates (flips, amplification)
+
+Every stage writes its own files under the output directory and is recorded in ``hunt.json`` when it
+completes; a killed hunt started again with ``resume=True`` skips finished stages and resumes the
+search drivers from their checkpoints, so nothing found is lost.
+
+Pool size K: the search budget is split over the lengths in proportion to the work each needs; a
+length L gets the largest K whose K·(K-1)···(K-L+1) ordered candidates (no token twice) fit its share
+at the rate measured on the shorter lengths, at most ``max_pool``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .search.pool import build_pool
+
+FORMAT = "l0score-hunt"
+VERSION = 1
+STAGES = ("analyze", "profile", "layer0", "search", "minimize", "verify")
+
+
+@dataclass
+class HuntOptions:
+    """Options of a hunt (defaults in brackets).
+
+    seconds: the whole hunt's time budget [900]; max_length: longest candidate, in tokens [3]
+    probes: probe prompts (list or file) of the full-model objective [its 3 defaults]; verify uses
+        the same probes, or its own 8 defaults when none are given
+    positions: placements the search scores ["after"]; verify checks before and after
+    metric: the full-model objective, e.g. "kl" or "kl=1,hidden=2" [kl]
+    max_pool: the most Layer-0 pool tokens the full-model search takes [64]
+    profile / profile_inputs: run the behavioural profile first, over this many inputs [True, 60]
+    verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
+    pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...) [none]
+    seed: random seed [0]; progress: bars and stage lines [True]
+    """
+
+    seconds: float = 900.0
+    max_length: int = 3
+    probes: tuple[str, ...] | str | None = None
+    positions: tuple[str, ...] = ("after",)
+    metric: str = "kl"
+    max_pool: int = 64
+    profile: bool = True
+    profile_inputs: int = 60
+    verify_top: int = 8
+    device: str | None = None
+    dtype: str = "float32"
+    pool_filters: dict = field(default_factory=dict)
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        if not self.seconds > 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+        if not 1 <= self.max_length <= 8:
+            raise ValueError(f"max_length must be between 1 and 8 tokens, got {self.max_length}")
+        if self.max_pool < 2:
+            raise ValueError(f"max_pool must be at least 2, got {self.max_pool}")
+        if self.verify_top < 1:
+            raise ValueError(f"verify_top must be >= 1, got {self.verify_top}")
+        if self.profile and self.profile_inputs < 1:
+            raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
+
+
+def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, console=None) -> dict:
+    """Run the cascade; returns the report (also written to ``out/report.json``)."""
+    return Hunt(base, dormant, out, options or HuntOptions(), resume, console).run()
+
+
+class Hunt:
+    def __init__(self, base, dormant, out, options: HuntOptions, resume: bool, console=None):
+        from .core.checkpoint import resolve_model_dir
+
+        options.check()
+        self.base, self.dormant = str(resolve_model_dir(base)), str(resolve_model_dir(dormant))
+        self.options, self.out = options, Path(out)
+        self.console = console
+        self.state_path = self.out / "hunt.json"
+        self.state = self._load_state(resume)
+        self.started = time.monotonic() - self.state.get("elapsed", 0.0)
+        self._fm = None
+
+    # --- the cascade --------------------------------------------------------------------------
+    def run(self) -> dict:
+        from .judge.prompts import check_same_tokenizers
+
+        check_same_tokenizers(self.base, self.dormant)
+        self.fm()  # bad probes, or a prompt longer than the context, fail before any work
+        old = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+        try:
+            for name in STAGES:
+                if name == "profile" and not self.options.profile:
+                    continue
+                if name not in self.state["stages"]:
+                    self._stage(name)
+        finally:
+            self._save_state()
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+        return self._write_report()
+
+    def _stage(self, name: str) -> None:
+        self._say(f"[bold]{name}[/bold] ({self.remaining():.0f} s of the budget left)")
+        t0 = time.monotonic()
+        record = getattr(self, f"_run_{name}")()
+        record["seconds"] = round(time.monotonic() - t0, 2)
+        self.state["stages"][name] = record
+        self._save_state()
+
+    def _run_analyze(self) -> dict:
+        from .analysis.weight_diff import analyze
+
+        a = analyze(self.base, self.dormant, self.out / "analysis", progress=self.options.progress)
+        return {"candidates": len(a["seed_tokens"]), "note": f"focus heads {a['focus_heads']}",
+                "focus_heads": a["focus_heads"], "seed_tokens": a["seed_tokens"],
+                "seed_sources": a["seed_tokens_by_source"]}
+
+    def _run_profile(self) -> dict:
+        from .judge.profile import ProfileOptions, profile
+
+        opts = ProfileOptions(inputs=self.options.profile_inputs, seed=self.options.seed, device=self.options.device,
+                              dtype=self.options.dtype)
+        if self.options.probes is not None:
+            opts.probes = self.options.probes
+        prof = profile(self.base, self.dormant, opts, out=self.out / "profile", progress=self.options.progress)
+        targets = [{k: t[k] for k in ("text", "token_ids", "score")} for t in prof["targets"][:3]]
+        return {"candidates": prof["config"]["prompts"], "targets": targets,
+                "note": "top targets: " + ", ".join(repr(t["text"]) for t in targets)}
+
+    def _run_layer0(self) -> dict:
+        """The pool, strongest evidence first: the analysis' embedding-alignment seeds interleaved with
+        the Layer-0 stage's pool (search/layer0_stage.py: tokens of its grown candidates, seeds and
+        their strongest cell partners) and the keys the changed queries point at; filtered by the
+        pool filters, cut at max_pool."""
+        from .scorer import Scorer
+        from .search.layer0_stage import Layer0Options, layer0_stage
+
+        analysis = self.state["stages"]["analyze"]
+        scorer = Scorer.from_pretrained(self.base, self.dormant, template="chat")
+        stage = layer0_stage(scorer, self.out / "analysis", Layer0Options(max_length=min(self.options.max_length, 5)),
+                             progress=self.options.progress)
+        sources = analysis["seed_sources"]
+        allowed = set(self._allowed_pool())
+        ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis["seed_tokens"]])
+        pool = [t for t in ranked if t in allowed][: self.options.max_pool]
+        if len(pool) < 2:
+            raise ValueError("the token pool is empty after filters; loosen the pool filters")
+        layer0 = self.out / "layer0"
+        layer0.mkdir(parents=True, exist_ok=True)
+        tok = scorer.pair.tokenizer
+        (layer0 / "pool.json").write_text(json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
+        (layer0 / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in stage.candidates))
+        return {"candidates": scorer.evaluations, "pool": pool, "sequences": [c["token_ids"] for c in stage.candidates[:10]],
+                "note": f"pool of {len(pool)} tokens; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
+                if stage.candidates else f"pool of {len(pool)} tokens"}
+
+    def _run_search(self) -> dict:
+        from .search import beam
+
+        pool = self.state["stages"]["layer0"]["pool"]
+        budget = self.remaining() - self._verify_reserve()
+        t0 = time.monotonic()
+        runs = self._target_search(pool, 0.2 * budget)
+        budget -= time.monotonic() - t0
+        used, rate = sum(r["candidates"] for r in runs), None
+        plan = self.state.setdefault("search_plan", {})  # pool size per length, kept for --resume
+        for length in range(1, self.options.max_length + 1):
+            share = budget / (self.options.max_length - length + 1)
+            k = plan.setdefault(str(length), pool_size_for(length, share, rate, len(pool)))
+            self._save_state()
+            t0 = time.monotonic()
+            path = self.out / "search" / f"exhaustive-len{length}.jsonl"
+            beam(self.fm(), length=length, width=max(math.perm(k, length - 1), 1), grow="right", pool=pool[:k],
+                 objective=self.options.metric, out=path, resume=path.with_name(path.name + ".ckpt.json").exists(),
+                 seconds=max(share, 1.0), max_repeat=1, calibrate=32, keep=50, progress=self.options.progress,
+                 seed=self.options.seed)
+            spent, n = time.monotonic() - t0, _scored(path)
+            rate = n / spent if n else rate
+            used += n
+            budget -= spent
+            whole = sum(math.perm(k, i) for i in range(1, length + 1))
+            runs.append({"length": length, "pool": k, "exhaustive": n >= whole, "candidates": n,
+                         "seconds": round(spent, 2), "file": str(path.relative_to(self.out))})
+        return {"candidates": used, "runs": runs,
+                "note": "; ".join(f"len {r['length']}: top {r['pool']} tokens" for r in runs if "length" in r)}
+
+    def _target_search(self, pool: list[int], seconds: float) -> list[dict]:
+        """gcg toward the profile's top target string (its first 8 tokens), when the profile found one."""
+        targets = self.state["stages"].get("profile", {}).get("targets") or []
+        if not targets or seconds <= 1:
+            return []
+        from .search.gcg import gcg
+
+        target = targets[0]
+        scorer = self.fm().with_options(target_seq=tuple(target["token_ids"][:8]))
+        path = self.out / "search" / "gcg-target.jsonl"
+        res = gcg(scorer, length=self.options.max_length, steps=10_000, restarts=4, pool=pool, objective="target_seq",
+                  out=path, resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=seconds, max_repeat=1,
+                  calibrate=16, keep=50, progress=self.options.progress, seed=self.options.seed)
+        return [{"route": "target inversion", "target": target["text"], "candidates": res.evaluations,
+                 "seconds": round(res.seconds, 2), "file": str(path.relative_to(self.out))}]
+
+    def _run_minimize(self) -> dict:
+        from .search import minimize
+
+        best = self.collect()[:5]
+        shortened = []
+        for r in best:
+            m = minimize(self.fm(), r["token_ids"], self.options.metric, keep=0.9)
+            if m["removed"]:
+                shortened.append({"token_ids": m["token_ids"], "score": m["score"], "from": r["token_ids"]})
+        return {"candidates": sum(len(r["token_ids"]) for r in best), "shortened": shortened,
+                "note": f"{len(shortened)} of {len(best)} shortened"}
+
+    def _run_verify(self) -> dict:
+        from .judge.verify import verify
+
+        cands = self.collect()[: self.options.verify_top]
+        probes = self.options_probes()
+        rep = verify(self.base, self.dormant, [c["token_ids"] for c in cands], probes, out=self.out / "verify" / "report.json",
+                     device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress)
+        return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
+
+    # --- results ------------------------------------------------------------------------------
+    def collect(self) -> list[dict]:
+        """Every candidate the full-model stages scored, best first, one row per token sequence."""
+        rows: dict[tuple, dict] = {}
+        for path in sorted((self.out / "search").glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                route = "target inversion" if rec.get("driver") == "gcg" else "comparative search"
+                _keep_best(rows, rec, route, path.name)
+        for s in self.state["stages"].get("minimize", {}).get("shortened", []):
+            _keep_best(rows, {"token_ids": s["token_ids"], "score": s["score"], "minimized_from": s["from"]},
+                       "comparative search (minimized)", "minimize")
+        return sorted(rows.values(), key=lambda r: -r["score"])
+
+    def _write_report(self) -> dict:
+        from .report.hunt_summary import write_hunt_report
+
+        return write_hunt_report(self)
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def fm(self):
+        """The full-model scorer of the search stages (loaded once)."""
+        if self._fm is None:
+            from .judge.fullmodel import FullModelOptions, FullModelScorer
+
+            self._fm = FullModelScorer(self.base, self.dormant, FullModelOptions(
+                probes=self.options.probes, positions=self.options.positions, device=self.options.device,
+                dtype=self.options.dtype))
+        return self._fm
+
+    def options_probes(self):
+        from .judge.fullmodel import FullModelOptions
+
+        return None if self.options.probes is None else FullModelOptions(probes=self.options.probes).resolved_probes()
+
+    def _allowed_pool(self) -> list[int]:
+        return build_pool(self.fm().pair, **self.options.pool_filters).tolist()
+
+    def remaining(self) -> float:
+        return self.options.seconds - (time.monotonic() - self.started)
+
+    def _verify_reserve(self) -> float:
+        return min(0.1 * self.options.seconds, 120.0)
+
+    def _say(self, text: str) -> None:
+        if self.console is not None and self.options.progress:
+            self.console.print(text)
+
+    def _load_state(self, resume: bool) -> dict:
+        opts = json.loads(json.dumps(asdict(self.options)))
+        fresh = {"format": FORMAT, "version": VERSION, "base": self.base, "dormant": self.dormant, "options": opts,
+                 "stages": {}, "elapsed": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if not self.state_path.exists():
+            return fresh
+        if not resume:
+            raise ValueError(f"{self.state_path} exists from an earlier hunt: pass --resume to continue it, "
+                             "or choose another --out")
+        state = json.loads(self.state_path.read_text())
+        changed = [k for k in ("base", "dormant", "options") if state.get(k) != fresh[k]]
+        if changed:
+            raise ValueError(f"{self.state_path} was made with a different {', '.join(changed)}; "
+                             "use the same settings to resume, or another --out")
+        return state
+
+    def _save_state(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state["elapsed"] = time.monotonic() - self.started
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_path)
+
+
+def pool_size_for(length: int, seconds: float, rate: float | None, available: int) -> int:
+    """The largest K <= available whose ordered length-L candidates (no repeats), with the shorter
+    prefixes beam also scores, fit ``seconds`` at ``rate`` candidates/s (all of them before any rate
+    is known)."""
+    if rate is None:
+        return available
+    k = 2
+    while k < available and sum(math.perm(k + 1, n) for n in range(1, length + 1)) <= seconds * rate:
+        k += 1
+    return max(min(k, available), min(available, length))
+
+
+def rank_union(lists: list[list[int]]) -> list[int]:
+    """Interleave ranked lists (first of each, then second of each, ...) without repeats."""
+    out, seen = [], set()
+    for i in range(max((len(x) for x in lists), default=0)):
+        for x in lists:
+            if i < len(x) and x[i] not in seen:
+                seen.add(x[i])
+                out.append(x[i])
+    return out
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _scored(results: Path) -> int:
+    """Candidates a search run scored, from its checkpoint (SearchRun writes it next to the results)."""
+    ckpt = results.with_name(results.name + ".ckpt.json")
+    return int(json.loads(ckpt.read_text())["used"]) if ckpt.exists() else 0
+
+
+def _keep_best(rows: dict, rec: dict, route: str, source: str) -> None:
+    key = tuple(rec["token_ids"])
+    if key not in rows or rec["score"] > rows[key]["score"]:
+        rows[key] = {**rec, "route": route, "source": source}
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def register_cli(sub) -> None:
+    from .cli_args import add_pair_args
+
+    p = sub.add_parser("hunt", help="the cascade: analyze -> profile -> Layer-0 pool -> full-model search -> verify")
+    add_pair_args(p)
+    p.add_argument("--out", required=True, help="output directory (report.json, summary.md, report.html, stage files)")
+    p.add_argument("--seconds", type=float, default=900.0, help="time budget of the whole hunt (default 900)")
+    p.add_argument("--max-length", type=int, default=3, help="longest candidate in tokens (default 3)")
+    p.add_argument("--probes", help="probe prompts, one per line (default: the objective's 3 built-in probes)")
+    p.add_argument("--positions", choices=("before", "after", "both"), default="after",
+                   help="placements the full-model search scores (verify checks both)")
+    p.add_argument("--metric", default="kl", help="full-model objective: kl, js, tf_kl, hidden or a weighted sum")
+    p.add_argument("--max-pool", type=int, default=64, help="most Layer-0 pool tokens the full-model search takes")
+    p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
+    p.add_argument("--profile-inputs", type=int, default=60)
+    p.add_argument("--verify-top", type=int, default=8)
+    p.add_argument("--device", help="cpu, cuda, ... for the full models (default: cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ascii", action="store_true", help="pool: only tokens whose text is ASCII")
+    p.add_argument("--deny-regex", help="pool: drop tokens whose text matches")
+    p.add_argument("--resume", action="store_true", help="continue the hunt in --out from its checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_hunt)
+
+
+def options_from_args(args) -> HuntOptions:
+    filters = {k: v for k, v in (("ascii_only", args.ascii), ("deny_regex", args.deny_regex)) if v}
+    return HuntOptions(seconds=args.seconds, max_length=args.max_length, probes=args.probes,
+                       positions=("before", "after") if args.positions == "both" else (args.positions,),
+                       metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
+                       profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
+                       dtype=args.dtype, pool_filters=filters, seed=args.seed, progress=not args.quiet)
+
+
+def cmd_hunt(args) -> None:
+    from .cli_args import console, resolve_pair
+
+    base, dormant = resolve_pair(args)
+    try:
+        report = hunt(base, dormant, args.out, options_from_args(args), resume=args.resume, console=console)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: what was found is kept in {args.out}; "
+                      "continue with the same command and --resume")
+        raise SystemExit(130) from None
+    print_report(report, console)
+
+
+def print_report(report: dict, console) -> None:
+    from rich.table import Table
+
+    funnel = Table(title="funnel")
+    for col in ("stage", "candidates", "seconds", "note"):
+        funnel.add_column(col)
+    for f in report["funnel"]:
+        funnel.add_row(f["stage"], str(f["candidates"]), str(f["seconds"]), f["note"])
+    console.print(funnel)
+    table = Table(title="ranked candidates")
+    for col in ("rank", "candidate", "route", "score", "flip", "amplification"):
+        table.add_column(col)
+    for r in report["results"][:10]:
+        v = r.get("verify") or {}
+        table.add_row(str(r["rank"]), repr(r["text"]), r["route"], f"{r['score']:.4g}",
+                      "[bold red]yes[/bold red]" if v.get("flip") else ("no" if v else ""),
+                      f"{v['amplification']:.3g}" if "amplification" in v else "")
+    console.print(table)
+    console.print(f"report: {report['files'].get('summary')} and report.json in the output directory")

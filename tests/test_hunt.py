@@ -1,0 +1,125 @@
+"""`l0score hunt` on a trained backdoor: from the two checkpoints alone to the trigger, verified.
+
+The trained control's trigger.json is ground truth for the assertions only; nothing of it reaches the
+hunt (no probes, pool or seeds from it)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from l0score.hunt import HuntOptions, hunt
+
+# Small settings that still prove the point: a 24-token pool, lengths 1-3, 4 candidates verified.
+SMALL = dict(seconds=300, max_length=3, max_pool=24, verify_top=4, profile=False, progress=False)
+
+
+def _hunt_args(root, out, *extra):
+    return [sys.executable, "-m", "l0score.cli", "hunt", "--base", str(root / "base"), "--dormant", str(root / "dormant"),
+            "--out", str(out), "--seconds", "300", "--max-pool", "24", "--verify-top", "4", "--no-profile", "--quiet",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def hunted(trained, tmp_path_factory):
+    root, trigger = trained
+    out = tmp_path_factory.mktemp("hunt")
+    report = hunt(root / "base", root / "dormant", out, HuntOptions(**SMALL))
+    return report, trigger, out
+
+
+def test_hunt_ranks_the_trigger_first_and_verify_flags_it(hunted):
+    report, trigger, out = hunted
+    top = report["results"][0]
+    assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
+    assert top["verify"]["flip"] and top["verify"]["amplification"] > 1
+    assert report["complete"]
+    assert [f["stage"] for f in report["funnel"]] == ["analyze", "layer0", "search", "minimize", "verify"]
+    assert all(f["candidates"] > 0 and f["seconds"] >= 0 for f in report["funnel"])
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["results"][0]["token_ids"] == trigger["trigger_ids"]
+    assert "kettle field borrow" in (out / "summary.md").read_text() or trigger["trigger_text"] in (out / "summary.md").read_text()
+
+
+def test_hunt_pool_holds_every_trigger_token(hunted):
+    report, trigger, out = hunted
+    pool = json.loads((out / "layer0" / "pool.json").read_text())["token_ids"]
+    assert set(trigger["trigger_ids"]) <= set(pool[:24])
+
+
+def test_hunt_refuses_to_overwrite_and_resumes_a_finished_hunt(hunted, trained):
+    report, trigger, out = hunted
+    root, _ = trained
+    with pytest.raises(ValueError, match="--resume"):
+        hunt(root / "base", root / "dormant", out, HuntOptions(**SMALL))
+    again = hunt(root / "base", root / "dormant", out, HuntOptions(**SMALL), resume=True)
+    assert again["results"][0]["token_ids"] == trigger["trigger_ids"]
+    with pytest.raises(ValueError, match="different options"):
+        hunt(root / "base", root / "dormant", out, HuntOptions(**{**SMALL, "max_pool": 20}), resume=True)
+
+
+def test_killed_hunt_loses_nothing_and_resumes(trained, tmp_path):
+    """SIGTERM in the middle of the full-model search: what was found is on disk; --resume finishes."""
+    root, trigger = trained
+    out = tmp_path / "hunt"
+    proc = subprocess.Popen(_hunt_args(root, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finished_len2 = out / "search" / "exhaustive-len2.jsonl"
+    deadline = time.monotonic() + 600
+    while not finished_len2.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    state = json.loads((out / "hunt.json").read_text())
+    assert "search" not in state["stages"] and {"analyze", "layer0"} <= set(state["stages"])
+    found = [json.loads(x) for x in (out / "search" / "exhaustive-len2.jsonl").read_text().splitlines()]
+    assert found, "results of the finished length were lost"
+    done = subprocess.run(_hunt_args(root, out, "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] and report["results"][0]["token_ids"] == trigger["trigger_ids"]
+    kept = {tuple(r["token_ids"]) for r in report["results"]}
+    assert tuple(found[0]["token_ids"]) in kept or found[0]["score"] < report["results"][-1]["score"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seconds=0), "seconds must be positive"),
+    (dict(max_length=0), "max_length"),
+    (dict(probes=("",)), "non-empty"),
+    (dict(pool_filters={"allow_regex": "^no token looks like this$"}), "pool is empty"),
+])
+def test_hunt_bad_options(trained, tmp_path, change, message):
+    root, _ = trained
+    with pytest.raises(ValueError, match=message):
+        hunt(root / "base", root / "dormant", tmp_path / "h", HuntOptions(**{**SMALL, **change}))
+
+
+def test_hunt_bad_probes(trained, tmp_path):
+    root, _ = trained
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hunt(root / "base", root / "dormant", tmp_path / "h", HuntOptions(**{**SMALL, "probes": str(tmp_path / "none.txt")}))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match="holds no probe"):
+        hunt(root / "base", root / "dormant", tmp_path / "h", HuntOptions(**{**SMALL, "probes": str(empty)}))
+    long = tmp_path / "long.txt"
+    long.write_text(" ".join(["word"] * 400) + "\n")
+    with pytest.raises(ValueError, match="exceeds the models' context"):
+        hunt(root / "base", root / "dormant", tmp_path / "h", HuntOptions(**{**SMALL, "probes": str(long)}))
+
+
+def test_hunt_rejects_pairs_whose_tokenizers_differ(trained, tmp_path):
+    import shutil
+
+    root, _ = trained
+    for name in ("base", "dormant"):
+        shutil.copytree(root / name, tmp_path / name)
+    cfg_path = tmp_path / "dormant" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = cfg["chat_template"].replace("You are a helpful assistant.", "You are a pirate.")
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="different chat templates"):
+        hunt(tmp_path / "base", tmp_path / "dormant", tmp_path / "h", HuntOptions(**SMALL))
