@@ -71,12 +71,12 @@ def _pair_shard(state, pool, shard):
 
 
 def _score(state, template, job):
-    """job: ("batch", ids, lengths) or ("extensions", prefixes, pool slice)."""
-    kind, first, second = job
+    """job: ("batch", ids, lengths, {}) or ("extensions", prefixes, pool slice, {"side": ...})."""
+    kind, first, second, kw = job
     scorer = state["scorer"]
     if kind == "batch":
         return scorer.score_batch(first, second, template)
-    return scorer.score_extensions(first, second, template)
+    return scorer.score_extensions(first, second, template, **kw)
 
 
 class ScorerPool:
@@ -136,15 +136,16 @@ class ClusterScorer:
         batch = self.local.pack(token_ids, lengths, template)  # errors name the candidate, as in one process
         width = int(batch.cand_len.max())
         ids, lens = batch.ids[:, :width].numpy(), batch.cand_len.numpy()
-        jobs = [("batch", ids[s], lens[s]) for s in _slices(len(lens), len(self.pool.workers))]
+        jobs = [("batch", ids[s], lens[s], {}) for s in _slices(len(lens), len(self.pool.workers))]
         return cat_scores(self.pool.workers.map(_score, jobs, shared=template))
 
-    def score_extensions(self, prefixes, pool=None, template: Template | None = None) -> Scores:
+    def score_extensions(self, prefixes, pool=None, template: Template | None = None, **kw) -> Scores:
+        """As Scorer.score_extensions (its keyword options, e.g. side=, are passed through)."""
         template = template or self.local.template
         pool = self.local.default_pool() if pool is None else torch.as_tensor(pool)
         prefixes = [list(p) for p in prefixes]
         slices = _slices(len(pool), len(self.pool.workers))
-        parts = self.pool.workers.map(_score, [("extensions", prefixes, pool[s]) for s in slices], shared=template)
+        parts = self.pool.workers.map(_score, [("extensions", prefixes, pool[s], kw) for s in slices], shared=template)
         # each part is [prefix, pool slice] flattened: regroup by prefix, then slices side by side
         fields = {}
         for name in ("max_abs", "head_max", "argmax", "kl", "head_kl", "band"):
