@@ -744,6 +744,11 @@ def _plot(res: dict, path: Path) -> None:
 
 def main(argv=None, prog: str = "l0score bench") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--fullmodel" in argv:  # the full-model objective's cache-reuse bench has options of its own
+        from .benchmark_fullmodel import main as fullmodel_main
+
+        argv.remove("--fullmodel")
+        return fullmodel_main(argv, prog=f"{prog} --fullmodel", default_out=default_out_dir())
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="base model directory (default: synthetic qwen2-7b-l0 pair under the cache dir)")
     ap.add_argument("--dormant", help="dormant model directory")
