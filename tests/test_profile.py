@@ -30,7 +30,7 @@ def run(trained, tmp_path_factory):
     root, _ = trained
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("profile")
-    opts = ProfileOptions(inputs=32, reply_tokens=8, top_first=6, device="cpu")
+    opts = ProfileOptions(inputs=32, reply_tokens=8, device="cpu")
     return profile(root / "base", root / "dormant", opts, out=out), out
 
 

@@ -104,8 +104,7 @@ class _TokenMoments:
         self.s2 = torch.zeros(vocab, dtype=torch.float64)
 
     def add(self, diff: torch.Tensor) -> None:
-        """diff [rows, V], rows being (prompt, position) samples; NaN rows are skipped."""
-        diff = diff[~torch.isnan(diff[:, 0])]
+        """diff [rows, V], rows being (prompt, position) samples."""
         self.n += len(diff)
         self.s += diff.sum(0)
         self.s2 += (diff * diff).sum(0)
@@ -223,42 +222,47 @@ def _run_prompt(scorer: FullModelScorer, probe: int):
 
 
 @torch.no_grad()
-def _reply_logprobs(scorer: FullModelScorer, run, k: int) -> tuple[dict, torch.Tensor]:
-    """Both models' log-probs over the first k positions of the base's greedy reply ([B, k, V] each,
-    teacher-forced through the run's KV caches) and which positions come before the base's end of turn."""
-    steps = [{m: lp[:, 0] for m, lp in run.logprobs.items()}]
+def _reply_steps(scorer: FullModelScorer, run, k: int):
+    """Both models' log-probs [B, V] at each of the first k positions of the base's greedy reply
+    (teacher-forced through the run's KV caches, one position at a time so that only one [B, V]
+    pair is held), with the rows still before the base's end of turn and the base's token there."""
+    lp = {m: v[:, 0] for m, v in run.logprobs.items()}
     past, pos = dict(run.caches), run.next_position
     stop = torch.tensor(sorted(scorer.pair.special_ids), dtype=torch.long)
-    valid = [torch.ones(len(steps[0]["base"]), dtype=torch.bool)]
-    for _ in range(k - 1):
-        nxt = steps[-1]["base"].argmax(-1)
-        valid.append(valid[-1] & ~torch.isin(nxt, stop))
-        step = {}
+    valid = torch.ones(len(lp["base"]), dtype=torch.bool)
+    for step in range(k):
+        nxt = lp["base"].argmax(-1)
+        yield lp, valid, nxt
+        if step == k - 1:
+            return
+        valid = valid & ~torch.isin(nxt, stop)
         for m, model in scorer.models.items():
             res, past[m] = run_model(model, nxt[:, None].to(scorer.device), past[m], use_cache=True,
                                      position_ids=torch.full((len(nxt), 1), pos, device=scorer.device))
-            step[m] = torch.log_softmax(res.logits[:, -1].double(), -1).cpu()
-        steps.append(step)
+            lp[m] = torch.log_softmax(res.logits[:, -1].double(), -1).cpu()
         pos += 1
-    return {m: torch.stack([s[m] for s in steps], 1) for m in steps[0]}, torch.stack(valid, 1)
 
 
 def _accumulate(acc: dict, scorer, run, batch: torch.Tensor, kind: str, where: int, k: int) -> None:
-    lp, valid = _reply_logprobs(scorer, run, k)
-    diff = lp["dormant"] - lp["base"]  # [B, k, V]
-    acc["first"].add(diff[:, 0])
-    acc["reply"].add(diff.masked_fill(~valid[..., None], float("nan")).flatten(0, 1))
+    kl = torch.zeros(len(batch), k, dtype=torch.float64)
+    reply = [[] for _ in batch]
+    for step, (lp, valid, nxt) in enumerate(_reply_steps(scorer, run, k)):
+        diff = lp["dormant"] - lp["base"]
+        if step == 0:
+            acc["first"].add(diff)
+        acc["reply"].add(diff[valid])
+        kl[:, step] = (lp["dormant"].exp() * diff).sum(-1).clamp_min(0) * valid
+        for b in valid.nonzero()[:, 0].tolist():
+            reply[b].append(int(nxt[b]))
     acc["hidden"] += (run.hidden["dormant"][0] - run.hidden["base"][0]).sum(0)
-    kl = (lp["dormant"].exp() * diff).sum(-1).clamp_min(0) * valid  # [B, k]
     tok = scorer.pair.tokenizer
-    reply = lp["base"].argmax(-1)
     for b in range(len(batch)):
         probe, position = (where, None) if kind == "probe" else divmod(where, len(scorer.positions))
         acc["prompts"].append({
             "kind": kind, "probe": probe, "position": None if position is None else scorer.positions[position],
             "token_ids": batch[b].tolist(), "text": tok.decode(batch[b].tolist()) if kind == "candidate" else None,
             "kl_first": float(kl[b, 0]), "kl_reply": float(kl[b].sum()),
-            "base_reply": tok.decode(reply[b][valid[b]].tolist(), skip_special_tokens=True)})
+            "base_reply": tok.decode(reply[b], skip_special_tokens=True)})
 
 
 def _rank_tokens(scorer: FullModelScorer, stats: dict, pool: torch.Tensor) -> list[dict]:
