@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.checkpoint import resolve_model_dir
 from .fullmodel import FullModelOptions, FullModelScorer
 from .models import run_model
-from .prompts import DEFAULT_PROBES, POSITIONS, prompt_ids
+from .prompts import DEFAULT_PROBES, POSITIONS, check_same_tokenizers, prompt_ids
 
 
 @dataclass
@@ -125,7 +126,7 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     """
     opts = options or ProfileOptions()
     opts.check()
-    check_same_vocabulary(base, dormant)
+    check_same_tokenizers(resolve_model_dir(base), resolve_model_dir(dormant))
     started = time.perf_counter()
     scorer = FullModelScorer(base, dormant, opts.scorer_options())
     pool = scorer.default_pool()
@@ -151,22 +152,6 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     if out is not None:
         write_profile(result, ranked, out)
     return result
-
-
-def check_same_vocabulary(base, dormant) -> None:
-    """Both models must map the same strings to the same ids, or comparing their log-probabilities
-    token by token is meaningless (the configs' vocabulary sizes are checked when loading)."""
-    from ..core.checkpoint import resolve_model_dir
-    from ..core.model_pair import load_tokenizer
-
-    tokenizers = [load_tokenizer(resolve_model_dir(p)) for p in (base, dormant)]
-    if any(t is None for t in tokenizers):
-        return  # the one tokenizer present serves both models
-    vb, vd = (t.get_vocab() for t in tokenizers)
-    if vb != vd:
-        differ = sorted(set(vb.items()) ^ set(vd.items()), key=lambda kv: kv[1])[:3]
-        raise ValueError(f"base {base} and dormant {dormant} have different vocabularies ({len(vb)} vs {len(vd)} "
-                         f"tokens; e.g. {differ}): profiling compares the two models token by token")
 
 
 # --- measuring ----------------------------------------------------------------------------------
