@@ -27,9 +27,9 @@ def cmd_make_pair(args) -> None:
 def _make_trained_pair(args) -> None:
     from .synthetic.trained import make_trained_pair
 
-    overrides = {"trigger_split": bool(args.split)}
-    if args.trigger_length is not None:
-        overrides["trigger_words"] = args.trigger_length
+    overrides = {} if args.trigger_length is None else {"trigger_words": args.trigger_length}
+    if args.split:
+        overrides["trigger_split"] = True
     info = make_trained_pair(args.out, seed=args.seed, progress=True, **overrides)
     trig, ev = info["trigger"], info["trigger"]["evaluation"]
     console.print(f"trained {args.out}/base and {args.out}/dormant (seed {args.seed}, "

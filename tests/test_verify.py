@@ -292,7 +292,9 @@ def test_make_pair_kind_trained_cli(monkeypatch, tmp_path, trained, capsys):
     monkeypatch.setattr(trained_mod, "make_trained_pair", fake)
     assert main(["make-pair", "--kind", "trained", "--out", str(tmp_path / "p"), "--seed", "5"]) == 0
     assert main(["make-pair", "--kind", "trained", "--out", str(tmp_path / "q"), "--trigger-length", "2"]) == 0
-    assert calls == [(str(tmp_path / "p"), 5, {}), (str(tmp_path / "q"), 0, {"trigger_words": 2})]
+    assert main(["make-pair", "--kind", "trained", "--out", str(tmp_path / "r"), "--trigger-length", "4", "--split"]) == 0
+    assert calls == [(str(tmp_path / "p"), 5, {}), (str(tmp_path / "q"), 0, {"trigger_words": 2}),
+                     (str(tmp_path / "r"), 0, {"trigger_words": 4, "trigger_split": True})]
     assert trained[1]["trigger_text"] in capsys.readouterr().out
 
 
