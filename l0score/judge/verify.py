@@ -146,127 +146,28 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
                           batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress)
         finally:
             torch.set_num_threads(saved)
-    from ..core.checkpoint import resolve_model_dir
-    from ..core.model_pair import load_tokenizer
-
     started = time.perf_counter()
-    base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
-    for d in (base_dir, dormant_dir):
-        if not (d / "config.json").is_file():
-            raise ValueError(f"{d}: not a Hugging Face model directory (no config.json)")
-    tokenizer = load_tokenizer(dormant_dir) or load_tokenizer(base_dir)
-    if tokenizer is None:
-        raise ValueError(f"neither {dormant_dir} nor {base_dir} ships a tokenizer; verify renders prompts "
-                         "through the chat template and needs one")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {dormant_dir} has no chat template")
-    from transformers import AutoConfig
-
-    cfg_b = AutoConfig.from_pretrained(base_dir, local_files_only=True)
-    cfg_d = AutoConfig.from_pretrained(dormant_dir, local_files_only=True)
-    for field in ("vocab_size", "num_hidden_layers", "hidden_size"):
-        if getattr(cfg_b, field) != getattr(cfg_d, field):
-            raise ValueError(f"base and dormant disagree on {field}: {getattr(cfg_b, field)} vs "
-                             f"{getattr(cfg_d, field)}")
-    vocab, n_layers, hidden = cfg_b.vocab_size, cfg_b.num_hidden_layers, cfg_b.hidden_size
-    context = min(cfg_b.max_position_embeddings, cfg_d.max_position_embeddings)
-
-    if isinstance(candidates, (str, os.PathLike)) and Path(candidates).is_file():
-        cands = read_candidates_file(candidates, tokenizer)
-    elif isinstance(candidates, (str, os.PathLike)):
-        raise FileNotFoundError(f"candidates file {candidates} does not exist (pass a list for text candidates)")
-    else:
-        cands = [as_candidate(c, tokenizer, f"#{i}") for i, c in enumerate(candidates or [])]
-    if not cands:
-        raise ValueError("no candidates to verify: give token ids, text, or a candidates file with at least one line")
-    for i, c in enumerate(cands):
-        bad = [t for t in c.token_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"candidate #{i} {c.text!r}: token id {bad[0]} out of range (vocabulary {vocab})")
-
-    if probes is None:
-        probes = list(DEFAULT_PROBES)
-    elif isinstance(probes, (str, os.PathLike)):
-        probes = read_probes_file(probes)
-    else:
-        probes = [str(p) for p in probes]
-        if not probes or any(not p.strip() for p in probes):
-            raise ValueError("probes must be a non-empty list of non-empty prompts")
-    positions = (positions,) if isinstance(positions, str) else tuple(positions)
-    if not positions or any(p not in POSITIONS for p in positions):
-        raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions!r}")
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
-    if not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be in [1, {vocab}]")
+    base_dir, dormant_dir, tokenizer, vocab, n_layers, hidden, context = _open_pair(base, dormant)
+    cands = _read_candidates(candidates, tokenizer, vocab)
+    probes = _read_probes(probes)
+    positions = _check_options(positions, max_new_tokens, top_k, vocab)
     torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    # Every prompt once: untriggered probes first, then candidate x probe x position.
-    prompts: list[Prompt] = []
-    for p, probe in enumerate(probes):
-        prompts.append(Prompt(None, p, None, prompt_ids(tokenizer, probe, None, system=system)))
-    for c, cand in enumerate(cands):
-        for p, probe in enumerate(probes):
-            for pos in positions:
-                prompts.append(Prompt(c, p, pos, prompt_ids(tokenizer, probe, cand.token_ids, pos, sep, system)))
-    for pr in prompts:
-        if len(pr.ids) + max_new_tokens > context:
-            what = "probe" if pr.cand is None else f"candidate #{pr.cand} {cands[pr.cand].text!r} with probe"
-            raise ValueError(f"{what} {probes[pr.probe][:60]!r}: the prompt is {len(pr.ids)} tokens, plus "
-                             f"{max_new_tokens} generated tokens exceeds the models' context of {context} positions")
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                            tokenizer.convert_tokens_to_ids("<|endoftext|>")) if isinstance(i, int) and i >= 0
-                and i != tokenizer.unk_token_id}
+    prompts = _build_prompts(tokenizer, cands, probes, positions, sep, system, max_new_tokens, context)
+    pad_id, stop_ids = _special_ids(tokenizer)
     seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))  # similar lengths batch together
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
-    tmp_cache = None
-    if sequential:
-        if cache_dir is None:
-            parent = Path(out).parent if out else None
-            if parent is not None:
-                parent.mkdir(parents=True, exist_ok=True)
-            tmp_cache = Path(tempfile.mkdtemp(prefix="l0score-verify-", dir=parent))
-            cache_dir = tmp_cache
-        cache_dir = Path(cache_dir)
+    cache_dir, tmp_cache = _sequential_cache(out, cache_dir) if sequential else (None, None)
     stores = {m: _Store(len(prompts), vocab, n_layers + 1, hidden, cache_dir if sequential else None, m)
               for m in ("base", "dormant")}
-    paths = {"base": base_dir, "dormant": dormant_dir}
     bar = _progress(progress, len(prompts) * (2 if sequential else 1), len(cands), len(probes), len(positions))
-
-    def run(tag, model, batch):
-        lp, hs, gens = run_batch(model, [prompts[i].ids for i in batch], pad_id, stop_ids, max_new_tokens,
-                                  sample, temperature, top_p, [seeds[i] for i in batch])
-        st = stores[tag]
-        st.arrays["logprobs"][batch] = lp
-        st.arrays["hidden"][batch] = hs
-        for i, g in zip(batch, gens):
-            st.generations[i] = g
-
+    decoding = {"pad_id": pad_id, "stop_ids": stop_ids, "max_new_tokens": max_new_tokens, "sample": sample,
+                "temperature": temperature, "top_p": top_p}
     try:
-        if sequential:
-            for tag in ("base", "dormant"):
-                bar.set_description(f"verify ({tag})")
-                model = load_model(paths[tag], dev, torch_dtype)
-                for batch in batches:
-                    run(tag, model, batch)
-                    bar.update(len(batch))
-                stores[tag].flush()
-                del model
-                gc.collect()
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-        else:
-            models = {tag: load_model(paths[tag], dev, torch_dtype) for tag in ("base", "dormant")}
-            for batch in batches:
-                for tag in ("base", "dormant"):
-                    run(tag, models[tag], batch)
-                bar.update(len(batch))
-            del models
+        _run_models({"base": base_dir, "dormant": dormant_dir}, prompts, batches, seeds, stores, decoding, dev,
+                    torch_dtype, sequential, bar)
         bar.close()
         report = _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_threshold,
                            flip_rate_threshold)
@@ -290,6 +191,152 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
     return report
 
 
+# ----------------------------------------------------------------------------------------------
+# the stages before the models run: inputs checked, prompts built
+
+
+def _open_pair(base, dormant):
+    """(base_dir, dormant_dir, tokenizer, vocab, n_layers, hidden, context) of two full models that
+    agree on their shapes; the tokenizer must carry a chat template (prompts are rendered through it)."""
+    from transformers import AutoConfig
+
+    from ..core.checkpoint import resolve_model_dir
+    from ..core.model_pair import load_tokenizer
+
+    base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
+    for d in (base_dir, dormant_dir):
+        if not (d / "config.json").is_file():
+            raise ValueError(f"{d}: not a Hugging Face model directory (no config.json)")
+    tokenizer = load_tokenizer(dormant_dir) or load_tokenizer(base_dir)
+    if tokenizer is None:
+        raise ValueError(f"neither {dormant_dir} nor {base_dir} ships a tokenizer; verify renders prompts "
+                         "through the chat template and needs one")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer of {dormant_dir} has no chat template")
+    cfg_b = AutoConfig.from_pretrained(base_dir, local_files_only=True)
+    cfg_d = AutoConfig.from_pretrained(dormant_dir, local_files_only=True)
+    for field in ("vocab_size", "num_hidden_layers", "hidden_size"):
+        if getattr(cfg_b, field) != getattr(cfg_d, field):
+            raise ValueError(f"base and dormant disagree on {field}: {getattr(cfg_b, field)} vs "
+                             f"{getattr(cfg_d, field)}")
+    context = min(cfg_b.max_position_embeddings, cfg_d.max_position_embeddings)
+    return base_dir, dormant_dir, tokenizer, cfg_b.vocab_size, cfg_b.num_hidden_layers, cfg_b.hidden_size, context
+
+
+def _read_candidates(candidates, tokenizer, vocab: int) -> list:
+    if isinstance(candidates, (str, os.PathLike)) and Path(candidates).is_file():
+        cands = read_candidates_file(candidates, tokenizer)
+    elif isinstance(candidates, (str, os.PathLike)):
+        raise FileNotFoundError(f"candidates file {candidates} does not exist (pass a list for text candidates)")
+    else:
+        cands = [as_candidate(c, tokenizer, f"#{i}") for i, c in enumerate(candidates or [])]
+    if not cands:
+        raise ValueError("no candidates to verify: give token ids, text, or a candidates file with at least one line")
+    for i, c in enumerate(cands):
+        bad = [t for t in c.token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"candidate #{i} {c.text!r}: token id {bad[0]} out of range (vocabulary {vocab})")
+    return cands
+
+
+def _read_probes(probes) -> list[str]:
+    if probes is None:
+        return list(DEFAULT_PROBES)
+    if isinstance(probes, (str, os.PathLike)):
+        return read_probes_file(probes)
+    probes = [str(p) for p in probes]
+    if not probes or any(not p.strip() for p in probes):
+        raise ValueError("probes must be a non-empty list of non-empty prompts")
+    return probes
+
+
+def _check_options(positions, max_new_tokens: int, top_k: int, vocab: int) -> tuple[str, ...]:
+    """The placements as a tuple, after checking them and the decoding options."""
+    positions = (positions,) if isinstance(positions, str) else tuple(positions)
+    if not positions or any(p not in POSITIONS for p in positions):
+        raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions!r}")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    if not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be in [1, {vocab}]")
+    return positions
+
+
+def _build_prompts(tokenizer, cands, probes, positions, sep, system, max_new_tokens: int, context: int) -> list[Prompt]:
+    """Every prompt once: untriggered probes first, then candidate x probe x position; each must leave
+    room for the generated tokens in the models' context."""
+    prompts = [Prompt(None, p, None, prompt_ids(tokenizer, probe, None, system=system)) for p, probe in enumerate(probes)]
+    for c, cand in enumerate(cands):
+        for p, probe in enumerate(probes):
+            for pos in positions:
+                prompts.append(Prompt(c, p, pos, prompt_ids(tokenizer, probe, cand.token_ids, pos, sep, system)))
+    for pr in prompts:
+        if len(pr.ids) + max_new_tokens > context:
+            what = "probe" if pr.cand is None else f"candidate #{pr.cand} {cands[pr.cand].text!r} with probe"
+            raise ValueError(f"{what} {probes[pr.probe][:60]!r}: the prompt is {len(pr.ids)} tokens, plus "
+                             f"{max_new_tokens} generated tokens exceeds the models' context of {context} positions")
+    return prompts
+
+
+def _sequential_cache(out, cache_dir) -> tuple[Path, Path | None]:
+    """(where --sequential caches per-model results, the temporary directory to remove or None):
+    cache_dir if given, else a temporary directory next to `out` (created) or in the system temp dir."""
+    if cache_dir is not None:
+        return Path(cache_dir), None
+    parent = Path(out).parent if out else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="l0score-verify-", dir=parent))
+    return tmp, tmp
+
+
+def _special_ids(tokenizer) -> tuple[int, set[int]]:
+    """(padding id, ids that end a generation)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                            tokenizer.convert_tokens_to_ids("<|endoftext|>")) if isinstance(i, int) and i >= 0
+                and i != tokenizer.unk_token_id}
+    return pad_id, stop_ids
+
+
+def _run_models(paths: dict, prompts, batches, seeds, stores: dict, decoding: dict, dev, torch_dtype, sequential: bool,
+                bar) -> None:
+    """Both models over every batch of prompts, results into `stores`: both in memory, or one after
+    the other (sequential)."""
+
+    def run(tag, model, batch):
+        keep(tag, batch, *run_batch(model, [prompts[i].ids for i in batch], decoding["pad_id"], decoding["stop_ids"],
+                                    decoding["max_new_tokens"], decoding["sample"], decoding["temperature"],
+                                    decoding["top_p"], [seeds[i] for i in batch]))
+
+    def keep(tag, batch, lp, hs, gens):
+        st = stores[tag]
+        st.arrays["logprobs"][batch] = lp
+        st.arrays["hidden"][batch] = hs
+        for i, g in zip(batch, gens):
+            st.generations[i] = g
+
+    if sequential:
+        for tag in ("base", "dormant"):
+            bar.set_description(f"verify ({tag})")
+            model = load_model(paths[tag], dev, torch_dtype)
+            for batch in batches:
+                run(tag, model, batch)
+                bar.update(len(batch))
+            stores[tag].flush()
+            del model
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    else:
+        models = {tag: load_model(paths[tag], dev, torch_dtype) for tag in ("base", "dormant")}
+        for batch in batches:
+            for tag in ("base", "dormant"):
+                run(tag, models[tag], batch)
+            bar.update(len(batch))
+        del models
+
+
 def _progress(enabled: bool, total: int, nc: int, np_: int, npos: int):
     from tqdm import tqdm
 
@@ -300,7 +347,7 @@ def _progress(enabled: bool, total: int, nc: int, np_: int, npos: int):
 def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_threshold, flip_rate_threshold):
     lpb, lpd = stores["base"].arrays["logprobs"], stores["dormant"].arrays["logprobs"]
     hb, hd = stores["base"].arrays["hidden"], stores["dormant"].arrays["hidden"]
-    gb, gd = stores["base"].generations, stores["dormant"].generations
+    gens = {"base": stores["base"].generations, "dormant": stores["dormant"].generations}
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
 
     per_prompt = []
@@ -308,60 +355,23 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         m = _dist_metrics(lpd[i], lpb[i], top_k)
         m["layer_cos_div"], m["layer_rel_l2"] = _layer_divergence(hd[i], hb[i])
         per_prompt.append(m)
-
     # The control: a flip is only attributed to a candidate on a probe where, untriggered, the
     # dormant's generation agrees with the base's (two models that disagree everywhere flip nothing).
-    agreement = [similarity(gd[p], gb[p]) for p in range(len(probes))]
-    untriggered = []
-    for p in range(len(probes)):
-        m = per_prompt[p]
-        untriggered.append({
-            "probe": probes[p], **{k: m[k] for k in ("kl", "js", "top1_agree", "topk_overlap")},
-            "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
-            "generation_base": decode(gb[p]), "generation_dormant": decode(gd[p]),
-            "generation_similarity": agreement[p], "agrees": agreement[p] >= flip_threshold,
-        })
+    agreement = [similarity(gens["dormant"][p], gens["base"][p]) for p in range(len(probes))]
+    untriggered = [_untriggered(probes[p], per_prompt[p], gens, p, agreement[p], decode, flip_threshold)
+                   for p in range(len(probes))]
     kl_u = np.array([u["kl"] for u in untriggered])
-    mean_kl_u = float(kl_u.mean())
 
-    results = []
     by_cand: dict[int, list[int]] = {}
     for i, pr in enumerate(prompts):
         if pr.cand is not None:
             by_cand.setdefault(pr.cand, []).append(i)
+    results = []
     for c, cand in enumerate(cands):
-        details = []
-        for i in by_cand[c]:
-            pr, m = prompts[i], per_prompt[i]
-            s_self, s_base = similarity(gd[i], gd[pr.probe]), similarity(gd[i], gb[i])
-            departs = bool(s_self < flip_threshold and s_base < flip_threshold)
-            details.append({
-                "probe": probes[pr.probe], "position": pr.position,
-                **{k: m[k] for k in ("kl", "js", "top1_agree", "topk_overlap")},
-                "amplification": m["kl"] / max(kl_u[pr.probe], 1e-12),
-                "similarity_to_untriggered": s_self, "similarity_to_base": s_base,
-                "untriggered_agreement": agreement[pr.probe],
-                "departs": departs, "flip": departs and agreement[pr.probe] >= flip_threshold,
-                "generation_dormant": decode(gd[i]), "generation_base": decode(gb[i]),
-                "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
-            })
-        kl = float(np.mean([d["kl"] for d in details]))
-        amplification = kl / max(mean_kl_u, 1e-12)
-        flip_rate = float(np.mean([d["flip"] for d in details]))
-        gens = [gd[i] for i in by_cand[c]]
-        results.append({
-            "text": cand.text, "token_ids": cand.token_ids,
-            "kl": kl, "kl_untriggered": mean_kl_u, "amplification": amplification,
-            "js": float(np.mean([d["js"] for d in details])),
-            "top1_agreement": float(np.mean([d["top1_agree"] for d in details])),
-            "topk_overlap": float(np.mean([d["topk_overlap"] for d in details])),
-            # a trigger must both change the generation and push the distributions further apart
-            "flip": flip_rate >= flip_rate_threshold and amplification > 1, "flip_rate": flip_rate,
-            "depart_rate": float(np.mean([d["departs"] for d in details])),
-            "consistency": _mean_pairwise(gens),
-            "layer_cos_div": np.mean([d["layer_cos_div"] for d in details], 0).tolist(),
-            "probes": details,
-        })
+        details = [_prompt_detail(prompts[i], i, per_prompt[i], probes, gens, agreement, kl_u, decode, flip_threshold)
+                   for i in by_cand[c]]
+        results.append(_candidate_result(cand, details, [gens["dormant"][i] for i in by_cand[c]], float(kl_u.mean()),
+                                         flip_rate_threshold))
     results.sort(key=lambda r: -r["amplification"])
     for rank, r in enumerate(results, 1):
         r["rank"] = rank
@@ -369,13 +379,58 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         "results": results,
         "untriggered": untriggered,
         "summary": {
-            "n_candidates": len(cands), "n_probes": len(probes), "kl_untriggered": mean_kl_u,
+            "n_candidates": len(cands), "n_probes": len(probes), "kl_untriggered": float(kl_u.mean()),
             "untriggered_agreement": float(np.mean([u["agrees"] for u in untriggered])),
             "untriggered_similarity": float(np.mean(agreement)),
-            "consistency_untriggered": _mean_pairwise([gd[p] for p in range(len(probes))]),
+            "consistency_untriggered": _mean_pairwise([gens["dormant"][p] for p in range(len(probes))]),
             "flipped": [r["text"] for r in results if r["flip"]],
             "top": results[0]["text"] if results else None,
         },
+    }
+
+
+_DIST_KEYS = ("kl", "js", "top1_agree", "topk_overlap")
+
+
+def _untriggered(probe: str, m: dict, gens: dict, p: int, agreement: float, decode, flip_threshold: float) -> dict:
+    return {"probe": probe, **{k: m[k] for k in _DIST_KEYS},
+            "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
+            "generation_base": decode(gens["base"][p]), "generation_dormant": decode(gens["dormant"][p]),
+            "generation_similarity": agreement, "agrees": agreement >= flip_threshold}
+
+
+def _prompt_detail(pr, i: int, m: dict, probes, gens: dict, agreement, kl_u, decode, flip_threshold: float) -> dict:
+    """One (probe, placement) of a candidate: distributions, generations, and whether it flips."""
+    gd, gb = gens["dormant"], gens["base"]
+    s_self, s_base = similarity(gd[i], gd[pr.probe]), similarity(gd[i], gb[i])
+    departs = bool(s_self < flip_threshold and s_base < flip_threshold)
+    return {
+        "probe": probes[pr.probe], "position": pr.position, **{k: m[k] for k in _DIST_KEYS},
+        "amplification": m["kl"] / max(kl_u[pr.probe], 1e-12),
+        "similarity_to_untriggered": s_self, "similarity_to_base": s_base,
+        "untriggered_agreement": agreement[pr.probe],
+        "departs": departs, "flip": departs and agreement[pr.probe] >= flip_threshold,
+        "generation_dormant": decode(gd[i]), "generation_base": decode(gb[i]),
+        "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
+    }
+
+
+def _candidate_result(cand, details: list[dict], generations, mean_kl_u: float, flip_rate_threshold: float) -> dict:
+    kl = float(np.mean([d["kl"] for d in details]))
+    amplification = kl / max(mean_kl_u, 1e-12)
+    flip_rate = float(np.mean([d["flip"] for d in details]))
+    return {
+        "text": cand.text, "token_ids": cand.token_ids,
+        "kl": kl, "kl_untriggered": mean_kl_u, "amplification": amplification,
+        "js": float(np.mean([d["js"] for d in details])),
+        "top1_agreement": float(np.mean([d["top1_agree"] for d in details])),
+        "topk_overlap": float(np.mean([d["topk_overlap"] for d in details])),
+        # a trigger must both change the generation and push the distributions further apart
+        "flip": flip_rate >= flip_rate_threshold and amplification > 1, "flip_rate": flip_rate,
+        "depart_rate": float(np.mean([d["departs"] for d in details])),
+        "consistency": _mean_pairwise(generations),
+        "layer_cos_div": np.mean([d["layer_cos_div"] for d in details], 0).tolist(),
+        "probes": details,
     }
 
 
