@@ -50,7 +50,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "triton>=3.9",
-        "transformers>=4.45",
+        "transformers>=5.0",  # oldest version the tests ran on; 4.56 cannot read the tokenizer files, 4.45 lacks dtype=
         "safetensors>=0.4",
         "tokenizers>=0.19",
         "huggingface_hub",
