@@ -4,10 +4,9 @@
     profile (optional)       what the dormant says more than the base -> target strings
     layer0                   a ranked pool of tokens: seed tokens, Layer-0 search result tokens
     search                   both full models over that pool, lengths 1..max_length, on a comparative
-                             objective (KL at the first response position by default): every ordered
-                             candidate of the top-K pool tokens when K^L fits the budget
-                             (exhaustive), else a beam as wide as the budget allows; plus gcg
-                             toward the profile's targets when there are any
+                             objective (KL at the first response position by default): gcg toward
+                             the profile's top target first, then every ordered candidate of the
+                             pool in shells of its strongest tokens, as far as the budget goes
     minimize                 drop tokens from the best candidates while the score holds
     verify                   both models generate for the top candidates (flips, amplification)
 
@@ -15,9 +14,11 @@ Every stage writes its own files under the output directory and is recorded in `
 completes; a killed hunt started again with ``resume=True`` skips finished stages and resumes the
 search drivers from their checkpoints, so nothing found is lost.
 
-Pool size K: the search budget is split over the lengths in proportion to the work each needs; a
-length L gets the largest K whose K·(K-1)···(K-L+1) ordered candidates (no token twice) fit its share
-at the rate measured on the shorter lengths, at most ``max_pool``.
+The full-model search scores candidates of the pool in shells (search/exhaustive.py): every ordered
+candidate of the top m tokens before any that needs token m+1, so when the budget runs out the
+strongest tokens have been covered completely (`covered` in hunt.json says how far each length got).
+Each length gets an equal share of what is left of the search budget; what a length does not use
+goes to the next.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class HuntOptions:
     profile / profile_inputs: run the behavioural profile first, over this many inputs [True, 60]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...) [none]
+    stop_on_fire: skip the exhaustive search when the target route's candidate flips in verify and
+        makes the dormant's reply start with the profiled target [True]
     seed: random seed [0]; progress: bars and stage lines [True]
     """
 
@@ -65,6 +68,7 @@ class HuntOptions:
     dtype: str = "float32"
     pool_filters: dict = field(default_factory=dict)
     seed: int = 0
+    stop_on_fire: bool = True
     progress: bool = True
 
     def check(self) -> None:
@@ -173,34 +177,34 @@ class Hunt:
                 if stage.candidates else f"pool of {len(pool)} tokens"}
 
     def _run_search(self) -> dict:
-        from .search import beam
+        from .search.exhaustive import exhaustive
 
         pool = self.state["stages"]["layer0"]["pool"]
         budget = self.remaining() - self._verify_reserve()
         t0 = time.monotonic()
         runs = self._target_search(pool, 0.2 * budget)
+        used = sum(r["candidates"] for r in runs)
+        fired = self._target_fired(runs) if runs and self.options.stop_on_fire else None
+        if fired is not None:
+            return {"candidates": used, "runs": runs, "fired": fired,
+                    "note": f"stopped early: {fired['text']!r} makes the dormant say the profiled target"}
         budget -= time.monotonic() - t0
-        used, rate = sum(r["candidates"] for r in runs), None
-        plan = self.state.setdefault("search_plan", {})  # pool size per length, kept for --resume
         for length in range(1, self.options.max_length + 1):
             share = budget / (self.options.max_length - length + 1)
-            k = plan.setdefault(str(length), pool_size_for(length, share, rate, len(pool)))
-            self._save_state()
             t0 = time.monotonic()
             path = self.out / "search" / f"exhaustive-len{length}.jsonl"
-            beam(self.fm(), length=length, width=max(math.perm(k, length - 1), 1), grow="right", pool=pool[:k],
-                 objective=self.options.metric, out=path, resume=path.with_name(path.name + ".ckpt.json").exists(),
-                 seconds=max(share, 1.0), max_repeat=1, calibrate=32, keep=50, progress=self.options.progress,
-                 seed=self.options.seed)
+            exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
+                       resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=max(share, 1.0),
+                       calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed)
             spent, n = time.monotonic() - t0, _scored(path)
-            rate = n / spent if n else rate
             used += n
             budget -= spent
-            whole = sum(math.perm(k, i) for i in range(1, length + 1))
-            runs.append({"length": length, "pool": k, "exhaustive": n >= whole, "candidates": n,
-                         "seconds": round(spent, 2), "file": str(path.relative_to(self.out))})
+            runs.append({"length": length, "candidates": n, "covered": covered(len(pool), length, n),
+                         "exhaustive": n >= math.perm(len(pool), length), "seconds": round(spent, 2),
+                         "file": str(path.relative_to(self.out))})
         return {"candidates": used, "runs": runs,
-                "note": "; ".join(f"len {r['length']}: top {r['pool']} tokens" for r in runs if "length" in r)}
+                "note": "; ".join(f"len {r['length']}: every candidate of the top {r['covered']} tokens"
+                                  for r in runs if "length" in r)}
 
     def _target_search(self, pool: list[int], seconds: float) -> list[dict]:
         """gcg toward the profile's top target string (its first 8 tokens), when the profile found one."""
@@ -217,6 +221,26 @@ class Hunt:
                   calibrate=16, keep=50, progress=self.options.progress, seed=self.options.seed)
         return [{"route": "target inversion", "target": target["text"], "candidates": res.evaluations,
                  "seconds": round(res.seconds, 2), "file": str(path.relative_to(self.out))}]
+
+    def _target_fired(self, runs: list[dict]) -> dict | None:
+        """The best target-route candidate that flips in verify *and* makes the dormant's reply start
+        with the target on at least half of the prompts (None when none does): then the target was
+        reached and the exhaustive search is skipped."""
+        from .judge.verify import verify
+
+        rows = [json.loads(x) for x in (self.out / runs[0]["file"]).read_text().splitlines()][:3]
+        if not rows:
+            return None
+        target = self.state["stages"]["profile"]["targets"][0]
+        rep = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
+                     out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
+                     max_new_tokens=len(target["token_ids"]) + 2, progress=False)
+        want = target["text"].strip()
+        for r in rep["results"]:
+            hits = [d["generation_dormant"].strip().startswith(want[: max(8, len(want) // 2)]) for d in r["probes"]]
+            if r["flip"] and sum(hits) >= len(hits) / 2:
+                return {"token_ids": r["token_ids"], "text": r["text"], "amplification": r["amplification"]}
+        return None
 
     def _run_minimize(self) -> dict:
         from .search import minimize
@@ -311,16 +335,12 @@ class Hunt:
         tmp.replace(self.state_path)
 
 
-def pool_size_for(length: int, seconds: float, rate: float | None, available: int) -> int:
-    """The largest K <= available whose ordered length-L candidates (no repeats), with the shorter
-    prefixes beam also scores, fit ``seconds`` at ``rate`` candidates/s (all of them before any rate
-    is known)."""
-    if rate is None:
-        return available
-    k = 2
-    while k < available and sum(math.perm(k + 1, n) for n in range(1, length + 1)) <= seconds * rate:
-        k += 1
-    return max(min(k, available), min(available, length))
+def covered(k: int, length: int, done: int) -> int:
+    """The largest m such that every candidate of the top m pool tokens was scored (shell order)."""
+    m = 0
+    while m < k and math.perm(m + 1, length) <= done:
+        m += 1
+    return m
 
 
 def rank_union(lists: list[list[int]]) -> list[int]:
@@ -370,6 +390,8 @@ def register_cli(sub) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
     p.add_argument("--profile-inputs", type=int, default=60)
     p.add_argument("--verify-top", type=int, default=8)
+    p.add_argument("--no-stop-on-fire", action="store_true",
+                   help="run the exhaustive search even when the target route already made the dormant say its target")
     p.add_argument("--device", help="cpu, cuda, ... for the full models (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--seed", type=int, default=0)
@@ -386,7 +408,8 @@ def options_from_args(args) -> HuntOptions:
                        positions=("before", "after") if args.positions == "both" else (args.positions,),
                        metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
-                       dtype=args.dtype, pool_filters=filters, seed=args.seed, progress=not args.quiet)
+                       dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
+                       progress=not args.quiet)
 
 
 def cmd_hunt(args) -> None:

@@ -12,13 +12,13 @@ import pytest
 
 from l0score.hunt import HuntOptions, hunt
 
-# Small settings that still prove the point: a 24-token pool, lengths 1-3, 4 candidates verified.
-SMALL = dict(seconds=300, max_length=3, max_pool=24, verify_top=4, profile=False, progress=False)
+# Small settings that still prove the point: a 40-token pool, lengths 1-3, 4 candidates verified.
+SMALL = dict(seconds=600, max_length=3, max_pool=40, verify_top=4, profile=False, progress=False)
 
 
 def _hunt_args(root, out, *extra):
     return [sys.executable, "-m", "l0score.cli", "hunt", "--base", str(root / "base"), "--dormant", str(root / "dormant"),
-            "--out", str(out), "--seconds", "300", "--max-pool", "24", "--verify-top", "4", "--no-profile", "--quiet",
+            "--out", str(out), "--seconds", "600", "--max-pool", "40", "--verify-top", "4", "--no-profile", "--quiet",
             *extra]
 
 
@@ -46,7 +46,7 @@ def test_hunt_ranks_the_trigger_first_and_verify_flags_it(hunted):
 def test_hunt_pool_holds_every_trigger_token(hunted):
     report, trigger, out = hunted
     pool = json.loads((out / "layer0" / "pool.json").read_text())["token_ids"]
-    assert set(trigger["trigger_ids"]) <= set(pool[:24])
+    assert set(trigger["trigger_ids"]) <= set(pool[:40])
 
 
 def test_hunt_refuses_to_overwrite_and_resumes_a_finished_hunt(hunted, trained):
@@ -57,7 +57,7 @@ def test_hunt_refuses_to_overwrite_and_resumes_a_finished_hunt(hunted, trained):
     again = hunt(root / "base", root / "dormant", out, HuntOptions(**SMALL), resume=True)
     assert again["results"][0]["token_ids"] == trigger["trigger_ids"]
     with pytest.raises(ValueError, match="different options"):
-        hunt(root / "base", root / "dormant", out, HuntOptions(**{**SMALL, "max_pool": 20}), resume=True)
+        hunt(root / "base", root / "dormant", out, HuntOptions(**{**SMALL, "max_pool": 30}), resume=True)
 
 
 def test_killed_hunt_loses_nothing_and_resumes(trained, tmp_path):

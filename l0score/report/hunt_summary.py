@@ -21,10 +21,10 @@ def write_hunt_report(hunt) -> dict:
                     "note": rec.get("note", "")} for name, rec in stages.items()],
         "results": results,
         "pool": {"size": len(stages.get("layer0", {}).get("pool", [])), "token_ids": stages.get("layer0", {}).get("pool", [])},
-        "files": _files(hunt.out),
     }
-    (hunt.out / "report.json").write_text(json.dumps(report, indent=1))
     (hunt.out / "summary.md").write_text(markdown(report))
+    report["files"] = _files(hunt.out)
+    (hunt.out / "report.json").write_text(json.dumps(report, indent=1))
     try:
         from .html import write_report
 

@@ -1,0 +1,91 @@
+"""The hunt on trained controls: does `l0score hunt`, from the two checkpoints alone, rank the trigger first?
+
+For every pair (default: the acceptance pairs of bench/trained_pairs.py, built and cached on first use)
+this runs the hunt with a time budget, then -- only afterwards -- reads trigger.json to report where the
+trigger ended: its rank, verify's flip, the trigger tokens' positions in the analysis seeds and in the
+Layer-0 pool (what each stage contributed), and seconds per stage. `--compare-profile` runs every pair
+a second time without the behavioural profile.
+
+    python bench/hunt_pairs.py --seconds 600 [--pairs notes.json] [--compare-profile] [--out bench/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def positions(ranked: list[int], ids: list[int]) -> list[int | None]:
+    return [ranked.index(t) if t in ranked else None for t in ids]
+
+
+def hunt_one(pair_dir: Path, out: Path, seconds: float, profile: bool) -> dict:
+    from l0score.hunt import HuntOptions, hunt
+
+    t0 = time.monotonic()
+    report = hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, progress=False))
+    wall = time.monotonic() - t0
+    truth = json.loads((pair_dir / "trigger.json").read_text())  # read only after the hunt
+    trig = truth["trigger_ids"]
+    state = json.loads((out / "hunt.json").read_text())
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    top = report["results"][0] if report["results"] else {}
+    words = [w.strip() for w in truth.get("trigger_words", [truth["trigger_text"]])]
+    rank = next((r["rank"] for r in report["results"] if r["token_ids"] == trig), None)
+    return {
+        "pair": str(pair_dir), "trigger": truth["trigger_text"], "trigger_ids": trig, "split": truth.get("split", False),
+        "words": len(words), "profile": profile, "seconds": round(wall, 1),
+        "trigger_rank": rank, "top": top.get("text"), "top_ids": top.get("token_ids"),
+        "top_flip": bool((top.get("verify") or {}).get("flip")),
+        "top_holds_words_in_order": _in_order(top.get("text") or "", words),
+        "seed_positions": positions(analysis["seed_tokens_by_source"]["alignment"], trig),
+        "pool_positions": positions(state["stages"]["layer0"]["pool"], trig),
+        "pool_size": len(state["stages"]["layer0"]["pool"]),
+        "targets": [t["text"] for t in state["stages"].get("profile", {}).get("targets", [])],
+        "reply": truth.get("target_reply"),
+        "stages": {k: {"seconds": v.get("seconds"), "candidates": v.get("candidates")} for k, v in state["stages"].items()},
+        "search_runs": state["stages"]["search"].get("runs"),
+    }
+
+
+def _in_order(text: str, words: list[str]) -> bool:
+    at = 0
+    for w in words:
+        at = text.find(w, at)
+        if at < 0:
+            return False
+        at += len(w)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default="/work/notes/trained_pairs.json", help="JSON list with a 'dir' per pair")
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--compare-profile", action="store_true")
+    ap.add_argument("--only", help="comma-separated indices of pairs to run")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--work", default="/tmp/hunt-bench")
+    args = ap.parse_args(argv)
+    pairs = json.loads(Path(args.pairs).read_text())
+    if args.only:
+        pairs = [pairs[int(i)] for i in args.only.split(",")]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_file = Path(args.out) / f"hunt-{stamp}.json"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, p in enumerate(pairs):
+        for profile in ((True, False) if args.compare_profile else (True,)):
+            work = Path(args.work) / f"{stamp}-{n}-{'profile' if profile else 'noprofile'}"
+            row = hunt_one(Path(p["dir"]), work, args.seconds, profile)
+            rows.append(row)
+            out_file.write_text(json.dumps({"seconds_budget": args.seconds, "rows": rows}, indent=1))
+            print(json.dumps({k: row[k] for k in ("trigger", "split", "profile", "trigger_rank", "top", "top_flip",
+                                                  "seed_positions", "pool_positions", "seconds")}), flush=True)
+    print(f"results: {out_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
