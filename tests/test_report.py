@@ -269,3 +269,46 @@ def test_bench_result_table_and_plot(runs, tmp_path):
     html = write_report(d).read_text()
     f32 = res["summary"]["float32"]["cand_per_s"]
     assert 'id="bench"' in html and f"{f32:.5g}" in html and 'alt="benchmark plot"' in html
+
+
+def test_damaged_fields_never_raise_a_traceback(runs, tiny_pair, tmp_path):
+    """Values of the wrong type anywhere in the hunt summary, verify report, analysis or search rows:
+    the page still renders (or, if nothing is left to show, a ValueError says why)."""
+    import random
+
+    clean = hunt_dir(runs, tmp_path / "clean", tiny_pair / "base", tiny_pair / "dormant")
+    files = ["report.json", "verify/report.json", "analysis/analysis.json", "profile/profile.json", "layer0/pool.json"]
+
+    def paths(obj, prefix=()):
+        yield prefix
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+        for k, v in list(items)[:6]:  # the first few entries of each level keep the walk small
+            yield from paths(v, prefix + (k,))
+
+    rng = random.Random(0)
+    for trial in range(12):
+        d = tmp_path / f"t{trial}"
+        shutil.copytree(clean, d)
+        for name in rng.sample(files, 2):
+            obj = json.loads((d / name).read_text())
+            targets = [p for p in paths(obj) if p]
+            for path in rng.sample(targets, min(4, len(targets))):
+                value = rng.choice([None, "x<b>", -1, 1.5e300, [], {}, [1, "a"], True])
+                try:  # (an earlier change may have replaced a parent of this path)
+                    node = obj
+                    for k in path[:-1]:
+                        node = node[k]
+                    node[path[-1]] = value
+                except (KeyError, IndexError, TypeError):
+                    pass
+            (d / name).write_text(json.dumps(obj))
+        lines = (d / "layer0" / "beam.jsonl").read_text().splitlines()
+        rec = json.loads(lines[0])
+        rec[rng.choice(sorted(rec))] = rng.choice([None, "x", [], {}])
+        (d / "layer0" / "beam.jsonl").write_text("\n".join([json.dumps(rec)] + lines[1:]) + "\n")
+        try:
+            html = write_report(d, heatmaps=0, panels=2).read_text()
+        except ValueError as exc:
+            assert "no l0score output found" in str(exc)
+            continue
+        assert 'id="ranked"' in html or "No candidates in this directory" in html

@@ -53,7 +53,9 @@ class VerifyReport:
 
     @property
     def untriggered(self) -> dict[str, dict]:
-        return {u.get("probe"): u for u in self.data.get("untriggered") or [] if isinstance(u, dict)}
+        rows = self.data.get("untriggered")
+        return {u["probe"]: u for u in rows if isinstance(u, dict) and isinstance(u.get("probe"), str)} \
+            if isinstance(rows, list) else {}
 
 
 @dataclass

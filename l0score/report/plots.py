@@ -59,6 +59,16 @@ def plot_verify_evidence(result: dict, untriggered: dict[str, dict]):
     """
     details = [d for d in result.get("probes") or [] if isinstance(d, dict)]
     fig, (ax_l, ax_k) = plt.subplots(1, 2, figsize=(11, 3.4))
+    try:
+        _draw_verify_evidence(ax_l, ax_k, details, untriggered)
+    except Exception:  # a damaged report: no figure left open behind the caller's error
+        plt.close(fig)
+        raise
+    fig.tight_layout()
+    return fig
+
+
+def _draw_verify_evidence(ax_l, ax_k, details: list[dict], untriggered: dict[str, dict]) -> None:
     base_curves = [u["layer_cos_div"] for u in untriggered.values() if u.get("layer_cos_div")]
     if base_curves:
         mean = np.mean(base_curves, 0)
@@ -91,5 +101,3 @@ def plot_verify_evidence(result: dict, untriggered: dict[str, dict]):
     ax_k.set_ylabel("KL(dormant || base)")
     ax_k.set_title("KL at the first response position", fontsize=9)
     ax_k.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

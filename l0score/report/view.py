@@ -80,6 +80,14 @@ def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
 
 
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
 def _get(d, *keys):
     for k in keys:
         if not isinstance(d, dict):
@@ -113,13 +121,17 @@ def _checkpoints(data: ReportData, options: ReportOptions) -> list[dict]:
         info = {"role": role, "path": path, "recorded": recorded[role] if given[role] else None,
                 "reachable": False, "fingerprint": None, "summary": None}
         config = _find_config(path, data.root)
-        if config is not None:
+        try:
+            raw = config.read_bytes() if config is not None else None
+        except OSError:
+            raw = None
+        if raw is not None:
             info["path"] = str(config.parent)
-            raw = config.read_bytes()
             info["reachable"] = True
             info["fingerprint"] = hashlib.sha256(raw).hexdigest()[:12]
             try:
                 cfg = json.loads(raw)
+                cfg = cfg if isinstance(cfg, dict) else {}
                 info["summary"] = ", ".join(f"{k} {cfg[k]}" for k in (
                     "model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
                     "vocab_size", "torch_dtype") if k in cfg)
@@ -130,14 +142,21 @@ def _checkpoints(data: ReportData, options: ReportOptions) -> list[dict]:
 
 
 def _find_config(path: str | None, root: Path) -> Path | None:
-    """config.json of a recorded checkpoint path; a relative path is tried from here, then from DIR."""
+    """config.json of a recorded checkpoint: a relative path is tried from here, then from DIR; a hub id
+    in the local Hugging Face cache (never downloaded)."""
     if not path:
         return None
     for base in (Path.cwd(), root):
         config = base / path / "config.json"
         if config.is_file():
             return config.resolve()
-    return None
+    from ..core.checkpoint import resolve_model_dir
+
+    try:
+        config = resolve_model_dir(path) / "config.json"
+    except (ValueError, OSError):  # CheckpointError is a ValueError
+        return None
+    return config if config.is_file() else None
 
 
 def _heatmap_template(data: ReportData):
@@ -159,11 +178,11 @@ def _template_text(data: ReportData) -> str:
     if t is not None:
         parts.append(f"Layer-0 search: {len(t[0])}-token prefix + candidate + {len(t[1])}-token suffix")
     for v in data.verifies:
-        cfg = v.data.get("config") or {}
+        cfg = _dict(v.data.get("config"))
         if cfg:
             sysmsg = cfg.get("system")
             parts.append(f"verify: chat template, {'system ' + repr(sysmsg) if sysmsg else 'its default system prompt'}"
-                         f", candidate {' / '.join(map(str, cfg.get('positions') or []))} the probe")
+                         f", candidate {' / '.join(map(str, _list(cfg.get('positions'))))} the probe")
     return "; ".join(parts) or "not recorded"
 
 
@@ -189,7 +208,7 @@ def _funnel(data: ReportData) -> list[dict]:
     rows = []
     if data.analysis is not None:
         rows.append({"stage": "analyze", "candidates": None, "seconds": _num(data.analysis.get("seconds")),
-                     "note": f"{len(data.analysis.get('seed_tokens') or [])} seed tokens, focus heads "
+                     "note": f"{len(_list(data.analysis.get('seed_tokens')))} seed tokens, focus heads "
                              f"{data.analysis.get('focus_heads')}"})
     for sf in data.searches:
         rows.append({"stage": f"{'Layer-0' if sf.stage == 'layer0' else 'full-model'} search "
@@ -197,8 +216,8 @@ def _funnel(data: ReportData) -> list[dict]:
                      "candidates": sf.used, "seconds": sf.seconds,
                      "note": f"{len(sf.records)} kept in {data.rel(sf.path)}"})
     for v in data.verifies:
-        cfg = v.data.get("config") or {}
-        rows.append({"stage": "verify", "candidates": len(v.data.get("results") or []),
+        cfg = _dict(v.data.get("config"))
+        rows.append({"stage": "verify", "candidates": len(_list(v.data.get("results"))),
                      "seconds": _num(cfg.get("seconds")), "note": f"{cfg.get('n_prompts', '?')} prompts"})
     return rows
 
@@ -281,7 +300,7 @@ class HeatmapSource:
                 path = Path(tmp) / "heatmap.png"
                 plot_delta_heatmaps(self.scorer, token_ids, str(path))
                 return png_uri(path.read_bytes())
-        except (ValueError, TypeError, OSError, IndexError) as exc:  # CheckpointError is a ValueError
+        except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError) as exc:  # CheckpointError: ValueError
             self.reachable = False
             self.note = f"Layer-0 dS heatmaps not drawn: {exc}"
             return None
@@ -323,10 +342,10 @@ def _verify_panel(result: dict, report, data: ReportData) -> dict:
 
     untrig = report.untriggered
     prompts = []
-    for d in result.get("probes") or []:
+    for d in _list(result.get("probes")):
         if not isinstance(d, dict):
             continue
-        u = untrig.get(d.get("probe"), {})
+        u = untrig.get(d.get("probe"), {}) if isinstance(d.get("probe"), str) else {}
         base_seg, dorm_seg = diff_segments(str(d.get("generation_base", "")), str(d.get("generation_dormant", "")))
         prompts.append({
             "probe": d.get("probe"), "position": d.get("position"), "kl": fmt_num(_num(d.get("kl"))),
@@ -338,7 +357,7 @@ def _verify_panel(result: dict, report, data: ReportData) -> dict:
         })
     try:
         plot = png_uri(png_bytes(plot_verify_evidence(result, untrig)))
-    except (ValueError, TypeError, KeyError) as exc:  # ragged or missing per-layer data in a damaged report
+    except Exception as exc:  # noqa: BLE001 -- damaged data in any shape; the page says which figure is missing
         plot = None
         data.problems.append(f"{data.rel(report.path)}: evidence plot of {result.get('text')!r} not drawn ({exc})")
     summary = [(k, fmt_num(_num(result.get(k)), 4)) for k in ("kl", "kl_untriggered", "amplification", "js",
@@ -381,8 +400,8 @@ def _analysis(data: ReportData) -> dict | None:
     if a is None:
         return None
     l0 = a.get("layer0") if isinstance(a.get("layer0"), dict) else {}
-    heads = [h for h in l0.get("heads") or [] if isinstance(h, dict)]
-    focus = set(a.get("focus_heads") or [])
+    heads = [h for h in _list(l0.get("heads")) if isinstance(h, dict)]
+    focus = {h for h in _list(a.get("focus_heads")) if isinstance(h, int)}
     plots = a.get("plots") if isinstance(a.get("plots"), dict) else {}
     figures, missing = [], []
     for key, caption in (("delta_norms", "delta norm and low-rank concentration per layer"),
@@ -400,10 +419,10 @@ def _analysis(data: ReportData) -> dict | None:
         "n_heads": len(heads),
         "seeds": [{"id": t.get("id"), "text": t.get("text"), "score": fmt_num(_num(t.get("score"))),
                    "block": t.get("block"), "role": t.get("role")}
-                  for t in (l0.get("seed_token_details") or [])[:24] if isinstance(t, dict)],
-        "n_seeds": len(a.get("seed_tokens") or []),
+                  for t in _list(l0.get("seed_token_details"))[:24] if isinstance(t, dict)],
+        "n_seeds": len(_list(a.get("seed_tokens"))),
         "bias_strongest": [{"head": c.get("head"), "offset": c.get("offset"), "value": fmt_num(_num(c.get("value")))}
-                           for c in (_get(l0, "bias_template", "strongest") or [])[:8] if isinstance(c, dict)],
+                           for c in _list(_get(l0, "bias_template", "strongest"))[:8] if isinstance(c, dict)],
         "figures": figures, "missing_figures": [m["name"] for m in missing],
     }
 
