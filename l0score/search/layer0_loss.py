@@ -2,12 +2,13 @@
 drivers' Layer-0 term).
 
 The math is the torch reference's (DESIGN §1, core/reference.py): embedding rows -> RMSNorm -> q/k
-projections -> RoPE -> dS over the whole templated sequence, both models. ``kl`` is the row KL summed over
-the scored rows and heads (the `Scorer`'s value to float32 rounding); ``max_abs`` and ``band``
-are maxima, replaced by a smooth maximum ``tau * logsumexp(|dS| / tau)`` over the same cells (it
-bounds the hard maximum from above by at most ``tau * log(cells)`` and tends to it as tau -> 0), so
-their gradient reaches every cell near the maximum and not only the argmax. Candidates are scored
-exactly by a `Scorer`; this module is only for gradients.
+projections -> RoPE -> dS over the whole templated sequence, both models. ``kl`` is the row KL
+summed over the scored rows and heads (the `Scorer`'s value to float32 rounding); ``max_abs``,
+``band`` and ``head_max_sum`` (per head) are maxima, replaced by a smooth maximum
+``tau * logsumexp(|dS| / tau)`` over the same cells (it bounds the hard maximum from above by at most
+``tau * log(cells)`` and tends to it as tau -> 0), so their gradient reaches every cell near the
+maximum and not only the argmax. Candidates are scored exactly by a `Scorer`; this module is only
+for gradients.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import torch
 
 from ..core.model_pair import ModelPair
 from ..core.reference import BASELINES, REGIONS, attention_logits, bias_baseline, rms_norm, rope_angles, rotate
-from ..core.scores import METRICS
 from ..core.template import Template
 
 MODELS = ("base", "dormant")
+DIFFERENTIABLE = ("max_abs", "kl", "band", "head_max_sum")  # the Layer-0 metrics this module has a gradient for
 
 
 class Layer0Loss:
@@ -31,9 +32,9 @@ class Layer0Loss:
 
     def __init__(self, pair: ModelPair, templates, weights: dict[str, float], *, heads=None, region: str = "candidate",
                  baseline: str = "none", offsets=(), tau: float = 0.05):
-        unknown = [m for m in weights if m not in METRICS]
+        unknown = [m for m in weights if m not in DIFFERENTIABLE]
         if unknown:
-            raise ValueError(f"the Layer-0 term knows {', '.join(METRICS)}, not {unknown[0]!r}")
+            raise ValueError(f"the Layer-0 gradient covers {', '.join(DIFFERENTIABLE)}, not {unknown[0]!r}")
         if "band" in weights and not offsets:
             raise ValueError("the Layer-0 metric 'band' needs band offsets")
         if region not in REGIONS or baseline not in BASELINES:
@@ -89,7 +90,7 @@ class Layer0Loss:
             kl = _row_kl(s_base, s_dorm, causal)  # [Hs, T]
             rows = slice(0, T) if self.region == "all" else slice(p, T)
             total = total + self.weights["kl"] * kl[:, rows].sum()
-        if "max_abs" in self.weights or "band" in self.weights:
+        if {"max_abs", "band", "head_max_sum"} & set(self.weights):
             if self.region == "all":
                 scored = causal
             else:  # candidate rows, and later rows' cells on candidate keys (the Scorer's region)
@@ -102,6 +103,9 @@ class Layer0Loss:
             if "band" in self.weights:
                 cells = scored & torch.isin(t - j, self.offsets)
                 total = total + self.weights["band"] * self._smooth_max(ds[:, cells])
+            if "head_max_sum" in self.weights:  # each head's own (smooth) max, summed over heads
+                per_head = sum(self._smooth_max(ds[h][scored]) for h in range(len(ds)))
+                total = total + self.weights["head_max_sum"] * per_head
         return total
 
     def _smooth_max(self, values: torch.Tensor) -> torch.Tensor:
