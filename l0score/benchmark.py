@@ -372,6 +372,8 @@ def _transformers_baseline(pair, tpl, cands: np.ndarray, batch: int = 32) -> dic
     """Both models' Layer-0 modules recomputed for every candidate's full sequence, batched."""
     from transformers import AutoConfig
 
+    from .core.reference import row_kl
+
     hf_cfg = AutoConfig.from_pretrained(pair.base.path, local_files_only=True)
     models = [_HFLayer0(w, hf_cfg).eval() for w in (pair.base, pair.dormant)]
     p, c, s = len(tpl.prefix_ids), cands.shape[1], len(tpl.suffix_ids)
@@ -387,9 +389,9 @@ def _transformers_baseline(pair, tpl, cands: np.ndarray, batch: int = 32) -> dic
         s_b, s_d = models[0](ids), models[1](ids)
         ds = (s_d - s_b).abs().masked_fill(~scored, -math.inf)
         max_abs = ds.flatten(1).amax(-1)
-        ld = torch.log_softmax(s_d.masked_fill(~causal, -math.inf), -1)
-        lb = torch.log_softmax(s_b.masked_fill(~causal, -math.inf), -1)
-        kl = (ld.exp() * (ld - lb)).masked_fill(~causal, 0).sum(-1)[:, :, p:].sum((-1, -2))
+        # the same KL formula as every backend (from dS, docs/precision.md), so that agreement
+        # figures measure the logits and not the textbook form's ~1e-3 cancellation error
+        kl = row_kl(s_b, s_d, causal.expand_as(s_b))[:, :, p:].sum((-1, -2))
         return max_abs, kl
 
     score(seq[:batch])

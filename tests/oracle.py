@@ -38,16 +38,52 @@ def layer0_logits(model_dir: str, ids: list[int], bias_only: bool = False, dtype
     return (torch.matmul(q, k.transpose(2, 3)) * attn.scaling)[0].double().numpy()
 
 
+@torch.no_grad()
+def layer0_logits64(model_dir: str, ids: list[int], bias_only: bool = False, norms: bool = False) -> np.ndarray:
+    """S [H, T, T] in float64 from the checkpoint's values (the float64 oracle of tests/test_precision.py).
+
+    The same transformers Layer-0 modules' parameters (loaded in float32: a bf16 checkpoint's values
+    are exact there), with every step in float64: embedding, RMSNorm (done here, since transformers'
+    Qwen2RMSNorm computes in float32 whatever the model dtype), q/k projections, RoPE with
+    transformers' own cos/sin (float32 by definition, DESIGN §1, widened exactly), dot / sqrt(D)."""
+    model = load_model(str(model_dir), torch.float32)
+    attn = model.model.layers[0].self_attn
+    norm = model.model.layers[0].input_layernorm
+    ids_t = torch.tensor([ids])
+    x = model.model.embed_tokens(ids_t).double()
+    h = norm.weight.double() * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+    d = attn.head_dim
+    wq, bq = attn.q_proj.weight.double(), attn.q_proj.bias.double()
+    wk, bk = attn.k_proj.weight.double(), attn.k_proj.bias.double()
+    if bias_only:
+        q, k = bq.expand(1, len(ids), -1), bk.expand(1, len(ids), -1)
+    else:
+        q, k = h @ wq.T + bq, h @ wk.T + bk
+    q = q.view(1, len(ids), -1, d).transpose(1, 2)
+    k = k.view(1, len(ids), -1, d).transpose(1, 2)
+    cos, sin = model.model.rotary_emb(x.float(), torch.arange(len(ids))[None])
+    q, k = apply_rotary_pos_emb(q, k, cos.double(), sin.double())
+    k = repeat_kv(k, attn.num_key_value_groups)
+    if norms:  # |q_i| |k_j| / sqrt(D) [H, T, T]: the scale of a cell's float32 rounding
+        return (q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :] / np.sqrt(d))[0].numpy()
+    return (torch.matmul(q, k.transpose(2, 3)) / np.sqrt(d))[0].numpy()
+
+
 def oracle_scores(base: str, dormant: str, prefix, cand, suffix, heads=None, region="candidate",
                   baseline="none", offsets=(), dtype=torch.float32) -> dict:
-    """Every metric for one candidate, straight from the definitions."""
+    """Every metric for one candidate, straight from the definitions. dtype=torch.float64: the
+    logits from layer0_logits64 (every step in float64)."""
     ids = list(prefix) + list(cand) + list(suffix)
     p, c, t_len = len(prefix), len(cand), len(ids)
-    s_b, s_d = layer0_logits(base, ids, dtype=dtype), layer0_logits(dormant, ids, dtype=dtype)
+    if dtype == torch.float64:
+        logits = lambda m, bias_only=False: layer0_logits64(m, ids, bias_only)
+    else:
+        logits = lambda m, bias_only=False: layer0_logits(m, ids, bias_only, dtype=dtype)
+    s_b, s_d = logits(base), logits(dormant)
     heads = list(range(s_b.shape[0])) if heads is None else list(heads)
     ds = s_d - s_b
     if baseline == "bias":
-        ds = ds - (layer0_logits(dormant, ids, True) - layer0_logits(base, ids, True))
+        ds = ds - (logits(dormant, True) - logits(base, True))
     i_idx, j_idx = np.meshgrid(np.arange(t_len), np.arange(t_len), indexing="ij")
     causal = j_idx <= i_idx
     in_cand = lambda x: (x >= p) & (x < p + c)
@@ -75,4 +111,7 @@ def oracle_scores(base: str, dormant: str, prefix, cand, suffix, heads=None, reg
         sel = scored & (i_idx - j_idx == r)
         band.append(float(cells[:, sel].max()) if sel.any() else 0.0)
     out["band"] = band
+    if dtype == torch.float64:  # per head: the largest |q||k|/sqrt(D) of a scored cell, both models summed
+        nrm = layer0_logits64(base, ids, norms=True) + layer0_logits64(dormant, ids, norms=True)
+        out["cell_scale"] = [float(np.where(scored, nrm[h], 0.0).max()) for h in heads]
     return out

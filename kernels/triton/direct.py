@@ -103,7 +103,7 @@ def _direct_kernel(
         qd_lo, qd_hi = _project_rot(emb_d_ptr, norm_d_ptr, w_d_ptr, bias_d_ptr, stride_e, stride_w, tok, t_ok,
                                     q_row0, p + t, cos_ptr, sin_ptr, hidden, eps, BLOCK_L, HALF, HALF_PAD, BLOCK_H,
                                     DOT_PREC)
-        m_row, j_row, mb, lb, md, ld, a_kl, band_row = _prefix_tiles(
+        m_row, j_row, mb, f_kl, md, ld, a_kl, band_row = _prefix_tiles(
             qb_lo, qb_hi, qd_lo, qd_hi, pk_b_ptr, pk_d_ptr, stride_pk, g * D, scale, t, p, c, dep, cand_lo,
             base_row, offs, band_row, BLOCK_L, BLOCK_K, HALF, HALF_PAD, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL,
             DOT_PREC)
@@ -118,12 +118,12 @@ def _direct_kernel(
             kd_lo, kd_hi = _project_rot(emb_d_ptr, norm_d_ptr, w_d_ptr, bias_d_ptr, stride_e, stride_w, ktok, m_ok,
                                         k_row0, p + m, cos_ptr, sin_ptr, hidden, eps, BLOCK_K, HALF, HALF_PAD, BLOCK_H,
                                         DOT_PREC)
-            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+            m_row, j_row, mb, f_kl, md, ld, a_kl, band_row = _score_tile(
                 qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, p + m0, p + dep, p, c, dep,
-                cand_lo, base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                cand_lo, base_row, offs, m_row, j_row, mb, f_kl, md, ld, a_kl, band_row,
                 BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
 
-        best, best_i, best_j, kl_acc = _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl,
+        best, best_i, best_j, kl_acc = _fold_rows(t0, t, dep, p, m_row, j_row, mb, f_kl, md, ld, a_kl,
                                                   best, best_i, best_j, kl_acc, BLOCK_L, WANT_KL)
 
     _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, b * n_scored + hs, best, best_i, best_j, kl_acc, band_row,

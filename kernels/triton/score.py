@@ -16,9 +16,15 @@ dS = S_dormant - S_base immediately (nothing of S or dS is written to memory):
 * band: for each of the N_OFFSETS offsets r, the max over scored cells with i - j = r, kept per
   row slot ([rows, offsets]: each offset hits at most one key of a row) and folded once at the
   end (per head; the launcher's caller takes the max over heads);
-* head_kl: an online two-softmax. For both models a running row max m and sum l = sum e^(S - m), plus
-  A = sum e^(S_d - m_d) (S_d - S_b), all rescaled when m_d / m_b grow; at the end of a row
-  KL(P_d || P_b) = A / l_d + (m_b - m_d) + ln(l_b / l_d). One sweep over the keys for both models.
+* head_kl: an online two-softmax computed from dS (docs/precision.md). Per row: the running maxima
+  m_d, m_b, the shift c = m_d - m_b, x = dS - c, e_j = e^(S_d - m_d), f(x) = x + expm1(-x) (~x^2/2),
+  and l_d = sum e_j, A = sum e_j x_j, F = sum e_j f(x_j) (f a polynomial where |x| < ln2/2, else
+  e_j x_j + (e^(S_b - m_b) - e_j)). When the maxima grow, the old cells' weights scale by
+  alpha_d = e^(m_d,old - m_d) and their x move by delta = c_new - c_old:
+  A <- alpha_d (A - delta l_d), F <- alpha_d (F + f(-delta) l_d + expm1(delta) (F - A)).
+  At the end of a row, with m = A / l_d, y = F / l_d - m:
+  KL(P_d || P_b) = E_pd[dS] + ln E_pd[e^-dS] = F / l_d + (log1p(y) - y), every term's rounding
+  relative to itself (~dS^2), not to S (the textbook form's ~1e-3). One sweep over the keys.
 
 Choices: RoPE is applied on the two halves of a head ([lo | hi], Qwen2's rotate_half split) and
 S = lo.lo + hi.hi as two dots, so no lane permutation is needed and any even head_dim works
@@ -27,7 +33,8 @@ cos/sin come from a resident [positions, D/2] table computed by torch exactly as
 does, rather than tl.sin/tl.cos, whose GPU versions are approximate at large angles. Dots run in
 fp32 with input_precision="ieee" by default (TF32 would cost ~1e-3 relative on dS).
 Loops over rows and keys have runtime bounds from each candidate's length, so ragged batches do
-no work on padding. Exponentials use exp2/log2 (no libdevice).
+no work on padding. Exponentials use exp2/log2 (no libdevice); expm1 and log1p of small arguments
+are short polynomials.
 """
 from __future__ import annotations
 
@@ -36,6 +43,46 @@ import triton
 import triton.language as tl
 
 from ._launch import TABLE_DTYPES, Launcher, check_ids, check_tensor, next_pow2
+
+
+LOG2E = tl.constexpr(1.4426950408889634)
+KL_SMALL = tl.constexpr(0.34657359027997264)  # ln2 / 2
+
+
+@triton.jit
+def _expm1_small(x):
+    """expm1(x) for |x| <= ln2/2: degree-7 Taylor polynomial (truncation < 3e-8 relative)."""
+    p = x * (1.0 / 5040.0) + 1.0 / 720.0
+    p = p * x + 1.0 / 120.0
+    p = p * x + 1.0 / 24.0
+    p = p * x + 1.0 / 6.0
+    p = p * x + 0.5
+    return (p * x) * x + x
+
+
+@triton.jit
+def _f_small(x):
+    """f(x) = x + expm1(-x) = x^2/2 - x^3/6 + ... for |x| <= ln2/2 (degree-8 Taylor polynomial)."""
+    p = x * (1.0 / 40320.0) - 1.0 / 5040.0
+    p = p * x + 1.0 / 720.0
+    p = p * x - 1.0 / 120.0
+    p = p * x + 1.0 / 24.0
+    p = p * x - 1.0 / 6.0
+    p = p * x + 0.5
+    return (p * x) * x
+
+
+@triton.jit
+def _log1p_minus(y):
+    """log1p(y) - y, y > -1, accurate relative to the result (~ -y^2/2) near 0: with z = y / (2 + y),
+    -y z + 2 z^3 (1/3 + z^2/5 + z^4/7 + z^6/9) for |y| < 1/4, log2(1 + y) ln2 - y elsewhere."""
+    small = tl.abs(y) < 0.25
+    ys = tl.where(small, y, 0.0)
+    z = ys / (2.0 + ys)
+    z2 = z * z
+    ser = (((z2 * (1.0 / 9.0) + 1.0 / 7.0) * z2 + 1.0 / 5.0) * z2 + 1.0 / 3.0) * (2.0 * z * z2) - ys * z
+    big = tl.log2(tl.where(small, 2.0, 1.0 + y)) * 0.6931471805599453 - y
+    return tl.where(small, ser, big)
 
 
 @triton.jit
@@ -70,7 +117,7 @@ def _cached_keys(pk_b_ptr, pk_d_ptr, stride, j, col, ok, HALF: tl.constexpr, HAL
 @triton.jit
 def _score_tile(qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale,
                 t, j0, j_end, p, c, dep, cand_lo, base_row_ptr, offs,
-                m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                m_row, j_row, mb, f_kl, md, ld, a_kl, band_row,
                 BLOCK_K: tl.constexpr, REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr,
                 N_OFFSETS: tl.constexpr, WANT_KL: tl.constexpr, DOT_PREC: tl.constexpr):
     """Logits of one [rows, keys] tile for both models (keys at absolute positions j0.., real below
@@ -111,15 +158,26 @@ def _score_tile(qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale,
         sd = tl.where(valid, s_d, float("-inf"))
         mb_new = tl.maximum(mb, tl.max(sb, 1))
         md_new = tl.maximum(md, tl.max(sd, 1))
-        eb = tl.exp2((sb - mb_new[:, None]) * 1.4426950408889634)
-        ed = tl.exp2((sd - md_new[:, None]) * 1.4426950408889634)
-        lb = lb * tl.exp2((mb - mb_new) * 1.4426950408889634) + tl.sum(eb, 1)
-        alpha_d = tl.exp2((md - md_new) * 1.4426950408889634)
-        ld = ld * alpha_d + tl.sum(ed, 1)
-        a_kl = a_kl * alpha_d + tl.sum(tl.where(valid, ed * ds, 0.0), 1)
+        alpha_d = tl.exp2((md - md_new) * LOG2E)
+        alpha_b = tl.exp2((mb - mb_new) * LOG2E)
+        c_new = md_new - mb_new
+        delta = c_new - (md - mb)
+        # alpha_d expm1(delta) (= alpha_b - alpha_d) and alpha_d f(-delta): polynomials while delta is small
+        small_d = tl.abs(delta) < KL_SMALL
+        dsm = tl.where(small_d, delta, 0.0)
+        em = tl.where(small_d, alpha_d * _expm1_small(dsm), alpha_b - alpha_d)
+        efm = tl.where(small_d, alpha_d * _f_small(-dsm), em - alpha_d * delta)
+        x = tl.where(valid, ds - c_new[:, None], 0.0)
+        ed = tl.exp2((sd - md_new[:, None]) * LOG2E)
+        eb = tl.exp2((sb - mb_new[:, None]) * LOG2E)
+        small = tl.abs(x) < KL_SMALL
+        term = tl.where(small, ed * _f_small(tl.where(small, x, 0.0)), ed * x + (eb - ed))
+        f_kl = alpha_d * f_kl + efm * ld + em * (f_kl - a_kl) + tl.sum(tl.where(valid, term, 0.0), 1)
+        a_kl = alpha_d * (a_kl - delta * ld) + tl.sum(tl.where(valid, ed * x, 0.0), 1)
+        ld = alpha_d * ld + tl.sum(ed, 1)
         mb = mb_new
         md = md_new
-    return m_row, j_row, mb, lb, md, ld, a_kl, band_row
+    return m_row, j_row, mb, f_kl, md, ld, a_kl, band_row
 
 
 @triton.jit
@@ -128,27 +186,27 @@ def _prefix_tiles(qb_lo, qb_hi, qd_lo, qd_hi, pk_b_ptr, pk_d_ptr, stride_pk, col
                   HALF_PAD: tl.constexpr, REGION_ALL: tl.constexpr, HAS_BASELINE: tl.constexpr,
                   N_OFFSETS: tl.constexpr, WANT_KL: tl.constexpr, DOT_PREC: tl.constexpr):
     """A fresh state for a tile of rows t, folded over the cached prefix keys (already rotated, fp32):
-    (m_row, j_row, mb, lb, md, ld, a_kl, band_row). Both kernels start every row tile with this; they
+    (m_row, j_row, mb, f_kl, md, ld, a_kl, band_row). Both kernels start every row tile with this; they
     differ only in how the candidate's own keys are made (table gather or projection)."""
     m_row = tl.full((BLOCK_L,), float("-inf"), tl.float32)
     j_row = tl.zeros((BLOCK_L,), dtype=tl.int32)
     mb = tl.full((BLOCK_L,), -1.0e30, tl.float32)
     md = tl.full((BLOCK_L,), -1.0e30, tl.float32)
-    lb = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    f_kl = tl.zeros((BLOCK_L,), dtype=tl.float32)
     ld = tl.zeros((BLOCK_L,), dtype=tl.float32)
     a_kl = tl.zeros((BLOCK_L,), dtype=tl.float32)
     for j0 in range(0, p, BLOCK_K):
         j = j0 + tl.arange(0, BLOCK_K)
         kb_lo, kb_hi, kd_lo, kd_hi = _cached_keys(pk_b_ptr, pk_d_ptr, stride_pk, j, col, j < p, HALF, HALF_PAD)
-        m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+        m_row, j_row, mb, f_kl, md, ld, a_kl, band_row = _score_tile(
             qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, j0, p, p, c, dep, cand_lo,
-            base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+            base_row, offs, m_row, j_row, mb, f_kl, md, ld, a_kl, band_row,
             BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
-    return m_row, j_row, mb, lb, md, ld, a_kl, band_row
+    return m_row, j_row, mb, f_kl, md, ld, a_kl, band_row
 
 
 @triton.jit
-def _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl, best, best_i, best_j, kl_acc,
+def _fold_rows(t0, t, dep, p, m_row, j_row, mb, f_kl, md, ld, a_kl, best, best_i, best_j, kl_acc,
                BLOCK_L: tl.constexpr, WANT_KL: tl.constexpr):
     """End of a row tile: fold per-row max/argmax and row KLs into the per-program results."""
     blk_max, blk_row = tl.max(m_row, 0, return_indices=True, return_indices_tie_break_left=True)
@@ -159,9 +217,9 @@ def _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl, best, best_i, 
     best = tl.where(take, blk_max, best)
     if WANT_KL:
         row_ok = t < dep
-        l_b = tl.where(row_ok, lb, 1.0)
         l_d = tl.where(row_ok, ld, 1.0)
-        kl_row = a_kl / l_d + (mb - md) + (tl.log2(l_b) - tl.log2(l_d)) * 0.6931471805599453
+        f_m = tl.where(row_ok, f_kl, 0.0) / l_d
+        kl_row = f_m + _log1p_minus(f_m - tl.where(row_ok, a_kl, 0.0) / l_d)
         kl_acc += tl.sum(tl.where(row_ok, kl_row, 0.0), 0)
     return best, best_i, best_j, kl_acc
 
@@ -216,7 +274,7 @@ def _score_kernel(
         tok = tl.load(row_ids + t, mask=t_ok, other=0)
         qb_lo, qb_hi, qd_lo, qd_hi = _rows_rot(tab_b_ptr, tab_d_ptr, stride_tab, tok, q_col, p + t, t_ok,
                                                cos_ptr, sin_ptr, HALF, HALF_PAD)
-        m_row, j_row, mb, lb, md, ld, a_kl, band_row = _prefix_tiles(
+        m_row, j_row, mb, f_kl, md, ld, a_kl, band_row = _prefix_tiles(
             qb_lo, qb_hi, qd_lo, qd_hi, pk_b_ptr, pk_d_ptr, stride_pk, g * D, scale, t, p, c, dep, cand_lo,
             base_row, offs, band_row, BLOCK_L, BLOCK_K, HALF, HALF_PAD, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL,
             DOT_PREC)
@@ -228,12 +286,12 @@ def _score_kernel(
             ktok = tl.load(row_ids + m, mask=m_ok, other=0)
             kb_lo, kb_hi, kd_lo, kd_hi = _rows_rot(tab_b_ptr, tab_d_ptr, stride_tab, ktok, k_col, p + m, m_ok,
                                                    cos_ptr, sin_ptr, HALF, HALF_PAD)
-            m_row, j_row, mb, lb, md, ld, a_kl, band_row = _score_tile(
+            m_row, j_row, mb, f_kl, md, ld, a_kl, band_row = _score_tile(
                 qb_lo, qb_hi, qd_lo, qd_hi, kb_lo, kb_hi, kd_lo, kd_hi, scale, t, p + m0, p + dep, p, c, dep,
-                cand_lo, base_row, offs, m_row, j_row, mb, lb, md, ld, a_kl, band_row,
+                cand_lo, base_row, offs, m_row, j_row, mb, f_kl, md, ld, a_kl, band_row,
                 BLOCK_K, REGION_ALL, HAS_BASELINE, N_OFFSETS, WANT_KL, DOT_PREC)
 
-        best, best_i, best_j, kl_acc = _fold_rows(t0, t, dep, p, m_row, j_row, mb, lb, md, ld, a_kl,
+        best, best_i, best_j, kl_acc = _fold_rows(t0, t, dep, p, m_row, j_row, mb, f_kl, md, ld, a_kl,
                                                   best, best_i, best_j, kl_acc, BLOCK_L, WANT_KL)
 
     _store_results(max_ptr, pos_ptr, kl_ptr, band_ptr, b * n_scored + hs, best, best_i, best_j, kl_acc, band_row,
