@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -11,22 +10,7 @@ import numpy as np
 from rich.table import Table
 
 from .core.cache_dir import cache_dir
-
-
-def demo_pair(seed: int = 0) -> Path:
-    """The tiny demo pair under the cache directory, made on first use (atomically, so an
-    interrupted build is redone rather than trusted)."""
-    from .synthetic import make_pair
-
-    final = cache_dir() / f"demo-pair-tiny-seed{seed}"
-    if (final / "trigger.json").is_file():
-        return final
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_pair(tmp, size="tiny", seed=seed)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+from .synthetic.demo_pair import demo_pair
 
 
 def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: str | None = None, console=None) -> dict:

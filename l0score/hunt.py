@@ -110,9 +110,7 @@ class Hunt:
         self.fm()  # bad probes, or a prompt longer than the context, fail before any work
         old = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
         try:
-            for name in STAGES:
-                if name == "profile" and not self.options.profile:
-                    continue
+            for name in self.expected_stages():
                 if name not in self.state["stages"]:
                     self._stage(name)
         finally:
@@ -120,6 +118,9 @@ class Hunt:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return self._write_report()
+
+    def expected_stages(self) -> list[str]:
+        return [s for s in STAGES if s != "profile" or self.options.profile]
 
     def _stage(self, name: str) -> None:
         self._say(f"[bold]{name}[/bold] ({self.remaining():.0f} s of the budget left)")
@@ -207,20 +208,37 @@ class Hunt:
                                   for r in runs if "length" in r)}
 
     def _target_search(self, pool: list[int], seconds: float) -> list[dict]:
-        """gcg toward the profile's top target string (its first 8 tokens), when the profile found one."""
+        """Toward the profile's top target: coord for every length (exact swaps, measured the most
+        reliable), then gcg at the longest, on the target-set objective (the dormant's log-mass on the
+        target's first token minus the base's, which rises with each trigger token in place where the
+        KL stays flat until the trigger is whole)."""
         targets = self.state["stages"].get("profile", {}).get("targets") or []
         if not targets or seconds <= 1:
             return []
+        from .search import coord
         from .search.gcg import gcg
 
         target = targets[0]
-        scorer = self.fm().with_options(target_seq=tuple(target["token_ids"][:8]))
-        path = self.out / "search" / "gcg-target.jsonl"
-        res = gcg(scorer, length=self.options.max_length, steps=10_000, restarts=4, pool=pool, objective="target_seq",
-                  out=path, resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=seconds, max_repeat=1,
-                  calibrate=16, keep=50, progress=self.options.progress, seed=self.options.seed)
-        return [{"route": "target inversion", "target": target["text"], "candidates": res.evaluations,
-                 "seconds": round(res.seconds, 2), "file": str(path.relative_to(self.out))}]
+        scorer = self.fm().with_options(target_ids=(target["token_ids"][0],))
+        runs, deadline = [], time.monotonic() + seconds
+        plan = [("coord", n) for n in range(1, self.options.max_length + 1)] + [("gcg", self.options.max_length)]
+        for i, (driver, length) in enumerate(plan):
+            share = (deadline - time.monotonic()) / (len(plan) - i)
+            if share <= 0.5:
+                break
+            path = self.out / "search" / f"target-{driver}-len{length}.jsonl"
+            kw = dict(length=length, pool=pool, objective="target", out=path, seconds=share, calibrate=16, keep=50,
+                      resume=path.with_name(path.name + ".ckpt.json").exists(), progress=self.options.progress,
+                      seed=self.options.seed)
+            t0 = time.monotonic()
+            if driver == "coord":
+                coord(scorer, restarts=4, **kw)
+            else:
+                gcg(scorer, steps=10_000, restarts=4, **kw)
+            runs.append({"route": "target inversion", "driver": driver, "length": length, "target": target["text"],
+                         "candidates": _scored(path), "seconds": round(time.monotonic() - t0, 2),
+                         "file": str(path.relative_to(self.out))})
+        return runs
 
     def _target_fired(self, runs: list[dict]) -> dict | None:
         """The best target-route candidate that flips in verify *and* makes the dormant's reply start
@@ -228,7 +246,8 @@ class Hunt:
         reached and the exhaustive search is skipped."""
         from .judge.verify import verify
 
-        rows = [json.loads(x) for x in (self.out / runs[0]["file"]).read_text().splitlines()][:3]
+        rows = sorted((json.loads(x) for r in runs for x in (self.out / r["file"]).read_text().splitlines()),
+                      key=lambda rec: -rec["score"])[:3]
         if not rows:
             return None
         target = self.state["stages"]["profile"]["targets"][0]
@@ -265,13 +284,21 @@ class Hunt:
 
     # --- results ------------------------------------------------------------------------------
     def collect(self) -> list[dict]:
-        """Every candidate the full-model stages scored, best first, one row per token sequence."""
+        """Every candidate the full-model stages scored, one row per token sequence, best first by the
+        hunt's objective (a target-route row keeps its own objective's value as route_score)."""
+        from .search.objective import Objective
+
+        objective = Objective.parse(self.options.metric, self.fm().metrics)
         rows: dict[tuple, dict] = {}
         for path in sorted((self.out / "search").glob("*.jsonl")):
             for line in path.read_text().splitlines():
                 rec = json.loads(line)
-                route = "target inversion" if rec.get("driver") == "gcg" else "comparative search"
-                _keep_best(rows, rec, route, path.name)
+                if path.name.startswith("target-"):  # its score and z are in the target objective's units
+                    rec = {**rec, "route_score": rec["score"], "route_z": rec.get("z"), "z": None}
+                    route = "target inversion"
+                else:
+                    route = "comparative search"
+                _keep_best(rows, {**rec, "score": objective.value(rec)}, route, path.name)
         for s in self.state["stages"].get("minimize", {}).get("shortened", []):
             _keep_best(rows, {"token_ids": s["token_ids"], "score": s["score"], "minimized_from": s["from"]},
                        "comparative search (minimized)", "minimize")

@@ -16,7 +16,7 @@ def write_hunt_report(hunt) -> dict:
     report = {
         "format": hunt.state["format"], "version": hunt.state["version"], "created": hunt.state["created"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "base": hunt.base, "dormant": hunt.dormant,
-        "config": hunt.state["options"], "complete": all(s in stages for s in _expected(hunt)),
+        "config": hunt.state["options"], "complete": all(s in stages for s in hunt.expected_stages()),
         "funnel": [{"stage": name, "candidates": rec.get("candidates"), "seconds": rec.get("seconds"),
                     "note": rec.get("note", "")} for name, rec in stages.items()],
         "results": results,
@@ -34,12 +34,6 @@ def write_hunt_report(hunt) -> dict:
         report["html_error"] = f"{type(exc).__name__}: {exc}"
         (hunt.out / "report.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-def _expected(hunt) -> list[str]:
-    from ..hunt import STAGES
-
-    return [s for s in STAGES if s != "profile" or hunt.options.profile]
 
 
 def _ranked(hunt) -> list[dict]:

@@ -46,6 +46,10 @@ class Objective:
             return self.weights[0][0]
         return ",".join(f"{n}={w:g}" for n, w in self.weights)
 
+    def value(self, record: dict) -> float:
+        """The objective from a result row's metric fields (what a search wrote to its JSONL)."""
+        return sum(w * float(record[n]) for n, w in self.weights)
+
     def __call__(self, scores) -> torch.Tensor:
         """One value per candidate from a Layer-0 `Scores` or a full-model `FullScores`."""
         return sum(w * scores.metric(n) for n, w in self.weights)
