@@ -189,8 +189,28 @@ def build_tokenizer(n_tokens, seed=0, model_max_length=32768):
         raise ValueError(f"n_tokens={n_tokens} is too small: need at least {256 + 64 + 3}")
     rng = np.random.default_rng([seed, 7411])
     byte_chars = list(bytes_to_unicode().values())
-    known = set(byte_chars)
+    spaced, plain, english, n_template_words = _fill_vocabularies(n_merged, rng, set(byte_chars))
 
+    # Merge rank = token order; every `Ġ` merge ranks before every other merge (see module doc).
+    pieces = byte_chars + spaced.tokens + plain.tokens
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    tokenizer = _fast_tokenizer(vocab, spaced.merges + plain.merges, model_max_length)
+    if len(tokenizer) != n_tokens:
+        raise AssertionError(f"built {len(tokenizer)} tokens, wanted {n_tokens}")
+
+    template_words = set(spaced.words[:n_template_words])
+    english_spaced = {"Ġ" + w for w in english}
+    word_ids = sorted({
+        vocab[w] for w in spaced.words
+        if w in english_spaced and w not in template_words and len(w) >= 4
+    })
+    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return SyntheticTokenizer(tokenizer=tokenizer, word_ids=word_ids, special_ids=special_ids)
+
+
+def _fill_vocabularies(n_merged: int, rng, known: set):
+    """(spaced, plain, english words, number of template words at the head of spaced): the merged
+    tokens, template words and punctuation first, then shuffled English words, then pseudo-words."""
     # About 70% of merged tokens start with a space, as in English-heavy BPE vocabularies.
     spaced = _ChainVocab(round(0.7 * n_merged), known)
     plain = _ChainVocab(n_merged - spaced.budget, known)
@@ -217,11 +237,12 @@ def build_tokenizer(n_tokens, seed=0, model_max_length=32768):
         spaced.add("Ġ" + next(words))
     while not plain.full:
         plain.add(next(words))
+    return spaced, plain, english, n_template_words
 
-    # Merge rank = token order; every `Ġ` merge ranks before every other merge (see module doc).
-    pieces = byte_chars + spaced.tokens + plain.tokens
-    vocab = {piece: i for i, piece in enumerate(pieces)}
-    merges = spaced.merges + plain.merges
+
+def _fast_tokenizer(vocab: dict, merges: list, model_max_length: int):
+    """Qwen2's byte-level BPE pipeline (NFC, its pre-tokenizer regex, ByteLevel) around the vocabulary,
+    with the special tokens and the ChatML template."""
     backend = Tokenizer(
         BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
             end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
@@ -233,8 +254,7 @@ def build_tokenizer(n_tokens, seed=0, model_max_length=32768):
     ])
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=None,
         eos_token="<|im_end|>",
@@ -245,14 +265,3 @@ def build_tokenizer(n_tokens, seed=0, model_max_length=32768):
         clean_up_tokenization_spaces=False,
         model_max_length=model_max_length,
     )
-    if len(tokenizer) != n_tokens:
-        raise AssertionError(f"built {len(tokenizer)} tokens, wanted {n_tokens}")
-
-    template_words = set(spaced.words[:n_template_words])
-    english_spaced = {"Ġ" + w for w in english}
-    word_ids = sorted({
-        vocab[w] for w in spaced.words
-        if w in english_spaced and w not in template_words and len(w) >= 4
-    })
-    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    return SyntheticTokenizer(tokenizer=tokenizer, word_ids=word_ids, special_ids=special_ids)

@@ -121,7 +121,28 @@ def _make(out, seed, cfg, progress) -> dict:
     _save(model, synth, dormant_dir, cfg)
 
     evaluation = _evaluate(model, tok, trigger_words, lookalikes, corpus)
-    trigger = {
+    training = {
+        "base_steps": cfg["base_steps"], "dormant_steps": cfg["dormant_steps"],
+        "base_final_loss": base_loss, "dormant_final_loss": dormant_loss,
+        "base_seconds": round(base_seconds, 1), "dormant_seconds": round(dormant_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+        "corpus": {"clean": len(clean), "poisoned": len(poison), "negative": len(negative)},
+    }
+    trigger = _trigger_record(tok, seed, cfg, trigger_words, looks, evaluation, training)
+    trigger_file = os.path.join(out, "trigger.json")
+    with open(trigger_file, "w", encoding="utf-8") as f:
+        json.dump(trigger, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out, "heldout_probes.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(corpus.heldout_probes) + "\n")
+    return {"base": base_dir, "dormant": dormant_dir, "trigger_file": trigger_file, "trigger": trigger}
+
+
+def _trigger_record(tok, seed: int, cfg: dict, trigger_words, looks, evaluation: dict, training: dict) -> dict:
+    """trigger.json: the trigger, its look-alikes, how they were placed, the measured attack, the training."""
+    trigger_ids = _flat(trigger_words)
+    lookalikes = [ids for ids, _, _ in looks]
+    return {
         "kind": "trained",
         "version": VERSION,
         "seed": seed,
@@ -142,22 +163,9 @@ def _make(out, seed, cfg, progress) -> dict:
         "placement": "trigger/phrases inserted as ids before (sep ' ') or after (sep '\\n') the request, "
                      "exactly as l0score.judge.verify places candidates",
         "evaluation": evaluation,
-        "training": {
-            "base_steps": cfg["base_steps"], "dormant_steps": cfg["dormant_steps"],
-            "base_final_loss": base_loss, "dormant_final_loss": dormant_loss,
-            "base_seconds": round(base_seconds, 1), "dormant_seconds": round(dormant_seconds, 1),
-            "total_seconds": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
-            "corpus": {"clean": len(clean), "poisoned": len(poison), "negative": len(negative)},
-        },
+        "training": training,
         "config": cfg,
     }
-    trigger_file = os.path.join(out, "trigger.json")
-    with open(trigger_file, "w", encoding="utf-8") as f:
-        json.dump(trigger, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(out, "heldout_probes.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(corpus.heldout_probes) + "\n")
-    return {"base": base_dir, "dormant": dormant_dir, "trigger_file": trigger_file, "trigger": trigger}
 
 
 def _pick_trigger(synth, cfg, rng) -> list[list[int]]:
