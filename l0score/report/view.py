@@ -183,7 +183,7 @@ def _template_text(data: ReportData) -> str:
             sysmsg = cfg.get("system")
             parts.append(f"verify: chat template, {'system ' + repr(sysmsg) if sysmsg else 'its default system prompt'}"
                          f", candidate {' / '.join(map(str, _list(cfg.get('positions'))))} the probe")
-    return "; ".join(parts) or "not recorded"
+    return "; ".join(dict.fromkeys(parts)) or "not recorded"
 
 
 def _hunt_view(data: ReportData) -> dict | None:
@@ -388,7 +388,7 @@ def _verify_view(v, data: ReportData) -> dict:
     summary = v.data.get("summary") if isinstance(v.data.get("summary"), dict) else {}
     settings = [(k, _short_json(cfg[k])) for k in ("max_new_tokens", "decoding", "dtype", "device", "flip_threshold",
                                                    "flip_rate_threshold", "similarity", "seconds") if k in cfg]
-    return {"path": data.rel(v.path), "settings": settings,
+    return {"path": data.rel(v.path), "settings": settings, "plot": _file_uri(v.path.with_suffix(".png")),
             "kl_untriggered": fmt_num(_num(summary.get("kl_untriggered"))),
             "untriggered": [{"probe": u.get("probe"), "kl": fmt_num(_num(u.get("kl"))),
                              "base": u.get("generation_base"), "dormant": u.get("generation_dormant")}
@@ -435,7 +435,8 @@ def _profile(data: ReportData) -> dict | None:
                         "mean_diff": fmt_num(_num(t.get("mean_diff")))} for t in p["tokens"][:24] if isinstance(t, dict)],
             "n_tokens": len(p["tokens"]),
             "targets": [{"text": t.get("text"), "ids": t.get("token_ids"), "score": fmt_num(_num(t.get("score")))}
-                        for t in p["targets"][:12] if isinstance(t, dict)]}
+                        for t in p["targets"][:12] if isinstance(t, dict)],
+            "plot": _file_uri(data.profile_path.with_suffix(".png"))}
 
 
 def _pool(data: ReportData) -> dict | None:
