@@ -43,7 +43,6 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     if top <= 0:
         raise ValueError(f"top must be positive, got {top}")
     pool = torch.as_tensor(pool, dtype=torch.int64)
-    device = scorer.device
     # a backend's own exact top-k per (head, offset): pair_topk(pool, head, offset, top, shift) ->
     # (signed values, query index, key index into pool); the torch code below is the reference
     pair_topk = getattr(scorer.backend, "pair_topk", None) if use_kernel else None
@@ -74,6 +73,9 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
         per_head[h] = best.rows(pool, h)
         if checkpoint is not None:
             _save(checkpoint, options, per_head)
+        if seconds is not None and time.monotonic() - start_time > seconds:
+            break
+    per_head = {h: per_head[h] for h in scorer.heads if h in per_head}  # head order, however they finished
     bar.close()
     complete = len(per_head) == len(scorer.heads)
     if complete and checkpoint is not None:
@@ -84,6 +86,47 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
         if tok is not None and "query_text" not in row:
             row["query_text"], row["key_text"] = tok.decode([row["query_token"]]), tok.decode([row["key_token"]])
     return {"top": overall, "per_head": per_head, "complete": complete}
+
+
+def _scan_head(scorer, pool, n_head, h, offsets, top, block, pair_topk, keys, bar) -> "_TopK":
+    """One head over every offset in this process: the backend's kernel, or the torch reference."""
+    cfg, device = scorer.pair.config, scorer.device
+    shift_of = scorer._baseline[n_head]
+    best = _TopK(top)
+    if pair_topk is not None:
+        for r in offsets:
+            best.add(*pair_topk(pool, h, r, top, float(shift_of[r])), r)
+            bar.update(len(pool))
+        return best
+    _, kb, _, kd = keys
+    g = h // cfg.group
+    head_keys = torch.cat((kd[:, g], kb[:, g]), -1)  # [N, 2D]
+    scale = 1.0 / math.sqrt(cfg.head_dim)
+    for r in offsets:
+        cos, sin = rope_angles(torch.tensor([r], device=device), cfg.head_dim, cfg.rope_theta)
+        shift = float(shift_of[r])
+        for start in range(0, len(pool), block):
+            qb, _, qd, _ = _lookup(scorer, pool[start : start + block])
+            queries = torch.cat((rotate(qd[:, h], cos, sin), -rotate(qb[:, h], cos, sin)), -1)
+            if r == 0:
+                vals = (queries * head_keys[start : start + block]).sum(-1) * scale - shift
+                idx = start + torch.arange(len(vals), device=device)
+                best.add(vals, idx, idx, r)
+            else:
+                for kstart in range(0, len(pool), block * 4):
+                    vals = queries @ head_keys[kstart : kstart + block * 4].T * scale - shift
+                    best.add_matrix(vals, start, kstart, r)
+            bar.update(len(queries))
+    return best
+
+
+def _merge_offsets(results, offsets, top, bar, n) -> "_TopK":
+    """A head's per-offset kernel results, merged in offset order exactly as _scan_head merges them."""
+    best = _TopK(top)
+    for r, result in zip(offsets, results):
+        best.add(*result, r)
+        bar.update(n)
+    return best
 
 
 def _save(path, options, per_head) -> None:
