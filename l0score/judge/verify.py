@@ -115,7 +115,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
            system: str | None = None, top_k: int = 10, sample: bool = False, temperature: float = 1.0,
            top_p: float = 1.0, seed: int = 0, flip_threshold: float = 0.5, flip_rate_threshold: float = 0.5,
            batch_size: int = 16, cache_dir=None, plot_top: int = 5, progress: bool = True,
-           threads: int | None = None) -> dict:
+           threads: int | None = None, ray_address: str | None = None) -> dict:
     """Verify candidates with both full models; returns the report dict (also written to ``out``).
 
     base, dormant: local model directories or hub ids already in the local cache (never downloads).
@@ -132,7 +132,12 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
         prompt has its own generator seeded from ``seed`` and its index, identical for both models.
     threads: torch CPU threads for the run (restored afterwards); on a busy shared CPU, 1 avoids
         oversubscription, which slows small models down many times over.
+    ray_address: "auto" or host:port: batches go to Ray workers holding both models (one per GPU,
+        else one per `threads` CPUs, l0score.cluster), each to whichever is free; same report.
     """
+    if sequential and ray_address is not None:
+        raise ValueError("sequential is for one machine's memory; on Ray every worker holds both models: "
+                         "use one or the other")
     if threads is not None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -143,7 +148,8 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
                           dtype=dtype, max_new_tokens=max_new_tokens, positions=positions, sep=sep, system=system,
                           top_k=top_k, sample=sample, temperature=temperature, top_p=top_p, seed=seed,
                           flip_threshold=flip_threshold, flip_rate_threshold=flip_rate_threshold,
-                          batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress)
+                          batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress,
+                          ray_address=ray_address)
         finally:
             torch.set_num_threads(saved)
     started = time.perf_counter()
@@ -167,7 +173,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
                 "temperature": temperature, "top_p": top_p}
     try:
         _run_models({"base": base_dir, "dormant": dormant_dir}, prompts, batches, seeds, stores, decoding, dev,
-                    torch_dtype, sequential, bar)
+                    torch_dtype, sequential, bar, ray_address, threads)
         bar.close()
         report = _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_threshold,
                            flip_rate_threshold)
@@ -300,9 +306,9 @@ def _special_ids(tokenizer) -> tuple[int, set[int]]:
 
 
 def _run_models(paths: dict, prompts, batches, seeds, stores: dict, decoding: dict, dev, torch_dtype, sequential: bool,
-                bar) -> None:
-    """Both models over every batch of prompts, results into `stores`: both in memory, or one after
-    the other (sequential)."""
+                bar, ray_address, threads) -> None:
+    """Both models over every batch of prompts, results into `stores`: both in memory, one after
+    the other (sequential), or on Ray workers."""
 
     def run(tag, model, batch):
         keep(tag, batch, *run_batch(model, [prompts[i].ids for i in batch], decoding["pad_id"], decoding["stop_ids"],
@@ -328,6 +334,15 @@ def _run_models(paths: dict, prompts, batches, seeds, stores: dict, decoding: di
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+    elif ray_address is not None:
+        from ..cluster import verify_batches
+
+        jobs = [([prompts[i].ids for i in b], [seeds[i] for i in b]) for b in batches]
+        for n, outputs in verify_batches(ray_address, paths["base"], paths["dormant"], torch_dtype, jobs, decoding,
+                                         threads or 1):
+            for tag, result in outputs.items():
+                keep(tag, batches[n], *result)
+            bar.update(len(batches[n]))
     else:
         models = {tag: load_model(paths[tag], dev, torch_dtype) for tag in ("base", "dormant")}
         for batch in batches:
@@ -536,7 +551,7 @@ def plot_layers(report: dict, path, top: int = 5) -> None:
 
 
 def register_cli(sub) -> None:
-    from ..cli_args import int_list, add_pair_args
+    from ..cli_args import add_pair_args, add_ray_arg, int_list
 
     p = sub.add_parser("verify", help="confirm candidates with both full models (KL, generations, flips)")
     add_pair_args(p)
@@ -564,6 +579,7 @@ def register_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--plot-top", type=int, default=5, help="candidates drawn in the per-layer PNG")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
+    add_ray_arg(p)
     p.set_defaults(func=cmd_verify)
 
 
@@ -592,7 +608,7 @@ def cmd_verify(args) -> None:
                     system=args.system, top_k=args.top_k, sample=args.sample, temperature=args.temperature,
                     top_p=args.top_p, seed=args.seed, flip_threshold=args.flip_threshold,
                     batch_size=args.batch_size, cache_dir=args.cache_dir, plot_top=args.plot_top,
-                    threads=args.threads)
+                    threads=args.threads, ray_address=args.ray)
     summary = report["summary"]
     table = Table(title=f"verify: {len(report['results'])} candidates x {len(report['config']['probes'])} probes, "
                         f"untriggered KL {summary['kl_untriggered']:.4g}, untriggered agreement "

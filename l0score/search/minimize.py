@@ -14,7 +14,7 @@ from .objective import Objective
 def minimize(scorer, token_ids: list[int], objective: Objective | str, keep: float = 0.95) -> dict:
     """Greedily remove the token whose removal costs least while the score stays >= keep x original.
     Every removal candidate of a round is scored in one batch."""
-    objective = objective if isinstance(objective, Objective) else Objective.parse(objective)
+    objective = objective if isinstance(objective, Objective) else Objective.parse(objective, scorer.metrics)
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     seq = list(token_ids)
