@@ -219,7 +219,8 @@ class Hunt:
         from .search.gcg import gcg
 
         target = targets[0]
-        scorer = self.fm().with_options(target_ids=(target["token_ids"][0],))
+        firsts = tuple(dict.fromkeys(t["token_ids"][0] for t in targets))  # a reply may be profiled from mid-loop
+        scorer = self.fm().with_options(target_ids=firsts)
         runs, deadline = [], time.monotonic() + seconds
         plan = [("coord", n) for n in range(1, self.options.max_length + 1)] + [("gcg", self.options.max_length)]
         for i, (driver, length) in enumerate(plan):
@@ -242,21 +243,21 @@ class Hunt:
 
     def _target_fired(self, runs: list[dict]) -> dict | None:
         """The best target-route candidate that flips in verify *and* makes the dormant's reply start
-        with the target on at least half of the prompts (None when none does): then the target was
-        reached and the exhaustive search is skipped."""
+        like one of the profiled targets (their first 8 characters) on at least half of the prompts
+        (None when none does): then the target was reached and the exhaustive search is skipped."""
         from .judge.verify import verify
 
         rows = sorted((json.loads(x) for r in runs for x in (self.out / r["file"]).read_text().splitlines()),
                       key=lambda rec: -rec["score"])[:3]
         if not rows:
             return None
-        target = self.state["stages"]["profile"]["targets"][0]
+        targets = self.state["stages"]["profile"]["targets"]
         rep = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
                      out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
-                     max_new_tokens=len(target["token_ids"]) + 2, progress=False)
-        want = target["text"].strip()
+                     max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False)
+        heads = [t["text"].strip()[:8] for t in targets if t["text"].strip()]
         for r in rep["results"]:
-            hits = [d["generation_dormant"].strip().startswith(want[: max(8, len(want) // 2)]) for d in r["probes"]]
+            hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
             if r["flip"] and sum(hits) >= len(hits) / 2:
                 return {"token_ids": r["token_ids"], "text": r["text"], "amplification": r["amplification"]}
         return None
