@@ -8,7 +8,7 @@
 // Tokens go in blocks of 16, one per vector lane: each head's queries and each group's keys of the
 // block are transposed to [D][16] (no RoPE: see Relative), logits are 16-token vectors (one per key,
 // no key padding), and the softmax, KL, max and band reductions run 16 tokens wide with no horizontal
-// steps.
+// steps. KL is computed from dS (rows.h Soft, docs/precision.md).
 #include "score.h"
 
 #include <array>
@@ -197,14 +197,19 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
         const v16f b = vload(S[0] + size_t(j) * BLOCK), d = vload(S[1] + size_t(j) * BLOCK);
         band[o] = vmax(band[o], vabs(d - b - (rb ? rb[-(p - j)] : 0.f)));
       }
-      v16f zd = v16f{}, zb = v16f{}, a = v16f{};
+      // KL from dS (rows.h Soft): shift c = md - mb, x = dS - c; row KL = F/zd + g(F/zd - a/zd).
+      const v16f c = md - mb;
+      v16f zd = v16f{}, a = v16f{}, f = v16f{};
       for (int j = 0; j <= p; ++j) {
         const v16f b = vload(S[0] + size_t(j) * BLOCK), d = vload(S[1] + size_t(j) * BLOCK);
-        const v16f ed = vexp(d - md);
-        zd += ed, zb += vexp(b - mb), a += ed * (d - b);
+        const v16f ed = vexp(d - md), x = (d - b) - c;
+        zd += ed, a += ed * x, f += kl_term(x, ed, vexp(b - mb));
       }
-      // KL(row) = A/zd - (md - mb) + log(zb/zd): linear parts summed, ratios multiplied (<= 4 at a time).
-      v16f lin = a / zd - (md - mb), ratio = zb / zd, kl = v16f{};
+      v16f kl;
+      {
+        const v16f r = vsplat(1.f) / zd, fm = f * r;
+        kl = fm + vlog1p_minus(fm - a * r);
+      }
       // Suffix rows: the one new cell (row p+1+u, key p, offset u+1) folded into each row's cached state.
       for (int u = 0; u < s; ++u) {
         const v16f b = vload(SSb + size_t(u * gr.nh + h) * BLOCK), d = vload(SSd + size_t(u * gr.nh + h) * BLOCK);
@@ -215,18 +220,26 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
         const v16f e_d = vexp(-vabs(xd)), e_b = vexp(-vabs(xb));
         const v16i up_d = xd > 0.f, up_b = xb > 0.f;
         const v16f one = vsplat(1.f);
-        const v16f cd = vsel(up_d, e_d, one), ed = vsel(up_d, one, e_d);
-        const v16f cb = vsel(up_b, e_b, one), eb = vsel(up_b, one, e_b);
-        const v16f r_d = one / (cd * st.zd + ed);
-        lin += (cd * st.a + ed * (d - b)) * r_d - (vmax(vsplat(st.md), d) - vmax(vsplat(st.mb), b));
-        ratio *= (cb * st.zb + eb) * r_d;
-        if (u % 4 == 2) kl += vlog(ratio), ratio = vsplat(1.f);
+        const v16f ad = vsel(up_d, e_d, one), ed = vsel(up_d, one, e_d);
+        const v16f ab = vsel(up_b, e_b, one), eb = vsel(up_b, one, e_b);
+        // Merge (rows.h soft_merge): the cached cells' x move by delta = c_new - c_old.
+        const v16f cn = vmax(vsplat(st.md), d) - vmax(vsplat(st.mb), b);
+        const v16f delta = cn - (st.md - st.mb);
+        const v16i small = vabs(delta) < KL_SMALL;
+        const v16f ds = vsel(small, delta, v16f{});
+        const v16f em = vsel(small, ad * vexpm1_small(ds), ab - ad);           // ad expm1(delta)
+        const v16f efm = vsel(small, ad * vkl_f_small(-ds), em - ad * delta);  // ad f(-delta)
+        const v16f x = (d - b) - cn;
+        const v16f zn = ad * st.zd + ed;
+        const v16f an = ad * (st.a - delta * st.zd) + ed * x;
+        const v16f fn = ad * st.f + efm * st.zd + em * (st.f - st.a) + kl_term(x, ed, eb);
+        const v16f r = one / zn, fm = fn * r;
+        kl += fm + vlog1p_minus(fm - an * r);
         const v16f diff = vabs(d - b - (rb ? rb[-(u + 1)] : 0.f));
         best.update(diff, p + 1 + u, p);
         for (int o = 0; o < n_off; ++o)
           if (P.offsets[o] == u + 1) band[o] = vmax(band[o], diff);
       }
-      kl += lin + vlog(ratio);
       // Cells reduced once, merged in the order score_table and merge_rows use (earlier wins only when
       // larger): the suffix rows' cached cells, then the candidate prefix's own rows.
       if (sc) best.update(vsel(lanes < n, vsplat(sc->best[hs].v), vsplat(NEG_INF)), sc->best[hs].i, sc->best[hs].j);

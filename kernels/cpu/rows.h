@@ -117,10 +117,38 @@ using MicroFn = void (*)(const float*, int, const KeyVec*, bool, float, float*, 
 const MicroFn MICRO[MAX_NH][4][4] = {L0_MK(1), L0_MK(2), L0_MK(3), L0_MK(4), L0_MK(5), L0_MK(6), L0_MK(7), L0_MK(8)};
 #undef L0_MK
 
-struct Soft {  // online softmax state of one row, both models: A = sum e_d (S_d - S_b), e_d = exp(S_d - md)
-  float md, mb, zd, zb, a;
+// Online state of one row, both models, for KL(p_d || p_b) computed from dS (docs/precision.md):
+// with the shift c = md - mb, x_j = dS_j - c, e_j = exp(S_d,j - md) and f(x) = x + expm1(-x) >= 0,
+//   zd = sum e_j,   a = sum e_j x_j,   F = sum e_j f(x_j),
+//   KL(row) = E_pd[dS] + log E_pd[exp(-dS)] = F/zd + g(F/zd - a/zd),   g(y) = log1p(y) - y.
+// f is a polynomial where |x| < ln2/2 and e_j x_j + (exp(S_b,j - mb) - e_j) elsewhere, so each
+// term's rounding error is relative to itself (~x^2): the first-order parts of E[dS] and
+// log E[exp(-dS)] (size ~dS) never meet in float. The textbook sum p_d (log p_d - log p_b) cancels
+// two log-softmaxes that each carry ~ulp(S) (S is tens, a row's KL ~dS^2). zd, zd + F - a (the
+// base model's sum) lie in [1, row length]: nothing overflows.
+struct Soft {
+  float md, mb, zd, a, f;
 };
 const Soft SOFT_EMPTY = {NEG_INF, NEG_INF, 0.f, 0.f, 0.f};
+
+// One cell's e_j f(x_j) (eb = exp(S_b - mb)).
+static inline v16f kl_term(v16f x, v16f ed, v16f eb) {
+  const v16i small = vabs(x) < KL_SMALL;
+  return vsel(small, ed * vkl_f_small(vsel(small, x, v16f{})), ed * x + (eb - ed));
+}
+
+// Fold partial sums (zd, a, f) of new cells, taken relative to the new maxima (md, mb), into a
+// state s with older maxima: the old cells' weights scale by ad = exp(md_old - md) and their x
+// move by delta = c_new - c_old, so (with ab = exp(mb_old - mb) = ad exp(delta))
+//   a <- ad (a - delta zd),   F <- ad F + ad f(-delta) zd + ad expm1(delta) (F - a).
+inline Soft soft_merge(const Soft& s, float md, float mb, float zd, float a, float f) {
+  if (s.md == NEG_INF) return {md, mb, zd, a, f};
+  const float ad = std::exp(s.md - md), delta = (md - mb) - (s.md - s.mb);
+  const bool small = std::fabs(delta) < KL_SMALL;
+  const float em = small ? ad * expm1_small(delta) : std::exp(s.mb - mb) - ad;  // ad expm1(delta)
+  const float efm = small ? ad * kl_f_small(-delta) : em - ad * delta;          // ad f(-delta)
+  return {md, mb, ad * s.zd + zd, ad * (s.a - delta * s.zd) + a, ad * s.f + efm * s.zd + em * (s.f - s.a) + f};
+}
 
 struct Best {
   float v;
@@ -195,7 +223,7 @@ inline void reduce_heads(const float* Sb, const float* Sd, int sstride, const Ra
       }
     }
   }
-  v16f vzd[NB], vzb[NB], va[NB], mdv[NB], mbv[NB];
+  v16f vzd[NB], vf[NB], va[NB], mdv[NB], mbv[NB], cv[NB];
   float md[NB], mb[NB];
 #pragma GCC unroll 4
   for (int k = 0; k < NB; ++k) {
@@ -210,7 +238,8 @@ inline void reduce_heads(const float* Sb, const float* Sd, int sstride, const Ra
     mb[k] = std::max(hmax(vmb[k]), st[k].mb);
     mdv[k] = vsplat(md[k]);
     mbv[k] = vsplat(mb[k]);
-    vzd[k] = vzb[k] = va[k] = zero;
+    cv[k] = vsplat(md[k] - mb[k]);
+    vzd[k] = vf[k] = va[k] = zero;
   }
   for (int r = 0; r < nr; ++r) {
     const Range& R = ranges[r];
@@ -221,19 +250,16 @@ inline void reduce_heads(const float* Sb, const float* Sd, int sstride, const Ra
       for (int k = 0; k < NB; ++k) {
         const v16f d = vload(sd[k] + j), b = vload(sb[k] + j);
         v16f ed = vexp(d - mdv[k]), eb = vexp(b - mbv[k]);
-        if (tail) ed = vsel(ok, ed, zero), eb = vsel(ok, eb, zero);
+        v16f x = (d - b) - cv[k];
+        if (tail) ed = vsel(ok, ed, zero), eb = vsel(ok, eb, zero), x = vsel(ok, x, zero);
         vzd[k] += ed;
-        vzb[k] += eb;
-        va[k] += ed * (d - b);
+        va[k] += ed * x;
+        vf[k] += kl_term(x, ed, eb);
       }
     }
   }
 #pragma GCC unroll 4
-  for (int k = 0; k < NB; ++k) {
-    const float cd = st[k].md == NEG_INF ? 0.f : std::exp(st[k].md - md[k]);
-    const float cb = st[k].mb == NEG_INF ? 0.f : std::exp(st[k].mb - mb[k]);
-    st[k] = {md[k], mb[k], st[k].zd * cd + hsum(vzd[k]), st[k].zb * cb + hsum(vzb[k]), st[k].a * cd + hsum(va[k])};
-  }
+  for (int k = 0; k < NB; ++k) st[k] = soft_merge(st[k], md[k], mb[k], hsum(vzd[k]), hsum(va[k]), hsum(vf[k]));
 }
 
 // Fold one row's logits (S rows indexed by key position) over the given ranges into the per-head
@@ -269,13 +295,15 @@ inline void reduce_row(const float* Sb, const float* Sd, int sstride, int nh, co
   }
 }
 
-// Sum over rows of KL(softmax S_d || softmax S_b) = A/zd - (md - mb) + log(zb / zd): the linear
-// parts are summed, the ratios multiplied (one log per head and candidate, renormalised if large).
+// Sum over rows of KL(softmax S_d || softmax S_b) = m + log1p(y), m = a/zd, y = F/zd - m (see
+// Soft), in double: y = F/zd - a/zd is formed in double from the float sums (the first-order
+// parts cancel exactly there), the linear parts m are summed and the ratios 1 + y multiplied (one
+// log per head and candidate, renormalised if large).
 struct KlAcc {
   double lin = 0.0, prod = 1.0;
   void add(const Soft& s) {
-    const double r = 1.0 / double(s.zd);
-    add_parts(double(s.a) * r - (double(s.md) - double(s.mb)), double(s.zb) * r);
+    const double r = 1.0 / double(s.zd), m = double(s.a) * r;
+    add_parts(m, 1.0 + (double(s.f) * r - m));
   }
   // rows already folded elsewhere: their summed linear parts and the product of their ratios
   void add_parts(double l, double ratio) {

@@ -135,6 +135,62 @@ static inline v16f vlog(v16f x) {
   return m + y + ef * 0.693359375f;
 }
 
+// KL from dS (rows.h Soft): expm1(x) and f(x) = x + expm1(-x) = x^2/2 - x^3/6 + ... for
+// |x| <= KL_SMALL (ln2 / 2), Taylor polynomials without range reduction (truncation < 3e-8
+// relative there; beyond it the callers take another branch).
+constexpr float KL_SMALL = 0.3465735902799727f;
+static inline float expm1_small(float x) {
+  float p = 1.f / 5040.f;
+  p = p * x + 1.f / 720.f;
+  p = p * x + 1.f / 120.f;
+  p = p * x + 1.f / 24.f;
+  p = p * x + 1.f / 6.f;
+  p = p * x + 0.5f;
+  return (p * x) * x + x;
+}
+static inline float kl_f_small(float x) {
+  float p = 1.f / 40320.f;
+  p = p * x - 1.f / 5040.f;
+  p = p * x + 1.f / 720.f;
+  p = p * x - 1.f / 120.f;
+  p = p * x + 1.f / 24.f;
+  p = p * x - 1.f / 6.f;
+  p = p * x + 0.5f;
+  return (p * x) * x;
+}
+static inline v16f vexpm1_small(v16f x) {
+  v16f p = vsplat(1.f / 5040.f);
+  p = p * x + 1.f / 720.f;
+  p = p * x + 1.f / 120.f;
+  p = p * x + 1.f / 24.f;
+  p = p * x + 1.f / 6.f;
+  p = p * x + 0.5f;
+  return (p * x) * x + x;
+}
+static inline v16f vkl_f_small(v16f x) {
+  v16f p = vsplat(1.f / 40320.f);
+  p = p * x - 1.f / 5040.f;
+  p = p * x + 1.f / 720.f;
+  p = p * x - 1.f / 120.f;
+  p = p * x + 1.f / 24.f;
+  p = p * x - 1.f / 6.f;
+  p = p * x + 0.5f;
+  return (p * x) * x;
+}
+
+// log1p(y) - y for y > -1, accurate relative to the result (~ -y^2/2) for small |y|: with
+// z = y / (2 + y), log1p(y) = 2 atanh(z) and 2z - y = -y z, so log1p(y) - y =
+// -y z + 2 z^3 (1/3 + z^2/5 + z^4/7 + z^6/9) (|y| < 1/4: truncation < 1e-9 relative); else
+// vlog(1 + y) - y (only computed when some lane needs it).
+static inline v16f vlog1p_minus(v16f y) {
+  const v16i small = vabs(y) < 0.25f;
+  const v16f ys = vsel(small, y, v16f{});
+  const v16f z = ys / (ys + 2.0f), z2 = z * z;
+  v16f r = (((z2 * (1.f / 9.f) + 1.f / 7.f) * z2 + 1.f / 5.f) * z2 + 1.f / 3.f) * (2.f * z * z2) - ys * z;
+  if (hmax(vabs(y)) >= 0.25f) r = vsel(small, r, vlog(y + 1.0f) - y);
+  return r;
+}
+
 // bf16 <-> fp32. bf16 values are stored as their raw 16 bits (torch.bfloat16 viewed as int16).
 static inline float bf16_to_f32(uint16_t b) {
   uint32_t u = uint32_t(b) << 16;
