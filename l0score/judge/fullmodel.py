@@ -283,9 +283,10 @@ class FullModelScorer:
         run = ContextRun({}, {}, {}, len(head) + inputs.shape[1])
         for m, model in self.models.items():
             cache = self._prefix_cache(ci, m, head, B) if head else None
+            keep = inputs.shape[1] - (n - 1)  # logits from the first response position on, not the prompt's
             res, run.caches[m] = run_model(model, inputs, cache, position_ids=positions, use_cache=True,
-                                           output_hidden_states="hidden" in self.metrics)
-            run.logprobs[m] = torch.log_softmax(res.logits[:, n - 1:].double(), -1).cpu()
+                                           output_hidden_states="hidden" in self.metrics, logits_to_keep=keep)
+            run.logprobs[m] = torch.log_softmax(res.logits[:, -keep:].double(), -1).cpu()
             if "hidden" in self.metrics:
                 run.hidden[m] = [res.hidden_states[layer][:, n - 1].double().cpu() for layer in self.options.hidden_layers]
         return run
@@ -305,17 +306,24 @@ class FullModelScorer:
         return kl
 
     def _prefix_cache(self, ci: int, model: str, head: list[int], batch: int):
-        """The KV cache after ``head``, computed once (kept in a small LRU), copied for a batch."""
+        """The KV cache after ``head``, copied for a batch. Kept in a small LRU; a head that extends
+        the context's own prompt prefix (a candidate prefix) is computed from that prefix's cache."""
         key = (ci, model, tuple(head))
         if key not in self._cache:
+            prefix = list(self.contexts[ci].prefix_ids)
+            start, cache = 0, None
+            if len(head) > len(prefix) and head[:len(prefix)] == prefix:
+                start, cache = len(prefix), self._prefix_cache(ci, model, prefix, 1)
+            ids = torch.tensor([head[start:]], device=self.device)
             with torch.no_grad():
-                self._cache[key] = run_model(self.models[model], torch.tensor([head], device=self.device),
-                                             use_cache=True)[1]
-            while len(self._cache) > 4 * len(self.contexts):
+                self._cache[key] = run_model(self.models[model], ids, cache, use_cache=True, logits_to_keep=1,
+                                             position_ids=torch.arange(start, len(head), device=self.device)[None])[1]
+            while len(self._cache) > 4 * len(self.contexts) + 2 * len(self.contexts):
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         cache = copy.deepcopy(self._cache[key])
-        cache.batch_repeat_interleave(batch)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
         return cache
 
     def _check_context_lengths(self) -> None:
