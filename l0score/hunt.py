@@ -53,6 +53,8 @@ class HuntOptions:
     stop_on_fire: skip the exhaustive search when the target route's candidate flips in verify and
         makes the dormant's reply start with the profiled target [True]
     seed: random seed [0]; progress: bars and stage lines [True]
+    ray_address: "auto" or host:port: the full-model search's batches and verify's generations run on
+        Ray workers holding both models (l0score.cluster; same results as one process) [None: here]
     """
 
     seconds: float = 900.0
@@ -70,6 +72,7 @@ class HuntOptions:
     seed: int = 0
     stop_on_fire: bool = True
     progress: bool = True
+    ray_address: str | None = None
 
     def check(self) -> None:
         if not self.seconds > 0:
@@ -196,7 +199,8 @@ class Hunt:
             path = self.out / "search" / f"exhaustive-len{length}.jsonl"
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
                        resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=max(share, 1.0),
-                       calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed)
+                       calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
+                       ray_address=self.options.ray_address)
             spent, n = time.monotonic() - t0, _scored(path)
             used += n
             budget -= spent
@@ -230,7 +234,7 @@ class Hunt:
             path = self.out / "search" / f"target-{driver}-len{length}.jsonl"
             kw = dict(length=length, pool=pool, objective="target", out=path, seconds=share, calibrate=16, keep=50,
                       resume=path.with_name(path.name + ".ckpt.json").exists(), progress=self.options.progress,
-                      seed=self.options.seed)
+                      seed=self.options.seed, ray_address=self.options.ray_address)
             t0 = time.monotonic()
             if driver == "coord":
                 coord(scorer, restarts=4, **kw)
@@ -254,7 +258,8 @@ class Hunt:
         targets = self.state["stages"]["profile"]["targets"]
         rep = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
                      out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
-                     max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False)
+                     max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False,
+                     ray_address=self.options.ray_address)
         heads = [t["text"].strip()[:8] for t in targets if t["text"].strip()]
         for r in rep["results"]:
             hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
@@ -280,7 +285,8 @@ class Hunt:
         cands = self.collect()[: self.options.verify_top]
         probes = self.options_probes()
         rep = verify(self.base, self.dormant, [c["token_ids"] for c in cands], probes, out=self.out / "verify" / "report.json",
-                     device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress)
+                     device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
+                     ray_address=self.options.ray_address)
         return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
 
     # --- results ------------------------------------------------------------------------------
@@ -403,7 +409,7 @@ def _keep_best(rows: dict, rec: dict, route: str, source: str) -> None:
 
 
 def register_cli(sub) -> None:
-    from .cli_args import add_pair_args
+    from .cli_args import add_pair_args, add_ray_arg
 
     p = sub.add_parser("hunt", help="the cascade: analyze -> profile -> Layer-0 pool -> full-model search -> verify")
     add_pair_args(p)
@@ -427,6 +433,7 @@ def register_cli(sub) -> None:
     p.add_argument("--deny-regex", help="pool: drop tokens whose text matches")
     p.add_argument("--resume", action="store_true", help="continue the hunt in --out from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_ray_arg(p)
     p.set_defaults(func=cmd_hunt)
 
 
@@ -437,7 +444,7 @@ def options_from_args(args) -> HuntOptions:
                        metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
-                       progress=not args.quiet)
+                       progress=not args.quiet, ray_address=args.ray)
 
 
 def cmd_hunt(args) -> None:

@@ -137,6 +137,50 @@ def test_verify_equal(local_ray, tiny_pair, tmp_path):
         assert got[key] == want[key], key
 
 
+def test_full_model_scorer_equal(local_ray, tiny_pair, tmp_path):
+    """A FullModelScorer through distribute(): ragged batches and extensions (both sides) are cut where
+    one process cuts them (equal-length groups, batch_size rows per forward), so every value is
+    bit-identical; a with_options view is scored under its own options on the same workers."""
+    from l0score.judge.fullmodel import FullModelOptions, FullModelScorer
+    from l0score.search.exhaustive import exhaustive
+    from l0score.search.gcg import gcg
+
+    opts = FullModelOptions(probes=("What is 7 plus 5?", "Say hi."), metrics=("kl", "js", "hidden"), batch_size=8,
+                            device="cpu")
+    local = FullModelScorer(tiny_pair / "base", tiny_pair / "dormant", opts)
+    remote = cluster.distribute(local, "auto")
+    assert len(remote.pool) == 2 and remote.tokenizer is local.tokenizer
+    rng = np.random.default_rng(0)
+    pool = local.default_pool()
+    cands = [pool[rng.integers(0, len(pool), int(n))].tolist() for n in rng.integers(1, 5, 40)]
+
+    def same(a, b, metrics):
+        assert set(a.values) == set(b.values) == set(metrics)
+        for m in metrics:
+            assert torch.equal(a.values[m], b.values[m]), m
+
+    same(remote.score_batch(cands), local.score_batch(cands), ("kl", "js", "hidden"))
+    for side in ("right", "left"):
+        prefixes, ext = [[5, 6], [7]], pool[:37]
+        same(remote.score_extensions(prefixes, ext, side=side), local.score_extensions(prefixes, ext, side=side),
+             ("kl", "js", "hidden"))
+    target = local.with_options(target_ids=(10, 20))
+    remote_target = cluster.distribute(target, "auto")
+    assert remote_target.pool is remote.pool  # the options travel with the call: the same workers
+    same(remote_target.score_batch(cands[:20]), target.score_batch(cands[:20]), ("kl", "js", "hidden", "target"))
+    with pytest.raises(ValueError, match="candidate 3"):  # named by its index in the call, as in one process
+        remote.score_batch([[1], [2], [3], [1, 10**6]])
+    # a search driver on the full-model objective (what `hunt --ray` runs)
+    kw = dict(length=2, pool=pool[:8], objective="kl", progress=False, calibrate=8)
+    want = exhaustive(local, out=tmp_path / "local.jsonl", **kw)
+    assert exhaustive(local, out=tmp_path / "ray.jsonl", ray_address="auto", **kw) == want and len(want) > 0
+    # gcg: gradients through the local models, its exact evaluations on the workers
+    kw = dict(length=2, steps=2, topk=4, batch=8, pool=pool[:16], objective="kl", progress=False, calibrate=8)
+    want = gcg(local, out=tmp_path / "gcg-local.jsonl", **kw)
+    got = gcg(local, out=tmp_path / "gcg-ray.jsonl", ray_address="auto", **kw)
+    assert got.results == want.results and got.evaluations == want.evaluations > 0
+
+
 # --- a two-node cluster: faults -------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ Imported only when `--ray` / `ray_address=` is given: nothing else in l0score im
     tables.py   the token table once per node in Ray's object store
     scoring.py  pair-scan shards and ClusterScorer (the drivers' drop-in Scorer)
     models.py   actors holding both full models (verify, the hunt's full-model stage)
+    fullmodel.py  FullClusterScorer: a FullModelScorer's batches on workers holding both models
 """
 from .connect import connect
 from .models import full_model_pool, verify_batches

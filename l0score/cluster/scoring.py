@@ -168,8 +168,13 @@ def cat_scores(parts: list[Scores]) -> Scores:
     return Scores(**fields, heads=parts[0].heads, offsets=parts[0].offsets)
 
 
-def distribute(scorer, address: str = "auto") -> ClusterScorer:
-    """The drivers' switch: `scorer` with its batches spread over the Ray cluster at `address`."""
+def distribute(scorer, address: str = "auto"):
+    """The drivers' switch: `scorer` with its batches spread over the Ray cluster at `address` (a
+    full-model scorer's on workers holding both models: fullmodel.py)."""
+    if getattr(scorer, "kind", None) == "full":
+        from .fullmodel import distribute_full
+
+        return distribute_full(scorer, address)
     if isinstance(scorer, ClusterScorer):
         return scorer
     return ClusterScorer(scorer, scorer_pool(scorer, address))
