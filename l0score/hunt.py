@@ -282,12 +282,24 @@ class Hunt:
     def _run_verify(self) -> dict:
         from .judge.verify import verify
 
-        cands = self.collect()[: self.options.verify_top]
+        cands = self.verify_candidates()
         probes = self.options_probes()
-        rep = verify(self.base, self.dormant, [c["token_ids"] for c in cands], probes, out=self.out / "verify" / "report.json",
+        rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
                      ray_address=self.options.ray_address)
         return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
+
+    def verify_candidates(self) -> list[list[int]]:
+        """The minimised best first, then the best by score, skipping any candidate that contains one
+        already chosen (a trigger plus a spare token would crowd out other hypotheses)."""
+        shortened = [s["token_ids"] for s in self.state["stages"].get("minimize", {}).get("shortened", [])]
+        chosen: list[list[int]] = []
+        for ids in shortened + [r["token_ids"] for r in self.collect()]:
+            if not any(_contains(ids, c) for c in chosen):
+                chosen.append(ids)
+            if len(chosen) == self.options.verify_top:
+                break
+        return chosen
 
     # --- results ------------------------------------------------------------------------------
     def collect(self) -> list[dict]:
@@ -386,6 +398,10 @@ def rank_union(lists: list[list[int]]) -> list[int]:
                 seen.add(x[i])
                 out.append(x[i])
     return out
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 def _interrupt(signum, frame):

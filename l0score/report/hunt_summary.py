@@ -37,7 +37,8 @@ def write_hunt_report(hunt) -> dict:
 
 
 def _ranked(hunt) -> list[dict]:
-    """Verified flips first (by amplification), then the rest of the verified, then by objective score."""
+    """Verified flips first, shortest first (a flip that contains a shorter flip adds nothing but
+    tokens), then by amplification; then the rest of the verified; then by objective score."""
     rows = hunt.collect()
     verified = _verify_rows(hunt.out / "verify" / "report.json")
     tok = hunt.fm().tokenizer if rows else None
@@ -45,8 +46,13 @@ def _ranked(hunt) -> list[dict]:
         r.setdefault("text", tok.decode(r["token_ids"]))
         r["objective"] = "full"
         r["verify"] = verified.get(tuple(r["token_ids"]))
-    rows.sort(key=lambda r: (r["verify"] is None, not (r["verify"] or {}).get("flip", False),
-                             -(r["verify"] or {}).get("amplification", 0.0), -r["score"]))
+    def key(r):
+        v = r["verify"] or {}
+        flip = bool(v.get("flip"))
+        return (r["verify"] is None, not flip, len(r["token_ids"]) if flip else 0, -v.get("amplification", 0.0),
+                -r["score"])
+
+    rows.sort(key=key)
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
     return rows[:100]
