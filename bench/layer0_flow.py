@@ -13,6 +13,8 @@ trigger is read only to grade the results). Per pair:
   coord     coord on the focus heads started from beam's best 4 (search coord --seeds BEAM.jsonl)
   stage     layer0_stage(scorer, analysis): the hunt's entry point, trigger length not given
 Graded: the trigger first (beam, coord, stage) and every planted pair adjacent and in order.
+Each stage records wall seconds and this process's CPU seconds (all threads): on a shared machine
+the CPU time says what the stage costs, the wall time what it took under that load.
 """
 from __future__ import annotations
 
@@ -32,6 +34,19 @@ def grade(ids, trigger) -> dict:
     return {"first": ids, "trigger_first": ids == trigger, "pairs_adjacent_in_order": pairs_in_order}
 
 
+class Clock:
+    """Wall and process CPU seconds per named stage."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+
+    def start(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def stop(self, name):
+        self.wall[name], self.cpu[name] = time.perf_counter() - self._w, time.process_time() - self._c
+
+
 def one_pair(d: Path, table_dtype: str) -> dict:
     import torch
 
@@ -45,31 +60,34 @@ def one_pair(d: Path, table_dtype: str) -> dict:
     subprocess.run([sys.executable, "-c", f"from l0score import Scorer; Scorer.from_pretrained({str(d / 'base')!r}, "
                     f"{str(d / 'dormant')!r}, table_dtype={table_dtype!r})"], check=True)  # table build, untimed
     row = {"pair": str(d), "trigger": trigger, "length": length, "heads": sorted({p["head"] for p in trig["pairs"]}),
-           "seconds": {}}
-    t = time.perf_counter()
+           "load_avg_start": os.getloadavg()}
+    clock = Clock()
+    clock.start()
     analysis = analyze(d / "base", d / "dormant", d / "bench-analysis", plots=False, progress=False, layer0_only=True)
-    row["seconds"]["analyze"] = time.perf_counter() - t
+    clock.stop("analyze")
     row["focus_heads"] = analysis["focus_heads"]
     row["trigger_seed_ranks"] = [analysis["seed_tokens"].index(x) + 1 if x in analysis["seed_tokens"] else None
                                  for x in trigger]
-    t = time.perf_counter()
+    clock.start()
     scorer = Scorer.from_pretrained(d / "base", d / "dormant", table_dtype=table_dtype)
-    row["seconds"]["load"] = time.perf_counter() - t
+    clock.stop("load")
     focus = scorer.with_heads(analysis["focus_heads"])
     seeds = [[x] for x in analysis["seed_tokens"][:16]]
     kw = dict(length=length, objective="head_max_sum", progress=False, max_repeat=1)
-    t = time.perf_counter()
+    clock.start()
     grown = beam(focus, width=8, seeds=seeds, **kw)
-    row["seconds"]["beam"] = time.perf_counter() - t
+    clock.stop("beam")
     row["beam"] = grade(grown[0]["token_ids"], trigger)
-    t = time.perf_counter()
+    clock.start()
     polished = coord(focus, restarts=4, seeds=[r["token_ids"] for r in grown[:4]], **kw)
-    row["seconds"]["coord"] = time.perf_counter() - t
+    clock.stop("coord")
     row["coord"] = grade(polished[0]["token_ids"], trigger)
-    row["seconds"]["flow"] = sum(row["seconds"][k] for k in ("analyze", "load", "beam", "coord"))
-    t = time.perf_counter()
+    clock.start()
     staged = layer0_stage(scorer, analysis)
-    row["seconds"]["stage"] = time.perf_counter() - t
+    clock.stop("stage")
+    for times in (clock.wall, clock.cpu):
+        times["flow"] = sum(times[k] for k in ("analyze", "load", "beam", "coord"))
+    row["seconds"], row["cpu_seconds"] = clock.wall, clock.cpu
     row["stage_steps"] = staged.seconds
     row["stage"] = grade(staged.candidates[0]["token_ids"], trigger)
     row["stage"]["trigger_in_pool_top"] = max((staged.pool.index(x) + 1 if x in staged.pool else 10**9)
@@ -103,16 +121,18 @@ def main(argv=None) -> int:
 
 
 def table(rows) -> str:
-    lines = ["| pair | L | heads | focus | seed ranks | analyze s | load s | beam s | coord s | flow s | "
-             "beam first | coord first | stage s | stage first | load avg |",
+    lines = ["| pair | L | planted heads | focus | trigger seed ranks | analyze | load | beam | coord | flow | "
+             "beam first | coord first | stage | stage first | load avg |",
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|---|---|---:|---|---|"]
+    mark = lambda g: "trigger" if g["trigger_first"] else ("pairs in order" if g["pairs_adjacent_in_order"] else "no")
     for r in rows:
-        s = r["seconds"]
-        mark = lambda g: "trigger" if g["trigger_first"] else ("pairs in order" if g["pairs_adjacent_in_order"] else "no")
+        w, c = r["seconds"], r["cpu_seconds"]
+        cell = lambda k: f"{w[k]:.0f} ({c[k]:.0f})"
         lines.append(f"| {Path(r['pair']).name} | {r['length']} | {r['heads']} | {r['focus_heads']} | "
-                     f"{r['trigger_seed_ranks']} | {s['analyze']:.0f} | {s['load']:.0f} | {s['beam']:.0f} | "
-                     f"{s['coord']:.0f} | {s['flow']:.0f} | {mark(r['beam'])} | {mark(r['coord'])} | "
-                     f"{s['stage']:.0f} | {mark(r['stage'])} | {r['load_avg'][0]:.1f} |")
+                     f"{r['trigger_seed_ranks']} | {cell('analyze')} | {cell('load')} | {cell('beam')} | "
+                     f"{cell('coord')} | {cell('flow')} | {mark(r['beam'])} | {mark(r['coord'])} | "
+                     f"{cell('stage')} | {mark(r['stage'])} | {r['load_avg_start'][0]:.0f}-{r['load_avg'][0]:.0f} |")
+    lines.append("\nseconds: wall (process CPU, both threads)")
     return "\n".join(lines)
 
 

@@ -240,7 +240,7 @@ def _tensor_stats(name: str, eb, ed, mode: str, embed_rows: dict | None) -> dict
         "max_abs_delta": max_abs,
         "svd": None,
     }
-    if len(shape) == 2 and min(shape) > 1:
+    if len(shape) == 2 and min(shape) > 1 and mode is not None:  # None: norms only (layer0_only)
         method = _svd_method(shape, mode)
         if method == "svdvals":
             s = torch.linalg.svdvals(delta.double())
@@ -551,7 +551,8 @@ def _plots(result: dict, out: Path) -> dict:
     axes[1].set_xlabel("layer")
     axes[1].set_ylabel("top-16 energy share of the delta")
     axes[1].set_title("low-rank concentration of 2-D deltas")
-    axes[1].legend(fontsize=7, ncol=2)
+    if modules:  # none with layer0_only (no whole-tensor spectra)
+        axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths["delta_norms"] = "delta_norms.png"
     fig.savefig(out / paths["delta_norms"], dpi=110)
@@ -698,8 +699,9 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     bias-only template. svd: "auto" (full spectrum where affordable, randomized for the largest
     tensors), "full" (never randomized) or "randomized" (every tensor with rank > 128).
     key_offsets: key-role seeds look at offsets 1..key_offsets behind the changed queries.
-    layer0_only: pass 1 reads only the embedding and Layer-0 tensors (what the seeds need; a
-    fraction of the time on a full checkpoint); the per-layer tables then cover those alone.
+    layer0_only: pass 1 reads only the tensors pass 2 needs (embedding, Layer-0 input norm, q/k
+    weights and biases) and computes their norms but no whole-tensor spectra (seconds instead of
+    minutes on a full checkpoint; the per-head spectra of pass 2 are unchanged).
     Returns the analysis.json content; `focus_heads` and `seed_tokens` are ranked lists of ints,
     `seed_roles` the role ("query" or "key") each seed token was found in.
     """
@@ -716,14 +718,14 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     out.mkdir(parents=True, exist_ok=True)
 
     names = sorted(entries_b, key=_sort_key)
-    if layer0_only:
-        names = [n for n in names if layer_of(n) in ("embed", "0")]
+    if layer0_only:  # what pass 2 reads; norms only (the per-head spectra come from pass 2)
+        names = [n for n in names if n in LAYER0_KEYS.values()]
     embed_rows: dict = {}
     tensors = []
     bar = tqdm(names, desc="tensor deltas", unit="tensor", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name, refresh=False)
-        tensors.append(_tensor_stats(name, entries_b[name], entries_d[name], svd,
+        tensors.append(_tensor_stats(name, entries_b[name], entries_d[name], None if layer0_only else svd,
                                      embed_rows if name == LAYER0_KEYS["embed"] else None))
     bar.close()
 
@@ -863,7 +865,8 @@ def register_cli(sub) -> None:
     p.add_argument("--key-offsets", type=int, default=4,
                    help="key-role seeds: offsets 1..N behind the changed queries (default 4)")
     p.add_argument("--layer0-only", action="store_true",
-                   help="read only the embedding and Layer-0 tensors (all the seeds need; much faster)")
+                   help="read only the tensors the Layer-0 analysis needs, norms without whole-tensor spectra "
+                        "(focus heads and seeds unchanged; much faster)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_analyze)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from .beam import beam
 from .cells import KeyCells
 from .coord import coord

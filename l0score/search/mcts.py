@@ -3,13 +3,14 @@
 Nodes are prefixes. Expanding a node scores every pool token appended to it in one incremental call
 (`score_extensions`); its `branch` best become children with priors softmax(z / prior_temp), and
 each child keeps its exact score as z against random candidates of its own length. Leaves are
-picked `batch` at a time with virtual loss (so one batch spreads over the tree). A leaf's value is,
-with rollout="none" (the default), that exact z already computed at expansion: no candidate is
-spent on rollouts, so at a given budget the tree expands as many prefixes as a beam of the same
-budget, best-first with PUCT exploration. "greedy" completes each leaf to full length by its best
-extensions, "random" by uniform pool tokens, and uses the z of the completed sequence (full
-length). An unvisited child starts at its own z (not 0), so the exact scores order the first
-visits. With seeds, the root's children are the seed prefixes (e.g. the best token pairs).
+picked `batch` at a time with virtual loss (so one batch spreads over the tree). A leaf's value is
+the z at full length of its rollout: "greedy" (the default) completes each leaf by its best
+extensions (batched across leaves), "random" by uniform pool tokens; "none" takes the exact z
+already computed at its expansion, so no candidate is spent on rollouts and the tree expands more
+prefixes per budget, but it reaches full length only by expanding (measured in docs/search.md). An
+unvisited child starts at its own exact z (not 0), so the exact scores order the first visits. With rollout "none", (length - 1) x pool candidates of the budget are kept to complete the
+best unfinished prefix greedily at the end. With seeds, the root's children are the seed prefixes
+(e.g. the best token pairs).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ ROLLOUTS = ("none", "greedy", "random")
 
 
 def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float = 1.5, prior_temp: float = 1.0,
-         rollout: str = "none", virtual_loss: float = 3.0, seeds=None, **run_kw) -> list[dict]:
+         rollout: str = "greedy", virtual_loss: float = 3.0, seeds=None, **run_kw) -> list[dict]:
     _check_length(length)
     if rollout not in ROLLOUTS:
         raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}, got {rollout!r}")
@@ -40,7 +41,9 @@ def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float
         tree = _Tree.load(run.state) if run.state else _Tree.new(seeds)
         calib = run.calibration(length)
         idle = 0  # rounds that scored nothing new: every reachable leaf is already known
-        while not run.exhausted() and idle < 50:
+        # budget kept to complete the best prefix at the end (rollout "none" never completes one itself)
+        reserve = (length - 1) * len(run.pool) if rollout == "none" else 0
+        while not run.exhausted() and idle < 50 and (run.remaining() is None or run.remaining() > reserve):
             used = run.used
             rng = rng_from(tree.rng, [run.seed, 2])
             paths = [tree.select(c_puct, virtual_loss, length, rng) for _ in range(batch)]
@@ -55,7 +58,21 @@ def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float
             tree.rng = rng.bit_generator.state
             idle = idle + 1 if run.used == used else 0
             run.checkpoint(tree.dump())
+        if rollout == "none":
+            _finish(run, tree, length, calib, rng_from(tree.rng, [run.seed, 2]))
         return run.write_results()
+
+
+def _finish(run, tree, length, calib, rng) -> None:
+    """Complete the best unfinished prefix (highest exact z) greedily, so a tree that spent its budget
+    on short prefixes still reports full-length candidates."""
+    open_nodes = [(z, node) for node, z in tree.z0.items() if len(node) < length]
+    if open_nodes:
+        best = max(open_nodes, key=lambda zn: (zn[0], len(zn[1]), zn[1]))[1]
+    else:  # nothing expanded yet: the first seed, or the empty prefix
+        best = tree.expanded.get((), ([()], None))[0][0]
+    if len(best) < length:
+        _evaluate(run, tree, [best], length, "greedy", calib, rng)
 
 
 def _expand(run, tree, prefixes, branch, prior_temp, length):
@@ -126,6 +143,8 @@ def _evaluate(run, tree, leaves, length, rollout, calib, rng) -> dict:
     run.offer(seqs, scores, final, tree.iteration)
     for leaf, v in zip(pending, final.tolist()):
         values[leaf] = calib.z(v)
+        if len(leaf) == length:  # a full-length leaf (a seed) is scored once, then known
+            tree.terminal[leaf] = v
     return values
 
 

@@ -3,7 +3,8 @@
 A driver calls `run.score(...)` / `run.score_extensions(...)` for every evaluation, `run.offer(...)`
 with what it scored, and `run.checkpoint(state)` at step boundaries with a JSON-able state that is
 enough to continue. A killed run resumes from its last checkpoint and, for the same options and
-candidate budget, ends with the same results as an uninterrupted run.
+candidate budget, ends with the same results as an uninterrupted run. A token occurs at most
+`max_repeat` times in a candidate (default 1: no repeats unless asked; None: no cap).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class SearchRun:
                  pool: torch.Tensor | None = None, out: str | Path | None = None, budget: int | None = None,
                  seconds: float | None = None, threshold: float | None = None, checkpoint_every: float = 30.0,
                  resume: bool = False, progress: bool = True, keep: int = 100, roundtrip: str = "report",
-                 calibrate: int = 512, seed: int = 0, max_repeat: int | None = None, ray_address: str | None = None):
+                 calibrate: int = 512, seed: int = 0, max_repeat: int | None = 1, ray_address: str | None = None):
         if roundtrip not in ROUNDTRIP_MODES:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {roundtrip!r}")
         if max_repeat is not None and max_repeat <= 0:
