@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..cli_args import add_pair_args, add_scoring_args, console, make_scorer
+from ..cli_args import add_pair_args, add_ray_arg, add_scoring_args, console, make_scorer
 
 
 def register_cli(sub) -> None:
@@ -20,6 +20,7 @@ def register_cli(sub) -> None:
         d = drivers.add_parser(name, help=help_)
         add_pair_args(d)
         add_scoring_args(d)
+        add_ray_arg(d)
         _common(d)
         d.set_defaults(func=run_search)
         if name == "pairs":
@@ -98,7 +99,8 @@ def run_search(args) -> None:
     start = time.perf_counter()
     if args.driver == "pairs":
         scan = pair_scan(scorer, pool, offsets=args.offsets, top=args.top, progress=not args.quiet,
-                         checkpoint=args.out + ".ckpt.json", resume=args.resume, seconds=args.seconds)
+                         checkpoint=args.out + ".ckpt.json", resume=args.resume, seconds=args.seconds,
+                         ray_address=args.ray)
         _write_pairs(args.out, scan)
         _print_pairs(scan, args.top)
         console.print(f"pair scan of {len(pool)}^2 tokens x {len(args.offsets)} offsets x {len(scorer.heads)} heads "
@@ -109,7 +111,7 @@ def run_search(args) -> None:
     run_kw = dict(objective=args.metric, pool=pool, out=args.out, budget=args.budget, seconds=args.seconds,
                   threshold=args.threshold, checkpoint_every=args.checkpoint_every, resume=args.resume,
                   progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip, seed=args.seed,
-                  max_repeat=args.max_repeat)
+                  max_repeat=args.max_repeat, ray_address=args.ray)
     if args.driver == "beam":
         results = beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
                        left_screen=args.left_screen or None, **run_kw)
@@ -142,7 +144,8 @@ def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] |
     if chosen == "pairs":
         if args.length < 2:
             return seeds or None
-        scan = pair_scan(scorer, pool, offsets=(1,), top=max(args.n_seeds * 4, 16), progress=not args.quiet)
+        scan = pair_scan(scorer, pool, offsets=(1,), top=max(args.n_seeds * 4, 16), progress=not args.quiet,
+                         ray_address=args.ray)
         return seeds + seeds_from_pairs(scan, args.n_seeds)
     from ..cli_args import read_candidates
 
