@@ -209,7 +209,7 @@ class Hunt:
                          "file": str(path.relative_to(self.out))})
         return {"candidates": used, "runs": runs,
                 "note": "; ".join(f"len {r['length']}: every candidate of the top {r['covered']} tokens"
-                                  for r in runs if "length" in r)}
+                                  for r in runs if "covered" in r)}
 
     def _target_search(self, pool: list[int], seconds: float) -> list[dict]:
         """Toward the profile's top target: coord for every length (exact swaps, measured the most
@@ -359,6 +359,7 @@ class Hunt:
 
     def _load_state(self, resume: bool) -> dict:
         opts = json.loads(json.dumps(asdict(self.options)))
+        opts.pop("ray_address", None)  # where it runs is not what it computes: resume with or without Ray
         fresh = {"format": FORMAT, "version": VERSION, "base": self.base, "dormant": self.dormant, "options": opts,
                  "stages": {}, "elapsed": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if not self.state_path.exists():
