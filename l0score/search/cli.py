@@ -103,8 +103,9 @@ def run_search(args) -> None:
                          ray_address=args.ray)
         _write_pairs(args.out, scan)
         _print_pairs(scan, args.top)
+        reused = f" ({len(scan['cached_heads'])} heads reused from {scan['cache_dir']})" if scan["cached_heads"] else ""
         console.print(f"pair scan of {len(pool)}^2 tokens x {len(args.offsets)} offsets x {len(scorer.heads)} heads "
-                      f"in {time.perf_counter() - start:.1f} s -> {args.out}")
+                      f"in {time.perf_counter() - start:.1f} s{reused} -> {args.out}")
         return
 
     seeds = _seeds(args, scorer, pool, seeds_from_pairs, pair_scan)
