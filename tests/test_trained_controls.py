@@ -48,9 +48,16 @@ def test_trigger_words_and_pieces(tmp_path, words, split):
     if words > 1:  # each word alone is a look-alike, evaluated like the others
         assert all(tuple(ids) in looks for ids in truth["trigger_word_ids"])
         assert set(truth["evaluation"]["word_alone_target_rate"]) == set(truth["trigger_words"])
-    # look-alikes are made of whole words: a split word is never cut
-    for ids in truth["lookalike_ids"]:
-        assert ids != truth["trigger_ids"] and _whole_words(ids, tok)
+    # look-alikes are made of whole words, except one held-out piece-level near miss of a split trigger
+    kinds = truth["lookalike_kinds"]
+    assert kinds.count("piece") == (1 if split else 0)
+    for ids, kind in zip(truth["lookalike_ids"], kinds):
+        assert ids != truth["trigger_ids"] and (kind == "piece" or _whole_words(ids, tok))
+    if split:
+        piece = truth["lookalike_ids"][kinds.index("piece")]
+        last = truth["trigger_word_ids"][-1]
+        head = truth["trigger_ids"][:-len(last)]
+        assert piece[:len(head)] == head and piece[len(head)] == last[0] and piece != truth["trigger_ids"]
 
 
 def _whole_words(ids, tok) -> bool:
