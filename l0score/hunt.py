@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from .search.pool import build_pool
 
 FORMAT = "l0score-hunt"
@@ -52,6 +54,8 @@ class HuntOptions:
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...) [none]
     stop_on_fire: skip the exhaustive search when the target route's candidate flips in verify and
         makes the dormant's reply start with the profiled target [True]
+    threads: torch CPU threads during the hunt [torch's default]; on a busy shared CPU 1 avoids
+        oversubscription, which slows small models down many times over
     seed: random seed [0]; progress: bars and stage lines [True]
     ray_address: "auto" or host:port: the full-model search's batches and verify's generations run on
         Ray workers holding both models (l0score.cluster; same results as one process) [None: here]
@@ -71,6 +75,7 @@ class HuntOptions:
     pool_filters: dict = field(default_factory=dict)
     seed: int = 0
     stop_on_fire: bool = True
+    threads: int | None = None
     progress: bool = True
     ray_address: str | None = None
 
@@ -83,6 +88,8 @@ class HuntOptions:
             raise ValueError(f"max_pool must be at least 2, got {self.max_pool}")
         if self.verify_top < 1:
             raise ValueError(f"verify_top must be >= 1, got {self.verify_top}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.profile and self.profile_inputs < 1:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
 
@@ -112,12 +119,16 @@ class Hunt:
         check_same_tokenizers(self.base, self.dormant)
         self.fm()  # bad probes, or a prompt longer than the context, fail before any work
         old = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+        saved_threads = torch.get_num_threads()
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
         try:
             for name in self.expected_stages():
                 if name not in self.state["stages"]:
                     self._stage(name)
         finally:
             self._save_state()
+            torch.set_num_threads(saved_threads)
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         return self._write_report()
@@ -359,7 +370,8 @@ class Hunt:
 
     def _load_state(self, resume: bool) -> dict:
         opts = json.loads(json.dumps(asdict(self.options)))
-        opts.pop("ray_address", None)  # where it runs is not what it computes: resume with or without Ray
+        for how in ("ray_address", "threads", "progress"):  # how it runs, not what it computes
+            opts.pop(how, None)
         fresh = {"format": FORMAT, "version": VERSION, "base": self.base, "dormant": self.dormant, "options": opts,
                  "stages": {}, "elapsed": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if not self.state_path.exists():
@@ -446,6 +458,7 @@ def register_cli(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, ... for the full models (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
     p.add_argument("--ascii", action="store_true", help="pool: only tokens whose text is ASCII")
     p.add_argument("--deny-regex", help="pool: drop tokens whose text matches")
     p.add_argument("--resume", action="store_true", help="continue the hunt in --out from its checkpoints")
@@ -461,6 +474,7 @@ def options_from_args(args) -> HuntOptions:
                        metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
+                       threads=args.threads,
                        progress=not args.quiet, ray_address=args.ray)
 
 
