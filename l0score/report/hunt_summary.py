@@ -53,9 +53,23 @@ def _ranked(hunt) -> list[dict]:
                 -r["score"])
 
     rows.sort(key=key)
+    rows = rows[:100]
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
-    return rows[:100]
+    _add_layer0_scores(hunt, rows)
+    return rows
+
+
+def _add_layer0_scores(hunt, rows: list[dict]) -> None:
+    """Each row's Layer-0 max |dS| and KL (chat template, all heads), next to its full-model score."""
+    if not rows:
+        return
+    from ..scorer import Scorer
+
+    scorer = Scorer.from_pretrained(hunt.base, hunt.dormant, template="chat")
+    scores = scorer.score_batch([r["token_ids"] for r in rows])
+    for b, r in enumerate(rows):
+        r["layer0"] = {"max_abs": float(scores.max_abs[b]), "kl": float(scores.kl[b])}
 
 
 def _verify_rows(path: Path) -> dict:
