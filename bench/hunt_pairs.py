@@ -24,9 +24,15 @@ def hunt_one(pair_dir: Path, out: Path, seconds: float, profile: bool) -> dict:
     from l0score.hunt import HuntOptions, hunt
 
     t0 = time.monotonic()
-    report = hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, progress=False))
-    wall = time.monotonic() - t0
-    truth = json.loads((pair_dir / "trigger.json").read_text())  # read only after the hunt
+    hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, threads=1,
+                                                                     progress=False))
+    return summarize(pair_dir, out, profile, time.monotonic() - t0)
+
+
+def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
+    """What the hunt in `out` found, judged against the pair's trigger.json (read only now)."""
+    report = json.loads((out / "report.json").read_text())
+    truth = json.loads((pair_dir / "trigger.json").read_text())
     trig = truth["trigger_ids"]
     state = json.loads((out / "hunt.json").read_text())
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
