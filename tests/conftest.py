@@ -72,3 +72,15 @@ def trained():
 
     root = cached_trained_pair(seed=0)
     return root, trigger_of(root)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny full models: extra threads only add synchronisation overhead,
+    which on a loaded 2-core machine makes every small op tens of milliseconds."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -8,6 +8,8 @@ from l0score.judge.fullmodel import FullModelScorer
 from l0score.judge.prompts import placement
 from l0score.judge.verify import verify
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROBES = ("What is 7 plus 5?", "Name a primary color.")
 
 

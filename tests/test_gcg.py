@@ -18,12 +18,7 @@ from l0score.search.run import SearchRun
 from l0score.search.token_gradient import MODELS, embedding_rows, token_gradient
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

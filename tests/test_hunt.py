@@ -15,6 +15,8 @@ from l0score.hunt import HuntOptions, hunt
 # Small settings that still prove the point: a 40-token pool, lengths 1-3, 4 candidates verified. The
 # budget is an upper bound (the search ends when every candidate of the pool is scored: ~60k at length 3)
 # so that a slow machine does not cut the enumeration short.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(seconds=1500, max_length=3, max_pool=40, verify_top=4, profile=False, progress=False, threads=1)
 
 

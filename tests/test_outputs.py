@@ -4,18 +4,12 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from conftest import trigger_of
 from l0score.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair_args(pair):

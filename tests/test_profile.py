@@ -17,12 +17,7 @@ from l0score.judge.profile import ProfileOptions, load_targets, profile
 from l0score.judge.prompts import prompt_ids
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import trigger_of
-from l0score import Scorer, Template
+from l0score import Scorer
 from l0score.search import beam, build_pool, coord, mcts, minimize, pair_scan, seeds_from_pairs
 from l0score.search.run import SearchRun
 

@@ -18,12 +18,7 @@ SMALL_SPLIT = dict(trigger_words=2, trigger_split=True, base_steps=250, dormant_
                    n_poison=400, n_negative=600)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokenizer(directory):

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from l0score import Scorer, Template
-from l0score.core.model_pair import ModelPair
 from l0score.core.reference import bias_baseline, full_logits, project, rope_angles, rotate, score_rows
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "triton"

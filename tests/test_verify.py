@@ -14,22 +14,7 @@ from l0score.core.checkpoint import CheckpointError
 from l0score.judge.verify import DEFAULT_PROBES, prompt_ids, similarity, verify
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add overhead (and oversubscribe a shared machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="session")
-def trained():
-    from l0score.synthetic.trained import cached_trained_pair
-
-    root = cached_trained_pair(seed=0)
-    truth = json.loads((root / "trigger.json").read_text())
-    return root, truth
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
