@@ -197,9 +197,8 @@ class Hunt:
         pool = self.state["stages"]["layer0"]["pool"]
         budget = self.remaining() - self._verify_reserve()
         t0 = time.monotonic()
-        runs = self._target_search(pool, 0.2 * budget)
+        runs, fired = self._target_search(pool, 0.2 * budget)
         used = sum(r["candidates"] for r in runs)
-        fired = self._target_fired(runs) if runs and self.options.stop_on_fire else None
         if fired is not None:
             return {"candidates": used, "runs": runs, "fired": fired,
                     "note": f"stopped early: {fired['text']!r} makes the dormant say the profiled target"}
@@ -222,14 +221,15 @@ class Hunt:
                 "note": "; ".join(f"len {r['length']}: every candidate of the top {r['covered']} tokens"
                                   for r in runs if "covered" in r)}
 
-    def _target_search(self, pool: list[int], seconds: float) -> list[dict]:
+    def _target_search(self, pool: list[int], seconds: float) -> tuple[list[dict], dict | None]:
         """Toward the profile's top target: coord for every length (exact swaps, measured the most
         reliable), then gcg at the longest, on the target-set objective (the dormant's log-mass on the
         target's first token minus the base's, which rises with each trigger token in place where the
-        KL stays flat until the trigger is whole)."""
+        KL stays flat until the trigger is whole). After each driver, the fire check (_target_fired);
+        returns the runs and the candidate that fired (None when none did)."""
         targets = self.state["stages"].get("profile", {}).get("targets") or []
         if not targets or seconds <= 1:
-            return []
+            return [], None
         from .search import coord
         from .search.gcg import gcg
 
@@ -254,7 +254,10 @@ class Hunt:
             runs.append({"route": "target inversion", "driver": driver, "length": length, "target": target["text"],
                          "candidates": _scored(path), "seconds": round(time.monotonic() - t0, 2),
                          "file": str(path.relative_to(self.out))})
-        return runs
+            fired = self._target_fired(runs) if self.options.stop_on_fire else None
+            if fired is not None:  # the target is reached: the remaining drivers would only polish it
+                return runs, fired
+        return runs, None
 
     def _target_fired(self, runs: list[dict]) -> dict | None:
         """The best target-route candidate that flips in verify *and* makes the dormant's reply start
