@@ -222,10 +222,7 @@ class Scorer:
 
     def default_pool(self) -> torch.Tensor:
         """Real, non-special token ids (padding rows and special tokens excluded)."""
-        ids = torch.arange(self.pair.n_tokens)
-        if self.pair.special_ids:
-            ids = ids[~torch.isin(ids, torch.tensor(sorted(self.pair.special_ids)))]
-        return ids
+        return self.pair.real_token_ids()
 
     def _rotated_keys(self, ids: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.pair.config

@@ -84,3 +84,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+# The foundation configurations of test_reference and test_precision: GQA ratios 1, 2, 7; head_dim
+# 8..128 (also != hidden/heads); theta 1e4 and 1e6; bf16 and fp32.
+FOUNDATION_CONFIGS = {
+    "gqa1-d8-1e4-fp32": dict(num_attention_heads=4, num_key_value_heads=4, head_dim=8, rope_theta=1e4, dtype="float32"),
+    "gqa2-d16-1e6-bf16": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6, dtype="bfloat16"),
+    "gqa7-d32-1e6-fp32": dict(num_attention_heads=7, num_key_value_heads=1, head_dim=32, rope_theta=1e6, dtype="float32"),
+    "gqa2-d128-1e4-bf16": dict(num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=1e4, dtype="bfloat16"),
+}

@@ -34,6 +34,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import FOUNDATION_CONFIGS as CONFIGS
 from oracle import oracle_scores  # noqa: E402
 
 RTOL = 1e-4
@@ -41,14 +42,6 @@ KL_FLOOR = 2e-7
 DS_FLOOR = 2.4e-3  # = 4 * 2^-24 / 1e-4
 FIELDS = ("head_max", "head_kl", "band")
 
-# The foundation configurations (test_reference.CONFIGS): GQA 1/2/7, head_dim 8..128, theta 1e4/1e6,
-# fp32 and bf16 checkpoints.
-CONFIGS = {
-    "gqa1-d8-1e4-fp32": dict(num_attention_heads=4, num_key_value_heads=4, head_dim=8, rope_theta=1e4, dtype="float32"),
-    "gqa2-d16-1e6-bf16": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6, dtype="bfloat16"),
-    "gqa7-d32-1e6-fp32": dict(num_attention_heads=7, num_key_value_heads=1, head_dim=32, rope_theta=1e6, dtype="float32"),
-    "gqa2-d128-1e4-bf16": dict(num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=1e4, dtype="bfloat16"),
-}
 OPTIONS = [
     dict(region="candidate", baseline="none", heads=None, offsets=(0, 1, 2, 7)),
     dict(region="all", baseline="bias", heads="subset", offsets=(1, 3)),

@@ -7,15 +7,9 @@ import torch
 
 from l0score import Scorer, Template
 from l0score.core.model_pair import ModelPair
+from conftest import FOUNDATION_CONFIGS as CONFIGS
 from oracle import oracle_scores
 
-# GQA ratios 1, 2, 7; head_dim 8..128 (also != hidden/heads); theta 1e4 and 1e6; bf16 and fp32.
-CONFIGS = {
-    "gqa1-d8-1e4-fp32": dict(num_attention_heads=4, num_key_value_heads=4, head_dim=8, rope_theta=1e4, dtype="float32"),
-    "gqa2-d16-1e6-bf16": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6, dtype="bfloat16"),
-    "gqa7-d32-1e6-fp32": dict(num_attention_heads=7, num_key_value_heads=1, head_dim=32, rope_theta=1e6, dtype="float32"),
-    "gqa2-d128-1e4-bf16": dict(num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=1e4, dtype="bfloat16"),
-}
 OPTIONS = [
     dict(region="candidate", baseline="none", heads=None, offsets=(0, 1, 2, 7)),
     dict(region="all", baseline="bias", heads="subset", offsets=(1, 3, 500)),

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .checkpoint import Layer0Config, Layer0Weights, check_compatible, load_layer0
 
 
@@ -25,6 +27,13 @@ class ModelPair:
         if self.tokenizer is None:
             return self.config.vocab_rows
         return min(len(self.tokenizer), self.config.vocab_rows)
+
+    def real_token_ids(self) -> torch.Tensor:
+        """Real, non-special token ids (padding rows and special tokens excluded): every search pool's default."""
+        ids = torch.arange(self.n_tokens)
+        if self.special_ids:
+            ids = ids[~torch.isin(ids, torch.tensor(sorted(self.special_ids)))]
+        return ids
 
     @classmethod
     def load(cls, base: str | os.PathLike, dormant: str | os.PathLike) -> "ModelPair":

@@ -191,10 +191,8 @@ class FullModelScorer:
         return self.pair.tokenizer
 
     def default_pool(self) -> torch.Tensor:
-        ids = torch.arange(self.pair.n_tokens)
-        if self.pair.special_ids:
-            ids = ids[~torch.isin(ids, torch.tensor(sorted(self.pair.special_ids)))]
-        return ids
+        """Real, non-special token ids (padding rows and special tokens excluded)."""
+        return self.pair.real_token_ids()
 
     def describe(self) -> dict:
         """What a checkpoint must match to be resumed: the objective's own settings."""

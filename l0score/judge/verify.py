@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..report.markdown import md_cell
 from .models import load_model, resolve_dtype, run_batch
 from .prompts import (DEFAULT_PROBES, DEFAULT_SEP, POSITIONS, Prompt, as_candidate, prompt_ids, read_candidates_file,
                       read_probes_file)
@@ -473,11 +474,6 @@ def write_report(report: dict, out, plot_top: int = 5, n_show: int = 3) -> dict:
     return report["files"]
 
 
-def _cell(text) -> str:
-    s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
-    return s if s.strip() else "∅"
-
-
 def markdown_summary(report: dict, n_show: int = 3) -> str:
     cfg, results = report.get("config", {}), report["results"]
     lines = ["# l0score verify", ""]
@@ -502,19 +498,19 @@ def markdown_summary(report: dict, n_show: int = 3) -> str:
     lines += ["", "| rank | candidate | ids | KL | amplification | JS | top-1 agree | top-k overlap | depart rate | "
                   "flip rate | flip |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in results:
-        lines.append(f"| {r['rank']} | {_cell(r['text'])} | {_cell(r['token_ids'])} | {r['kl']:.4g} | "
+        lines.append(f"| {r['rank']} | {md_cell(r['text'])} | {md_cell(r['token_ids'])} | {r['kl']:.4g} | "
                      f"{r['amplification']:.3g} | {r['js']:.4g} | {r['top1_agreement']:.2f} | {r['topk_overlap']:.2f} | "
                      f"{r['depart_rate']:.2f} | {r['flip_rate']:.2f} | {'**yes**' if r['flip'] else 'no'} |")
     untrig = {u["probe"]: u for u in report["untriggered"]}
     for r in results[:n_show]:
-        lines += ["", f"## #{r['rank']} {_cell(r['text'])}", "",
+        lines += ["", f"## #{r['rank']} {md_cell(r['text'])}", "",
                   "| probe | placement | base (untriggered) | dormant (untriggered) | untriggered agree | "
                   "base (triggered) | dormant (triggered) | KL | flip |", "|---|---|---|---|:---:|---|---|---:|:---:|"]
         for d in r["probes"]:
             u = untrig[d["probe"]]
-            lines.append(f"| {_cell(d['probe'])} | {d['position']} | {_cell(u['generation_base'])} | "
-                         f"{_cell(u['generation_dormant'])} | {'yes' if u['agrees'] else 'no'} | "
-                         f"{_cell(d['generation_base'])} | {_cell(d['generation_dormant'])} | {d['kl']:.3g} | "
+            lines.append(f"| {md_cell(d['probe'])} | {d['position']} | {md_cell(u['generation_base'])} | "
+                         f"{md_cell(u['generation_dormant'])} | {'yes' if u['agrees'] else 'no'} | "
+                         f"{md_cell(d['generation_base'])} | {md_cell(d['generation_dormant'])} | {d['kl']:.3g} | "
                          f"{'**yes**' if d['flip'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
