@@ -227,8 +227,8 @@ void score_block(const Problem<T>& P, const int64_t* ids, int n, const int64_t* 
         const v16f delta = cn - (st.md - st.mb);
         const v16i small = vabs(delta) < KL_SMALL;
         const v16f ds = vsel(small, delta, v16f{});
-        const v16f em = vsel(small, ad * vexpm1_small(ds), ab - ad);           // ad expm1(delta)
-        const v16f efm = vsel(small, ad * vkl_f_small(-ds), em - ad * delta);  // ad f(-delta)
+        const v16f em = vsel(small, ad * expm1_small(ds), ab - ad);           // ad expm1(delta)
+        const v16f efm = vsel(small, ad * kl_f_small(-ds), em - ad * delta);  // ad f(-delta)
         const v16f x = (d - b) - cn;
         const v16f zn = ad * st.zd + ed;
         const v16f an = ad * (st.a - delta * st.zd) + ed * x;

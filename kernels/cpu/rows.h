@@ -134,7 +134,7 @@ const Soft SOFT_EMPTY = {NEG_INF, NEG_INF, 0.f, 0.f, 0.f};
 // One cell's e_j f(x_j) (eb = exp(S_b - mb)).
 static inline v16f kl_term(v16f x, v16f ed, v16f eb) {
   const v16i small = vabs(x) < KL_SMALL;
-  return vsel(small, ed * vkl_f_small(vsel(small, x, v16f{})), ed * x + (eb - ed));
+  return vsel(small, ed * kl_f_small(vsel(small, x, v16f{})), ed * x + (eb - ed));
 }
 
 // Fold partial sums (zd, a, f) of new cells, taken relative to the new maxima (md, mb), into a

@@ -139,8 +139,10 @@ static inline v16f vlog(v16f x) {
 // |x| <= KL_SMALL (ln2 / 2), Taylor polynomials without range reduction (truncation < 3e-8
 // relative there; beyond it the callers take another branch).
 constexpr float KL_SMALL = 0.3465735902799727f;
-static inline float expm1_small(float x) {
-  float p = 1.f / 5040.f;
+// One body for a float and for 16 lanes (v16f's arithmetic with a float operand broadcasts it).
+template <class T>
+static inline T expm1_small(T x) {
+  T p = T{} + 1.f / 5040.f;
   p = p * x + 1.f / 720.f;
   p = p * x + 1.f / 120.f;
   p = p * x + 1.f / 24.f;
@@ -148,27 +150,9 @@ static inline float expm1_small(float x) {
   p = p * x + 0.5f;
   return (p * x) * x + x;
 }
-static inline float kl_f_small(float x) {
-  float p = 1.f / 40320.f;
-  p = p * x - 1.f / 5040.f;
-  p = p * x + 1.f / 720.f;
-  p = p * x - 1.f / 120.f;
-  p = p * x + 1.f / 24.f;
-  p = p * x - 1.f / 6.f;
-  p = p * x + 0.5f;
-  return (p * x) * x;
-}
-static inline v16f vexpm1_small(v16f x) {
-  v16f p = vsplat(1.f / 5040.f);
-  p = p * x + 1.f / 720.f;
-  p = p * x + 1.f / 120.f;
-  p = p * x + 1.f / 24.f;
-  p = p * x + 1.f / 6.f;
-  p = p * x + 0.5f;
-  return (p * x) * x + x;
-}
-static inline v16f vkl_f_small(v16f x) {
-  v16f p = vsplat(1.f / 40320.f);
+template <class T>
+static inline T kl_f_small(T x) {
+  T p = T{} + 1.f / 40320.f;
   p = p * x - 1.f / 5040.f;
   p = p * x + 1.f / 720.f;
   p = p * x - 1.f / 120.f;
