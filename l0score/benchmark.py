@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .machine import ceilings, fma_peak
+from .synthetic.cached import default_pair
 
 RESULT_TAG = "L0BENCH_RESULT "
 CHAT_SYSTEM = "You are a helpful assistant. Answer briefly and accurately."
@@ -61,41 +62,6 @@ EXTENSION_PREFIXES = (0, 2, 4, 7)  # cached candidate tokens before the extended
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-def pair_is_complete(pair_dir: Path) -> bool:
-    """Both model directories hold a config, an index and every shard it lists, plus trigger.json."""
-    pair_dir = Path(pair_dir)
-    if not (pair_dir / "trigger.json").is_file():
-        return False
-    for role in ("base", "dormant"):
-        d = pair_dir / role
-        if not (d / "config.json").is_file():
-            return False
-        index = d / "model.safetensors.index.json"
-        if index.is_file():
-            try:
-                shards = set(json.loads(index.read_text())["weight_map"].values())
-            except (ValueError, KeyError):
-                return False
-            if not all((d / s).is_file() and (d / s).stat().st_size > 0 for s in shards):
-                return False
-        elif not (d / "model.safetensors").is_file():
-            return False
-    return True
-
-
-def default_pair(size: str = "qwen2-7b-l0", seed: int = 0) -> Path:
-    """The synthetic pair of that size under the cache directory, made on first use."""
-    from .core.cache_dir import cache_dir
-
-    out = cache_dir() / "pairs" / f"{size}-seed{seed}"
-    if not pair_is_complete(out):
-        from .synthetic import make_pair
-
-        print(f"making the synthetic {size} pair under {out} (once)", file=sys.stderr, flush=True)
-        make_pair(out, size=size, seed=seed)
-    return out
 
 
 def chat_template(tokenizer, target_prefix: int = 30):
@@ -764,6 +730,11 @@ def main(argv=None, prog: str = "l0score bench") -> int:
 
         argv.remove("--fullmodel")
         return fullmodel_main(argv, prog=f"{prog} --fullmodel", default_out=default_out_dir())
+    if "--ray" in argv:  # Ray's overhead on this machine, in a private network namespace
+        from .benchmark_ray import main as ray_main
+
+        argv.remove("--ray")
+        return ray_main(argv, prog=f"{prog} --ray", default_out=default_out_dir())
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="base model directory (default: synthetic qwen2-7b-l0 pair under the cache dir)")
     ap.add_argument("--dormant", help="dormant model directory")

@@ -46,7 +46,7 @@ def resolve_pair(args) -> tuple[str, str]:
         raise SystemExit("error: give both --base and --dormant, or neither (the demo pair)")
     if args.base:
         return args.base, args.dormant
-    from .synthetic.demo_pair import demo_pair
+    from .synthetic.cached import demo_pair
 
     pair_dir = demo_pair()
     return str(pair_dir / "base"), str(pair_dir / "dormant")

@@ -10,7 +10,7 @@ import numpy as np
 from rich.table import Table
 
 from .core.cache_dir import cache_dir
-from .synthetic.demo_pair import demo_pair
+from .synthetic.cached import demo_pair
 
 
 def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: str | None = None, console=None) -> dict:

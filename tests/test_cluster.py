@@ -42,3 +42,14 @@ def test_ray_cases_in_a_loopback_namespace():
     tail = (out.stdout + out.stderr)[-6000:]
     assert out.returncode == 0, tail
     assert " passed" in out.stdout and "failed" not in out.stdout, tail
+
+
+def test_bench_ray_paper_table():
+    """`l0score bench --ray --paper`: the N-GPU-node estimate, scan and hunt time shrinking with N."""
+    out = subprocess.run([sys.executable, "-m", "l0score.cli", "bench", "--ray", "--paper"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[1]) for r in rows] == [1, 2, 4, 8, 16, 32]
+    scan_low = [float(r[2].split("-")[0]) for r in rows]
+    assert scan_low == sorted(scan_low, reverse=True) and scan_low[0] > scan_low[-1]

@@ -1,11 +1,13 @@
-"""Ray overhead on one machine: the same exact pair scan by the native kernel in one process with 2
-threads, and through l0score.cluster with 2 one-thread Ray workers (one task per (head, offset)).
+"""`l0score bench --ray`: Ray's overhead on one machine, the same exact pair scan by the native kernel in
+one process with 2 threads and through l0score.cluster with 2 one-thread Ray workers (one task per
+(head, offset)).
 
-    python bench/ray_bench.py [--pool 16000] [--offsets 1,2] [--dtype bfloat16]
+    l0score bench --ray [--pool 16000] [--offsets 1,2] [--dtype bfloat16] [--out DIR] [--paper]
 
 Ray is started only inside a private network namespace with loopback up (the script re-runs itself
 under `unshare -n` as root), as in tests/test_cluster.py. Pair: the synthetic qwen2-7b-l0 pair (Qwen2-7B's
-Layer-0 shapes) under the cache directory, made on first use. Writes bench/results/ray-<stamp>.json.
+Layer-0 shapes) under the cache directory, made on first use. Writes OUT/ray-<stamp>.json (default
+bench/results).
 """
 from __future__ import annotations
 
@@ -16,9 +18,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def loopback_only() -> bool:
     return {line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]} == {"lo"}
@@ -63,29 +62,33 @@ def paper_table(nodes=(1, 2, 4, 8, 16, 32)) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "l0score bench --ray", default_out: Path | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--paper", action="store_true", help="print the N-GPU-node estimate table and exit")
     ap.add_argument("--pool", type=int, default=16000, help="pool tokens (the scan is pool^2 cells per shard)")
     ap.add_argument("--offsets", default="1,2")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="token table dtype")
     ap.add_argument("--top", type=int, default=100)
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=default_out, help="output directory (default bench/results)")
+    args = ap.parse_args(argv)
     if args.paper:
         print(paper_table())
         return 0
     if not loopback_only():
         if os.geteuid() != 0:
             raise SystemExit("error: Ray runs here only in a private network namespace: run as root (unshare -n)")
-        inner = f"ip link set lo up && exec {sys.executable} {' '.join(map(str, sys.argv))}"
-        return subprocess.call(["unshare", "-n", "sh", "-c", inner])
+        inner = ["ip link set lo up && exec \"$@\"", "sh", sys.executable, "-m", "l0score.benchmark_ray", *argv]
+        if args.out is not None and "--out" not in argv:
+            inner += ["--out", str(args.out)]
+        return subprocess.call(["unshare", "-n", "sh", "-c", *inner])
 
     import ray
 
-    from l0score import Scorer, _native, cluster
-    from l0score.benchmark import default_pair
-    from l0score.core.model_pair import ModelPair
-    from l0score.search import pair_scan
+    from . import Scorer, _native, cluster
+    from .core.model_pair import ModelPair
+    from .synthetic.cached import default_pair
+    from .search import pair_scan
 
     offsets = [int(r) for r in args.offsets.split(",")]
     pair_dir = default_pair("qwen2-7b-l0")
@@ -113,7 +116,7 @@ def main() -> int:
     ray.shutdown()
 
     res = {
-        "stamp": time.strftime("%Y%m%d-%H%M%S"), "command": "python bench/ray_bench.py " + " ".join(sys.argv[1:]),
+        "stamp": time.strftime("%Y%m%d-%H%M%S"), "command": " ".join([prog, *argv]),
         "pair": str(pair_dir), "table_dtype": args.dtype, "pool": len(pool), "heads": len(scorer.heads),
         "offsets": offsets, "shards": shards, "top": args.top, "gflop": flops / 1e9,
         "single_process_2_threads_s": single_s, "ray_2_workers_1_thread_s": ray_s,
@@ -123,8 +126,9 @@ def main() -> int:
         "tables_in_object_store": len({tuple(w["table_ids"]) for w in described}),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"ray-{res['stamp']}.json").write_text(json.dumps(res, indent=1))
+    out = args.out or Path.cwd() / "bench-results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ray-{res['stamp']}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
     return 0 if res["identical_results"] else 1
 

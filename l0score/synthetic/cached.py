@@ -1,0 +1,60 @@
+"""Synthetic pairs under the cache directory, made on first use: the tiny demo pair that commands use
+when no --base/--dormant is given, and the pairs of a size that the benchmarks use."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..core.cache_dir import cache_dir
+
+
+def demo_pair(seed: int = 0) -> Path:
+    """The tiny demo pair under the cache directory, made on first use (atomically, so an
+    interrupted build is redone rather than trusted)."""
+    from . import make_pair
+
+    final = cache_dir() / f"demo-pair-tiny-seed{seed}"
+    if (final / "trigger.json").is_file():
+        return final
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_pair(tmp, size="tiny", seed=seed)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def pair_is_complete(pair_dir: Path) -> bool:
+    """Both model directories hold a config, an index and every shard it lists, plus trigger.json."""
+    pair_dir = Path(pair_dir)
+    if not (pair_dir / "trigger.json").is_file():
+        return False
+    for role in ("base", "dormant"):
+        d = pair_dir / role
+        if not (d / "config.json").is_file():
+            return False
+        index = d / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (ValueError, KeyError):
+                return False
+            if not all((d / s).is_file() and (d / s).stat().st_size > 0 for s in shards):
+                return False
+        elif not (d / "model.safetensors").is_file():
+            return False
+    return True
+
+
+def default_pair(size: str = "qwen2-7b-l0", seed: int = 0) -> Path:
+    """The synthetic pair of that size under the cache directory, made on first use."""
+    out = cache_dir() / "pairs" / f"{size}-seed{seed}"
+    if not pair_is_complete(out):
+        from . import make_pair
+
+        print(f"making the synthetic {size} pair under {out} (once)", file=sys.stderr, flush=True)
+        make_pair(out, size=size, seed=seed)
+    return out
