@@ -371,21 +371,35 @@ def _token_repr(tok, tid: int) -> dict:
 
 def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_offsets: int,
                      embed_rows: dict, progress: bool, key_offsets=(1, 2, 3, 4)) -> dict:
-    from ..core.reference import bias_baseline, rms_norm
+    """Layer 0 by stage: per-head delta blocks -> focus heads -> seed tokens aligned with them ->
+    the bias-only dS template -> the embedding rows that changed most."""
+    dwq = pair.dormant.wq.float() - pair.base.wq.float()
+    heads = _focus_heads(pair, dwq, n_focus, n_dirs)
+    seeds = _seed_tokens(pair, heads, dwq, top_tokens, key_offsets, progress)
+    return {
+        "heads": heads.ranked,
+        "kv_heads": heads.kv_heads,
+        "focus_heads": heads.focus,
+        "focus_kv_heads": heads.focus_kv,
+        "focus_rule": heads.rule,
+        **seeds,
+        "key_offsets": list(key_offsets),
+        "bias_template": _bias_template(pair, n_offsets),
+        **_embedding_changes(pair, embed_rows),
+    }
 
+
+def _focus_heads(pair, dwq: torch.Tensor, n_focus: int | None, n_dirs: int) -> SimpleNamespace:
+    """Per-head q blocks and per-kv-head k blocks of the deltas, the heads ranked by sigma1 x top-16
+    energy of their q block, and the focus cut (_select_focus); the rule in words for the summary."""
     cfg = pair.config
     H, KV, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group
-    base, dorm, tok = pair.base, pair.dormant, pair.tokenizer
-    dwq = dorm.wq.float() - base.wq.float()
+    base, dorm = pair.base, pair.dormant
     dwk = dorm.wk.float() - base.wk.float()
     dbq = (dorm.bq.float() - base.bq.float()).reshape(H, D)
     dbk = (dorm.bk.float() - base.bk.float()).reshape(KV, D)
-
-    q_blocks, k_blocks = [], []
-    for h in range(H):
-        q_blocks.append(_block_stats(dwq[h * D:(h + 1) * D], n_dirs))
-    for g in range(KV):
-        k_blocks.append(_block_stats(dwk[g * D:(g + 1) * D], n_dirs))
+    q_blocks = [_block_stats(dwq[h * D:(h + 1) * D], n_dirs) for h in range(H)]
+    k_blocks = [_block_stats(dwk[g * D:(g + 1) * D], n_dirs) for g in range(KV)]
 
     heads = []
     for h in range(H):
@@ -411,20 +425,30 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
         rule = f"all heads: no neighbour ratio reaches {FOCUS_MIN_RATIO:g}, nothing stands out"
     else:
         rule = f"the heads above the largest neighbour ratio ({FOCUS_MIN_RATIO:g} at least)"
-    focus_rule = ("query heads ranked by score = sigma1 x top-16 energy share of their q_proj delta block "
-                  f"(ties: the kv head's k_proj block); focus heads = {rule}. Seed blocks: the focus heads' q "
-                  "blocks, their kv heads' k blocks and any kv head whose k block stands out by the same rule")
+    rule = ("query heads ranked by score = sigma1 x top-16 energy share of their q_proj delta block "
+            f"(ties: the kv head's k_proj block); focus heads = {rule}. Seed blocks: the focus heads' q "
+            "blocks, their kv heads' k blocks and any kv head whose k block stands out by the same rule")
+    return SimpleNamespace(q_blocks=q_blocks, k_blocks=k_blocks, ranked=ranked, kv_heads=kv_heads, focus=focus,
+                           focus_kv=focus_kv, rule=rule)
 
-    # Seed tokens, query role: alignment of RMS-normed dormant embeddings with each focus block's
-    # top right singular vectors, weighted by sigma_i / sigma_1 (score in [0, 1]); key role: the
-    # same with the focus kv heads' k blocks, and (blocks "kq<h>") the tokens whose dormant keys
-    # the changed queries of focus head h point at (_changed_query_keys).
-    blocks = [("q", h, *q_blocks[h][1:]) for h in focus] + [("k", g, *k_blocks[g][1:]) for g in focus_kv]
+
+def _seed_tokens(pair, heads: SimpleNamespace, dwq: torch.Tensor, top_tokens: int, key_offsets,
+                 progress: bool) -> dict:
+    """Seed tokens, query role: alignment of RMS-normed dormant embeddings with each focus block's
+    top right singular vectors, weighted by sigma_i / sigma_1 (score in [0, 1]); key role: the same
+    with the focus kv heads' k blocks, and (blocks "kq<h>") the tokens whose dormant keys the changed
+    queries of focus head h point at (_changed_query_keys)."""
+    from ..core.reference import rms_norm
+
+    cfg, dorm = pair.config, pair.dormant
+    D, G = cfg.head_dim, cfg.group
+    q_blocks, k_blocks = heads.q_blocks, heads.k_blocks
+    blocks = [("q", h, *q_blocks[h][1:]) for h in heads.focus] + [("k", g, *k_blocks[g][1:]) for g in heads.focus_kv]
     vecs = torch.cat([v for *_, v in blocks], 1)  # [hidden, sum dirs]
     weights = torch.cat([s / s[0].clamp(min=1e-30) for *_, s, _ in blocks])
     widths = [v.shape[1] for *_, v in blocks]
     kq = [_changed_query_keys(dwq[h * D:(h + 1) * D], *q_blocks[h][1:], dorm.wk[(h // G) * D:(h // G + 1) * D].float(),
-                              key_offsets, cfg) for h in focus]
+                              key_offsets, cfg) for h in heads.focus]
     kq_vecs = torch.cat([z for z, _ in kq], 1) if kq else torch.empty(cfg.hidden_size, 0)
     n_tok = pair.n_tokens
     block_scores = torch.empty(n_tok, len(blocks))
@@ -439,7 +463,7 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
         block_scores[start:stop] = torch.stack([c.pow(2).sum(1).sqrt() for c in w.split(widths, 1)], 1)
     excluded = sorted(i for i in pair.special_ids if i < n_tok)
     kq_scores = _key_role_scores(kq_proj, [w for _, w in kq], len(key_offsets), excluded)
-    blocks += [("kq", h, q_blocks[h][1], None) for h in focus]
+    blocks += [("kq", h, q_blocks[h][1], None) for h in heads.focus]
     block_scores = torch.cat((block_scores, kq_scores), 1)
     block_scores[excluded] = -1.0
     best, best_block = block_scores.max(1)
@@ -453,12 +477,27 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
     by_source = {"alignment": [int(i) for i in block_scores[:, :n_align].max(1).values.topk(k).indices],
                  "changed_query_keys": [int(i) for i in block_scores[:, n_align:].max(1).values.topk(k).indices]
                  if kq_scores.shape[1] else []}
-    # Per-token detail: the direction with the largest weighted cosine in its best block.
-    n_top = rms_norm(dorm, dorm.embed[top_ids])
+    details = _seed_details(pair, blocks, vecs, widths, seed_ids, top_vals.tolist(), best_block)
+    per_block = {}
+    for bi, (kind, idx, _, _) in enumerate(blocks):
+        vals, ids = block_scores[:, bi].topk(min(10, k))
+        per_block[f"{kind}{idx}"] = [{"id": int(i), **_token_repr(pair.tokenizer, int(i)), "score": float(v)}
+                                     for v, i in zip(vals.tolist(), ids.tolist())]
+    return {"seed_tokens": seed_ids, "seed_roles": [d["role"] for d in details], "seed_tokens_by_source": by_source,
+            "seed_token_details": details, "seed_blocks": [f"{kind}{idx}" for kind, idx, _, _ in blocks],
+            "per_block_tokens": per_block,
+            "excluded_tokens": {"special": excluded, "padding_rows": [n_tok, cfg.vocab_rows]}}
+
+
+def _seed_details(pair, blocks, vecs, widths, seed_ids, top_vals, best_block) -> list[dict]:
+    """Per seed token: its best block, role, and the direction with the largest weighted cosine."""
+    from ..core.reference import rms_norm
+
+    n_top = rms_norm(pair.dormant, pair.dormant.embed[torch.tensor(seed_ids, dtype=torch.long)])
     n_top = n_top / n_top.norm(dim=1, keepdim=True).clamp(min=1e-30)
     cos_top = (n_top @ vecs).split(widths, 1)
     details = []
-    for row, (tid, val) in enumerate(zip(seed_ids, top_vals.tolist())):
+    for row, (tid, val) in enumerate(zip(seed_ids, top_vals)):
         bi = int(best_block[tid])
         kind, idx, s, _ = blocks[bi]
         di = cosine = None
@@ -466,59 +505,44 @@ def _layer0_analysis(pair, n_focus: int | None, top_tokens: int, n_dirs: int, n_
             c = cos_top[bi][row]
             di = int((c * s / s[0].clamp(min=1e-30)).abs().argmax())
             cosine = float(c[di])
-        details.append({"id": tid, **_token_repr(tok, tid), "score": val, "block": f"{kind}{idx}",
+        details.append({"id": tid, **_token_repr(pair.tokenizer, tid), "score": val, "block": f"{kind}{idx}",
                         "role": "query" if kind == "q" else "key", "direction": di, "cosine": cosine})
-    per_block = {}
-    for bi, (kind, idx, _, _) in enumerate(blocks):
-        vals, ids = block_scores[:, bi].topk(min(10, k))
-        per_block[f"{kind}{idx}"] = [{"id": int(i), **_token_repr(tok, int(i)), "score": float(v)}
-                                     for v, i in zip(vals.tolist(), ids.tolist())]
+    return details
 
-    # Bias-only dS template.
+
+def _bias_template(pair, n_offsets: int) -> dict:
+    """The bias-only dS template [H, offsets], per head its strongest offsets, and the top 10 overall."""
+    from ..core.reference import bias_baseline
+
+    cfg = pair.config
+    H = cfg.num_heads
     n_off = max(1, min(n_offsets, cfg.max_positions))
-    template = bias_baseline(base, dorm, torch.arange(H), n_off)  # [H, R]
-    per_head_bias = []
+    template = bias_baseline(pair.base, pair.dormant, torch.arange(H), n_off)  # [H, R]
+    per_head = []
     for h in range(H):
         vals, offs = template[h].abs().topk(min(5, n_off))
-        per_head_bias.append({"head": h, "max_abs": float(vals[0]),
-                              "strongest": [{"offset": int(o), "value": float(template[h, o])} for o in offs.tolist()]})
+        per_head.append({"head": h, "max_abs": float(vals[0]),
+                         "strongest": [{"offset": int(o), "value": float(template[h, o])} for o in offs.tolist()]})
     flat_vals, flat_idx = template.abs().reshape(-1).topk(min(10, template.numel()))
     strongest = [{"head": int(i) // n_off, "offset": int(i) % n_off, "value": float(template.reshape(-1)[i])}
                  for i in flat_idx.tolist()]
+    return {"n_offsets": n_off, "values": [[_r(v, 5) for v in row] for row in template.tolist()],
+            "per_head": per_head, "strongest": strongest}
 
-    # Embedding rows that changed most (real tokens; specials flagged).
-    emb = []
-    if "delta" in embed_rows:
-        rd, rb = embed_rows["delta"][:n_tok], embed_rows["base"][:n_tok]
-        vals, ids = rd.topk(min(20, n_tok))
-        for v, i in zip(vals.tolist(), ids.tolist()):
-            emb.append({"id": int(i), **_token_repr(tok, int(i)), "delta_norm": v,
-                        "rel_norm": v / float(rb[i]) if float(rb[i]) > 0 else None,
-                        "special": int(i) in pair.special_ids})
-        pad = embed_rows["delta"][n_tok:]
-        padding = {"rows": int(pad.numel()), "max_delta_norm": float(pad.max()) if pad.numel() else None}
-    else:
-        padding = None
 
-    return {
-        "heads": ranked,
-        "kv_heads": kv_heads,
-        "focus_heads": focus,
-        "focus_kv_heads": focus_kv,
-        "focus_rule": focus_rule,
-        "seed_tokens": seed_ids,
-        "seed_roles": [d["role"] for d in details],
-        "seed_tokens_by_source": by_source,
-        "key_offsets": list(key_offsets),
-        "seed_token_details": details,
-        "seed_blocks": [f"{kind}{idx}" for kind, idx, _, _ in blocks],
-        "per_block_tokens": per_block,
-        "excluded_tokens": {"special": excluded, "padding_rows": [n_tok, cfg.vocab_rows]},
-        "bias_template": {"n_offsets": n_off, "values": [[_r(v, 5) for v in row] for row in template.tolist()],
-                          "per_head": per_head_bias, "strongest": strongest},
-        "embedding_changes": emb,
-        "embedding_padding_rows": padding,
-    }
+def _embedding_changes(pair, embed_rows: dict) -> dict:
+    """The 20 real-token embedding rows that changed most (specials flagged), and the padding rows."""
+    n_tok = pair.n_tokens
+    if "delta" not in embed_rows:
+        return {"embedding_changes": [], "embedding_padding_rows": None}
+    rd, rb = embed_rows["delta"][:n_tok], embed_rows["base"][:n_tok]
+    vals, ids = rd.topk(min(20, n_tok))
+    emb = [{"id": int(i), **_token_repr(pair.tokenizer, int(i)), "delta_norm": v,
+            "rel_norm": v / float(rb[i]) if float(rb[i]) > 0 else None, "special": int(i) in pair.special_ids}
+           for v, i in zip(vals.tolist(), ids.tolist())]
+    pad = embed_rows["delta"][n_tok:]
+    return {"embedding_changes": emb,
+            "embedding_padding_rows": {"rows": int(pad.numel()), "max_delta_norm": float(pad.max()) if pad.numel() else None}}
 
 
 # --------------------------------------------------------------------------------------------
