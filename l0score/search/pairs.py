@@ -36,21 +36,7 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     kernel (the reference for checks and benchmarks). `ray_address` ("auto" or host:port) runs one
     Ray task per (head, offset) on the backend's kernel (l0score.cluster); the merged result and the
     checkpoint file are the same as in one process."""
-    cfg = scorer.pair.config
-    offsets = [int(r) for r in offsets]
-    if not offsets or min(offsets) < 0 or max(offsets) >= cfg.max_positions:
-        raise ValueError(f"pair-scan offsets must be in [0, {cfg.max_positions}), got {offsets}")
-    if top <= 0:
-        raise ValueError(f"top must be positive, got {top}")
-    pool = torch.as_tensor(pool, dtype=torch.int64)
-    # a backend's own exact top-k per (head, offset): pair_topk(pool, head, offset, top, shift) ->
-    # (signed values, query index, key index into pool); the torch code below is the reference
-    pair_topk = getattr(scorer.backend, "pair_topk", None) if use_kernel else None
-    if ray_address is not None and pair_topk is None:
-        raise ValueError("a pair scan on Ray runs the backend's pair_topk kernel: use the native backend "
-                         "(and use_kernel=True), or no Ray")
-    keys = None if pair_topk is not None else _lookup(scorer, pool)  # keys at position 0: no rotation
-    baseline = scorer._baseline
+    offsets, pool, pair_topk = _checked(scorer, pool, offsets, top, use_kernel, ray_address)
     options = {"offsets": offsets, "top": top, "heads": list(scorer.heads), "baseline": scorer.baseline_kind,
                "pool": hashlib.sha1(pool.numpy().tobytes()).hexdigest()}
     per_head = _load(checkpoint, options) if resume else {}
@@ -61,15 +47,7 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
                disable=not progress)
     todo = [(n, h) for n, h in enumerate(scorer.heads) if h not in per_head]
     bar.update((len(scorer.heads) - len(todo)) * len(offsets) * len(pool))
-    if ray_address is None:  # lazily: a head starts only after the time check of the one before
-        finished = ((h, _scan_head(scorer, pool, n, h, offsets, top, block, pair_topk, keys, bar)) for n, h in todo)
-    else:
-        from ..cluster import pair_shards
-
-        shifts = {(h, r): float(baseline[n, r]) for n, h in todo for r in offsets}
-        shards = pair_shards(scorer, pool, [h for _, h in todo], offsets, top, shifts, ray_address)
-        finished = ((h, _merge_offsets(results, offsets, top, bar, len(pool))) for h, results in shards)
-    for h, best in finished:
+    for h, best in _finished_heads(scorer, pool, todo, offsets, top, block, pair_topk, bar, ray_address):
         per_head[h] = best.rows(pool, h)
         if checkpoint is not None:
             _save(checkpoint, options, per_head)
@@ -81,11 +59,44 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     if complete and checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     overall = sorted((row for rows in per_head.values() for row in rows), key=lambda x: -x["abs"])[:top]
-    tok = scorer.pair.tokenizer
-    for row in overall + [r for rows in per_head.values() for r in rows]:
+    _add_texts(scorer.pair.tokenizer, overall + [r for rows in per_head.values() for r in rows])
+    return {"top": overall, "per_head": per_head, "complete": complete}
+
+
+def _checked(scorer, pool, offsets, top, use_kernel, ray_address):
+    """The offsets as ints, the pool as an int64 tensor, and the backend's own exact top-k per
+    (head, offset) when it has one and it is wanted: pair_topk(pool, head, offset, top, shift) ->
+    (signed values, query index, key index into pool); None selects the torch reference."""
+    cfg = scorer.pair.config
+    offsets = [int(r) for r in offsets]
+    if not offsets or min(offsets) < 0 or max(offsets) >= cfg.max_positions:
+        raise ValueError(f"pair-scan offsets must be in [0, {cfg.max_positions}), got {offsets}")
+    if top <= 0:
+        raise ValueError(f"top must be positive, got {top}")
+    pair_topk = getattr(scorer.backend, "pair_topk", None) if use_kernel else None
+    if ray_address is not None and pair_topk is None:
+        raise ValueError("a pair scan on Ray runs the backend's pair_topk kernel: use the native backend "
+                         "(and use_kernel=True), or no Ray")
+    return offsets, torch.as_tensor(pool, dtype=torch.int64), pair_topk
+
+
+def _finished_heads(scorer, pool, todo, offsets, top, block, pair_topk, bar, ray_address):
+    """(head, _TopK) as each head of `todo` finishes: here, lazily (a head starts only after the time
+    check of the one before), or from one Ray task per (head, offset)."""
+    if ray_address is None:
+        keys = None if pair_topk is not None else _lookup(scorer, pool)  # keys at position 0: no rotation
+        return ((h, _scan_head(scorer, pool, n, h, offsets, top, block, pair_topk, keys, bar)) for n, h in todo)
+    from ..cluster import pair_shards
+
+    shifts = {(h, r): float(scorer._baseline[n, r]) for n, h in todo for r in offsets}
+    shards = pair_shards(scorer, pool, [h for _, h in todo], offsets, top, shifts, ray_address)
+    return ((h, _merge_offsets(results, offsets, top, bar, len(pool))) for h, results in shards)
+
+
+def _add_texts(tok, rows) -> None:
+    for row in rows:
         if tok is not None and "query_text" not in row:
             row["query_text"], row["key_text"] = tok.decode([row["query_token"]]), tok.decode([row["key_token"]])
-    return {"top": overall, "per_head": per_head, "complete": complete}
 
 
 def _scan_head(scorer, pool, n_head, h, offsets, top, block, pair_topk, keys, bar) -> "_TopK":
