@@ -14,8 +14,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell)\s*\n(.*?)^```", re.S | re.M)
-# Pages whose ```bash blocks are not yet runnable as written, with why (their authors mark or fix them).
-NOT_YET = {"docs/search.md": "the Layer-0 flow block uses B/D placeholders for the model directories"}
 
 
 def commands(page: Path) -> list[tuple[str, str | None]]:
@@ -51,8 +49,6 @@ def workdirs(tmp_path_factory):
 
 @pytest.mark.parametrize("page,n,cmd,long", CASES, ids=[f"{p}#{n}" for p, n, _, _ in CASES])
 def test_command_runs_as_written(page, n, cmd, long, workdirs, tmp_path_factory):
-    if page in NOT_YET:
-        pytest.skip(f"{page}: {NOT_YET[page]}")
     if long is not None:
         pytest.skip(f"long: {long}")
     cwd = workdirs.setdefault(page, tmp_path_factory.mktemp(page.replace("/", "_")))
