@@ -197,6 +197,8 @@ def test_pool_filters(tiny_pair, tmp_path):
     (lambda s: build_pool(s.pair, allow_regex="^zzzz$"), ValueError, "token pool is empty"),
     (lambda s: mcts(s, length=2, progress=False), ValueError, "needs a budget"),
     (lambda s: mcts(s, length=2, rollout="lucky", budget=10, progress=False), ValueError, "rollout must be one of"),
+    (lambda s: mcts(s, length=2, budget=10, calibrate=0, progress=False), ValueError, "mcts needs calibrate > 0"),
+    (lambda s: coord(s, length=2, objective="kl", budget=10, calibrate=-1, progress=False), ValueError, "calibrate must be a count"),
     (lambda s: pair_scan(s, s.default_pool(), offsets=(), progress=False), ValueError, "offsets must be in"),
     (lambda s: s.score_extensions([[1, 2]], pool=[]), ValueError, "pool must be a non-empty"),
     (lambda s: s.score_extensions([[1, -2]], pool=[3]), ValueError, "prefix 0: candidate 0, token 1: id -2"),
@@ -206,6 +208,13 @@ def test_pool_filters(tiny_pair, tmp_path):
 def test_bad_options(tiny_pair, call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(make_scorer(tiny_pair, backend="torch"))
+
+
+def test_calibrate_zero_means_no_z(tiny_pair, tmp_path):
+    """calibrate=0 skips the random-candidate calibration: results carry z None, the scores stay."""
+    scorer = make_scorer(tiny_pair, backend="torch")
+    rows = coord(scorer, length=2, objective="kl", restarts=1, budget=200, calibrate=0, progress=False, out=tmp_path / "c.jsonl")
+    assert rows and all(r["z"] is None for r in rows) and all(np.isfinite(r["score"]) for r in rows)
 
 
 def test_cli_bad_options(tiny_pair, tmp_path):

@@ -298,7 +298,7 @@ def _register_gcg(drivers) -> None:
                    help="weight of the Layer-0 term in alpha*L0 + (1-alpha)*output [1 for layer0, 0 for full]")
     g.add_argument("--layer0-metric", default="kl", help="the Layer-0 term with --objective full [kl]")
     g.add_argument("--tau", type=float, default=0.05, help="smooth-max temperature for max_abs/band gradients")
-    g.add_argument("--calibrate", type=int, help="random candidates for z [512 layer0, 64 full]")
+    g.add_argument("--calibrate", type=int, help="random candidates for z [512 layer0, 64 full; 0: no z-scores]")
 
 
 def run_gcg(args) -> None:
@@ -340,7 +340,8 @@ def run_gcg(args) -> None:
     result = gcg(scorer, options, objective=args.metric, pool=pool, out=args.out, budget=args.budget,
                  seconds=args.seconds, threshold=args.threshold, checkpoint_every=args.checkpoint_every,
                  resume=args.resume, progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip,
-                 seed=args.seed, max_repeat=args.max_repeat, calibrate=args.calibrate or (64 if full else 512))
+                 seed=args.seed, max_repeat=args.max_repeat,
+                 calibrate=(64 if full else 512) if args.calibrate is None else args.calibrate)
     _print_gcg(result, args, scorer.metrics, time.perf_counter() - start)
 
 

@@ -34,6 +34,8 @@ def mcts(scorer, *, length: int, branch: int = 16, batch: int = 8, c_puct: float
         raise ValueError(f"branch and batch must be positive, got {branch} and {batch}")
     if run_kw.get("budget") is None and run_kw.get("seconds") is None and run_kw.get("threshold") is None:
         raise ValueError("mcts needs a budget (candidates), seconds or a threshold to stop")
+    if run_kw.get("calibrate") == 0:
+        raise ValueError("mcts needs calibrate > 0: its priors and values are z-scores against random candidates")
     seeds = [list(map(int, s))[:length] for s in (seeds or [])]
     options = {"branch": branch, "batch": batch, "c_puct": c_puct, "prior_temp": prior_temp, "rollout": rollout,
                "virtual_loss": virtual_loss, "seeds": seeds}

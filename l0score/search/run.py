@@ -39,6 +39,8 @@ class SearchRun:
             raise ValueError(f"budget must be a positive number of candidates, got {budget}")
         if seconds is not None and seconds <= 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
+        if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
+            raise ValueError(f"calibrate must be a count of random candidates >= 0 (0: no z-scores), got {calibrate!r}")
         if ray_address is not None:  # every score / score_extensions call spread over a Ray cluster
             from ..cluster import distribute
 
@@ -184,7 +186,7 @@ class SearchRun:
             rec = dict(rec)
             rec["text"] = tok.decode(list(ids)) if tok is not None else None
             rec["roundtrip"] = roundtrips(tok, list(ids))
-            rec["z"] = self.calibration(len(ids)).z(rec["score"])
+            rec["z"] = self.calibration(len(ids)).z(rec["score"]) if self._calibrate_n else None
             out.append(rec)
             if len(out) == self.keep:
                 break
