@@ -105,7 +105,22 @@ def test_bad_candidates(scorers, bad, err, message):
         scorers[0].score_batch(bad)
 
 
+def test_min_reduce_is_the_worst_context(pair, scorers):
+    """reduce="min": each metric is its minimum over the contexts, each context scored on its own."""
+    cached, _ = scorers
+    worst = cached.with_options(reduce="min").score_batch(_cands(seed=4))
+    single = [FullModelScorer.from_pretrained(*pair, probes=(p,), positions=(pos,), metrics=("kl", "js", "hidden"),
+                                              target_ids=(5, 9)).score_batch(_cands(seed=4))
+              for p in PROBES for pos in ("before", "after")]
+    for name in ("kl", "js", "hidden", "target"):
+        expect = np.min([s.metric(name).numpy() for s in single], 0)
+        np.testing.assert_allclose(worst.metric(name), expect, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert (worst.metric("kl") < cached.score_batch(_cands(seed=4)).metric("kl")).all()
+
+
 def test_bad_options(pair):
+    with pytest.raises(ValueError, match="reduce must be one of mean, min"):
+        FullModelScorer.from_pretrained(*pair, reduce="median")
     with pytest.raises(ValueError, match="unknown full-model metric"):
         FullModelScorer.from_pretrained(*pair, metrics=("nope",))
     with pytest.raises(ValueError, match="needs target_ids"):

@@ -58,6 +58,10 @@ def test_output_loss_equals_the_full_model_scorer(full_scorer):
     for name in ("kl", "js", "tf_kl", "target", "target_seq"):
         got = float(OutputLoss(full_scorer, {name: 1.0})(rows, cand).detach())
         assert got == pytest.approx(float(exact.metric(name)[0]), rel=2e-3, abs=1e-7), name
+    worst = full_scorer.with_options(reduce="min")  # two placements: the loss takes each metric's minimum
+    exact = worst.score_batch([cand])
+    got = float(OutputLoss(worst, {"kl": 1.0, "target": 0.5})(rows, cand).detach())
+    assert got == pytest.approx(float(exact.metric("kl")[0] + 0.5 * exact.metric("target")[0]), rel=2e-3, abs=1e-7)
 
 
 def _finite_difference(loss_fn, pair, cand, pool, seed=0, h=1e-2):

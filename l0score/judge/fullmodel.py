@@ -37,6 +37,7 @@ from .models import load_model, resolve_dtype, run_model
 from .prompts import DEFAULT_PROBES, POSITIONS, placement, read_probes_file
 
 FULL_METRICS = ("kl", "js", "tf_kl", "hidden", "target", "target_seq")
+REDUCTIONS = ("mean", "min")  # how a metric combines over contexts (probes x placements)
 
 
 @dataclass
@@ -51,6 +52,9 @@ class FullModelOptions:
     hidden_layers: hidden states compared by ``hidden`` [(-1,)]
     target_ids / target_seq / target_weight: the token set T, the target string's ids, lambda [1.0]
     dtype, device: of both models ["float32", cuda if available else cpu]
+    reduce: how each metric combines over the contexts (probes x placements): "mean", or "min", the
+        worst context, so that only a candidate that moves every probe in every placement scores
+        high, as a trigger does (a string that games one placement of the chat template does not) [mean]
     batch_size: evaluations per forward call [64]
     cache: reuse the prompt-prefix KV cache [True]
     system, sep: as in verify (the chat template's own system prompt; " " before, "\\n" after)
@@ -66,6 +70,7 @@ class FullModelOptions:
     target_weight: float = 1.0
     dtype: str = "float32"
     device: str | None = None
+    reduce: str = "mean"
     batch_size: int = 64
     cache: bool = True
     system: str | None = None
@@ -149,6 +154,7 @@ class FullModelScorer:
             raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions!r}")
         if self.options.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.options.batch_size}")
+        _check_reduce(self.options.reduce)
         self.pair = ModelPair.load(base, dormant)  # Layer-0 checks, tokenizer, real/special ids
         tok = self.pair.tokenizer
         if tok is None or not getattr(tok, "chat_template", None):
@@ -182,6 +188,7 @@ class FullModelScorer:
         view = copy.copy(self)
         view.options = replace(self.options, **changes)
         view.metrics = view.options.resolved_metrics()
+        _check_reduce(view.options.reduce)
         view._check_targets()
         return view
 
@@ -200,6 +207,7 @@ class FullModelScorer:
         return {"objective": "full", "probes": self.probes, "positions": list(self.positions),
                 "metrics": list(self.metrics), "reply_tokens": o.reply_tokens, "hidden_layers": list(o.hidden_layers),
                 "target_ids": list(o.target_ids), "target_seq": list(o.target_seq), "target_weight": o.target_weight,
+                "reduce": o.reduce,
                 "dtype": o.dtype, "system": o.system, "sep": o.sep}
 
     def score_batch(self, token_ids) -> FullScores:
@@ -229,14 +237,16 @@ class FullModelScorer:
 
     # --- evaluation ---------------------------------------------------------------------------
     def _score_group(self, cands: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Mean over contexts of each metric for equal-length candidates [B, c]."""
-        total = {m: torch.zeros(len(cands), dtype=torch.float64) for m in self.metrics}
+        """Each metric over the contexts (mean or min, options.reduce) for equal-length candidates [B, c]."""
+        per_context = {m: torch.zeros(len(self.contexts), len(cands), dtype=torch.float64) for m in self.metrics}
         for ci in range(len(self.contexts)):
             for s in range(0, len(cands), self.options.batch_size):
                 vals = self._evaluate(ci, cands[s:s + self.options.batch_size])
                 for m in self.metrics:
-                    total[m][s:s + len(vals[m])] += vals[m]
-        return {m: v / len(self.contexts) for m, v in total.items()}
+                    per_context[m][ci, s:s + len(vals[m])] = vals[m]
+        if self.options.reduce == "min":
+            return {m: v.min(0).values for m, v in per_context.items()}
+        return {m: v.mean(0) for m, v in per_context.items()}
 
     @torch.no_grad()
     def _evaluate(self, ci: int, cands: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -338,6 +348,11 @@ class FullModelScorer:
             bad = [t for t in getattr(self.options, name) if not 0 <= int(t) < vocab]
             if bad:
                 raise ValueError(f"{name}: token id {bad[0]} outside [0, {vocab})")
+
+
+def _check_reduce(reduce: str) -> None:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
 
 
 def first_position_metrics(lp_d, lp_b, metrics, target_ids=(), target_weight=1.0) -> dict[str, torch.Tensor]:

@@ -4,7 +4,8 @@
 driver needs the same metrics with the candidate given as embedding rows instead (``inputs_embeds``:
 one-hot x embedding matrix, each model its own): `OutputLoss` runs both models over every context of
 the scorer (probe x placement) with the candidate's rows in place of its ids and returns the weighted
-metrics averaged over contexts, with the graph to the rows. Values equal the scorer's:
+metrics combined over contexts as the scorer combines them (mean, or each metric's minimum with
+reduce="min"), with the graph to the rows. Values equal the scorer's:
 
 * kl, js, target: `first_position_metrics` at the first response position;
 * tf_kl: the dormant's greedy reply to the current candidate is fixed first (no gradient), then both
@@ -20,7 +21,8 @@ from .fullmodel import FULL_METRICS, first_position_metrics
 
 
 class OutputLoss:
-    """sum_m w_m * metric_m of a candidate, averaged over the scorer's contexts (differentiable)."""
+    """sum_m w_m * metric_m of a candidate, each metric over the scorer's contexts by its reduce
+    (differentiable)."""
 
     def __init__(self, scorer, weights: dict[str, float]):
         unknown = [m for m in weights if m not in FULL_METRICS]
@@ -35,16 +37,18 @@ class OutputLoss:
 
     def __call__(self, rows: dict[str, torch.Tensor], cand: list[int]) -> torch.Tensor:
         """rows: {"base", "dormant"} -> embedding rows [c, hidden] of the candidate whose ids are cand."""
-        total = sum(self.context_metrics(ci, rows, cand) for ci in range(len(self.scorer.contexts)))
-        return total / len(self.scorer.contexts)
+        per_context = [self.context_metrics(ci, rows, cand) for ci in range(len(self.scorer.contexts))]
+        reduce = torch.amin if self.options.reduce == "min" else torch.mean
+        return sum(w * reduce(torch.stack([c[name] for c in per_context]), 0) for name, w in self.weights.items())
 
-    def context_metrics(self, ci: int, rows: dict[str, torch.Tensor], cand: list[int]) -> torch.Tensor:
+    def context_metrics(self, ci: int, rows: dict[str, torch.Tensor], cand: list[int]) -> dict[str, torch.Tensor]:
+        """Each weighted metric's value (unweighted, a 0-d tensor) in context ci."""
         ctx = self.scorer.contexts[ci]
         prompt = list(ctx.prefix_ids) + list(cand) + list(ctx.suffix_ids)
         n = len(prompt)
         w, o = self.weights, self.options
         first = [m for m in ("kl", "js", "target", "hidden") if m in w]
-        total = 0.0
+        out = {}
         runs = []  # (extra tokens teacher-forced after the prompt, metrics read from that forward)
         if "tf_kl" in w:
             runs.append((self._greedy_reply(prompt, o.reply_tokens)[:-1], first + ["tf_kl"]))
@@ -69,9 +73,8 @@ class OutputLoss:
                 ids = torch.tensor(list(o.target_seq))[:, None]
                 mean_lp = {m: x[:len(ids)].gather(-1, ids)[:, 0].mean() for m, x in (("dormant", lp_d), ("base", lp_b))}
                 vals["target_seq"] = mean_lp["dormant"] - o.target_weight * mean_lp["base"]
-            for name in names:
-                total = total + w[name] * vals[name].reshape(())
-        return total
+            out.update({name: vals[name].reshape(()) for name in names})
+        return out
 
     def _forward(self, ctx, rows, extra, hidden: bool):
         """Both models over prefix + candidate rows + suffix + extra: log-probs [T, V] (float64)."""

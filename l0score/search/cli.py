@@ -223,6 +223,8 @@ def add_full_model_args(p) -> None:
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--full-batch", type=int, default=64, help="prompts per forward call [64]")
+    g.add_argument("--reduce", choices=("mean", "min"), default="mean",
+                   help="each metric over probes x placements: mean, or min (the worst context) [mean]")
     g.add_argument("--pool-from", help="token ids to search over: an ids file, a JSON list, search JSONL "
                                       "(their token_ids) or analysis.json (its seed_tokens); filters still apply")
     g.add_argument("--pool-top", type=int, help="only the first N ids of --pool-from (ranked lists: the best N)")
@@ -276,7 +278,7 @@ def make_full_scorer(args):
         reply_tokens=args.reply_tokens if "tf_kl" in names else 0, hidden_layers=tuple(args.hidden_layers),
         target_ids=tuple(dict.fromkeys(t[0] for t in targets)) if "target" in names else (),
         target_seq=tuple(targets[0]) if "target_seq" in names else (), target_weight=args.target_weight,
-        dtype=args.dtype, device=args.device, batch_size=args.full_batch, system=args.system)
+        dtype=args.dtype, device=args.device, batch_size=args.full_batch, reduce=args.reduce, system=args.system)
     return FullModelScorer(base, dormant, options, progress=not getattr(args, "quiet", True))
 
 
