@@ -159,7 +159,10 @@ class Hunt:
                               dtype=self.options.dtype)
         if self.options.probes is not None:
             opts.probes = self.options.probes
-        prof = profile(self.base, self.dormant, opts, out=self.out / "profile", progress=self.options.progress)
+        # resume=True: a hunt killed inside this stage continues the profile's own checkpoint (its
+        # options are checked against it); a fresh hunt has no checkpoint there
+        prof = profile(self.base, self.dormant, opts, out=self.out / "profile", progress=self.options.progress,
+                       resume=True)
         targets = [{k: t[k] for k in ("text", "token_ids", "score")} for t in prof["targets"][:3]]
         return {"candidates": prof["config"]["prompts"], "targets": targets,
                 "note": "top targets: " + ", ".join(repr(t["text"]) for t in targets)}

@@ -141,6 +141,43 @@ def test_profile_outputs_and_load_targets(run, tmp_path):
         load_targets(out, top=0)
 
 
+def test_interrupted_profile_resumes_to_the_same_result(trained, tmp_path, monkeypatch):
+    """Killed after 3 batches, the profile keeps them in its checkpoint; --resume measures only the
+    rest and ends with exactly the uninterrupted result (tokens, targets, prompts)."""
+    import l0score.judge.profile as prof
+
+    root, _ = trained
+    opts = ProfileOptions(inputs=12, reply_tokens=3, batch_size=4, top_first=2, max_target_tokens=4, device="cpu")
+    real, calls, die_at = prof._accumulate, [], [None]
+
+    def counted(*args):
+        calls.append(1)
+        if len(calls) == die_at[0]:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(prof, "_accumulate", counted)
+    whole = profile(root / "base", root / "dormant", opts, out=tmp_path / "whole")
+    batches = len(calls)
+    calls.clear()
+    die_at[0] = 4
+    with pytest.raises(KeyboardInterrupt):
+        profile(root / "base", root / "dormant", opts, out=tmp_path / "cut")
+    assert (tmp_path / "cut" / "profile.ckpt.pt").exists()
+    with pytest.raises(ValueError, match="pass --resume"):
+        profile(root / "base", root / "dormant", opts, out=tmp_path / "cut")
+    with pytest.raises(ValueError, match=r"different options \(inputs\)"):
+        profile(root / "base", root / "dormant", ProfileOptions(**{**opts.__dict__, "inputs": 13}),
+                out=tmp_path / "cut", resume=True)
+    calls.clear()
+    die_at[0] = None
+    resumed = profile(root / "base", root / "dormant", opts, out=tmp_path / "cut", resume=True)
+    assert batches > 4 and len(calls) == batches - 3
+    assert not (tmp_path / "cut" / "profile.ckpt.pt").exists()
+    for key in ("tokens", "targets", "prompts", "kl"):
+        assert resumed[key] == whole[key], key
+
+
 def test_cli_profile(trained, tmp_path, capsys):
     root, _ = trained
     out = tmp_path / "new" / "dir"

@@ -117,20 +117,25 @@ class _TokenMoments:
         return mean, mean / (var / n).sqrt().clamp_min(1e-12)
 
 
-def profile(base, dormant, options: ProfileOptions | None = None, out=None, progress: bool = False) -> dict:
+def profile(base, dormant, options: ProfileOptions | None = None, out=None, progress: bool = False,
+            resume: bool = False) -> dict:
     """Profile the pair (see the module docstring) and invert the top tokens into target strings.
 
     Returns the profile.json dict: ``tokens`` (ranked, best first), ``targets`` (ranked by score),
     ``kl`` (per-prompt distribution), ``prompts``, ``config`` and ``seconds``. With ``out``, writes
-    out/profile.json, out/tokens.npz (every token's statistics), out/summary.md and out/profile.png.
+    out/profile.json, out/tokens.npz (every token's statistics), out/summary.md and out/profile.png,
+    and keeps the measurement so far in out/profile.ckpt.pt after every batch of prompts: a killed
+    run started again with ``resume=True`` continues from there (same result as an uninterrupted run).
     """
     opts = options or ProfileOptions()
     opts.check()
-    check_same_tokenizers(resolve_model_dir(base), resolve_model_dir(dormant))
+    base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
+    check_same_tokenizers(base_dir, dormant_dir)
+    ckpt = _Checkpoint(out, {**asdict(opts), "base": str(base_dir), "dormant": str(dormant_dir)}, resume)
     started = time.perf_counter()
     scorer = FullModelScorer(base, dormant, opts.scorer_options())
     pool = scorer.default_pool()
-    stats = _measure(scorer, opts, pool, progress)
+    stats = _measure(scorer, opts, pool, progress, ckpt)
     measured = time.perf_counter()
     ranked = _rank_tokens(scorer, stats, pool)
     expand_cands = expansion_candidates(scorer, opts)
@@ -151,28 +156,68 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     }
     if out is not None:
         write_profile(result, ranked, out)
+    ckpt.remove()
     return result
 
 
 # --- measuring ----------------------------------------------------------------------------------
-def _measure(scorer: FullModelScorer, opts: ProfileOptions, pool: torch.Tensor, progress: bool) -> dict:
-    """Both models over every prompt: token moments (first position, reply), hidden-state difference."""
+def _measure(scorer: FullModelScorer, opts: ProfileOptions, pool: torch.Tensor, progress: bool,
+             ckpt: "_Checkpoint") -> dict:
+    """Both models over every prompt: token moments (first position, reply), hidden-state difference.
+    Batches already in the checkpoint are skipped; the checkpoint is saved after each new one."""
     from tqdm import tqdm
 
     vocab = scorer.pair.config.vocab_rows
-    acc = {"first": _TokenMoments(vocab), "reply": _TokenMoments(vocab),
-           "hidden": torch.zeros(scorer.models["dormant"].config.hidden_size, dtype=torch.float64), "prompts": []}
-    jobs = _jobs(scorer, opts, pool)
-    bar = tqdm(total=sum(len(c) for _, _, c in jobs), desc="profile", unit="prompt", disable=not progress)
-    for kind, where, cands in jobs:
-        for s in range(0, len(cands), opts.batch_size):
-            batch = cands[s:s + opts.batch_size]
-            run = scorer.run_context(where, batch) if kind == "candidate" else _run_prompt(scorer, where)
-            _accumulate(acc, scorer, run, batch, kind, where, opts.reply_tokens)
-            bar.update(len(batch))
+    acc = ckpt.load() or {"first": _TokenMoments(vocab), "reply": _TokenMoments(vocab), "batches": 0, "prompts": [],
+                          "hidden": torch.zeros(scorer.models["dormant"].config.hidden_size, dtype=torch.float64)}
+    batches = [(kind, where, cands[s:s + opts.batch_size]) for kind, where, cands in _jobs(scorer, opts, pool)
+               for s in range(0, len(cands), opts.batch_size)]
+    bar = tqdm(total=sum(len(b) for *_, b in batches), initial=len(acc["prompts"]), desc="profile", unit="prompt",
+               disable=not progress)
+    for kind, where, batch in batches[acc["batches"]:]:
+        run = scorer.run_context(where, batch) if kind == "candidate" else _run_prompt(scorer, where)
+        _accumulate(acc, scorer, run, batch, kind, where, opts.reply_tokens)
+        acc["batches"] += 1
+        ckpt.save(acc)
+        bar.update(len(batch))
     bar.close()
     acc["hidden"] /= max(len(acc["prompts"]), 1)
     return acc
+
+
+class _Checkpoint:
+    """The measurement so far (token moments, hidden sum, prompts, batches done) in out/profile.ckpt.pt,
+    with the options it was made with; nothing is kept without an output directory."""
+
+    def __init__(self, out, options: dict, resume: bool):
+        self.path = None if out is None else Path(out) / "profile.ckpt.pt"
+        self.options = json.loads(json.dumps(options))
+        if self.path is not None and self.path.exists() and not resume:
+            raise ValueError(f"{self.path} exists from an interrupted profile: pass --resume to continue it, "
+                             "or delete it to start over")
+        self.resume = resume
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.resume or not self.path.exists():
+            return None
+        saved = torch.load(self.path, weights_only=False)
+        if saved["options"] != self.options:
+            changed = sorted(k for k in self.options if saved["options"].get(k) != self.options[k])
+            raise ValueError(f"{self.path} was made with different options ({', '.join(changed)}); "
+                             "use the same ones to resume, or delete it")
+        return saved["acc"]
+
+    def save(self, acc: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"options": self.options, "acc": acc}, tmp)
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def _jobs(scorer: FullModelScorer, opts: ProfileOptions, pool: torch.Tensor) -> list:
@@ -447,6 +492,7 @@ def register_cli(sub) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=d.dtype)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted profile in --out from its checkpoint")
     p.set_defaults(func=cmd_profile)
 
 
@@ -463,7 +509,12 @@ def cmd_profile(args) -> None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    result = profile(base, dormant, opts, out=args.out, progress=True)
+    try:
+        result = profile(base, dormant, opts, out=args.out, progress=True, resume=args.resume)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: the prompts measured so far are kept in {args.out}; "
+                      "continue with the same command and --resume")
+        raise SystemExit(130) from None
     top = ", ".join(f"{r['text']!r} (z {r['z']:.1f})" for r in result["tokens"][:8])
     console.print(f"top up-weighted tokens: {top}")
     for n, t in enumerate(result["targets"][:5], 1):
