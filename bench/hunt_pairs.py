@@ -6,7 +6,8 @@ trigger ended: its rank, verify's flip, the trigger tokens' positions in the ana
 Layer-0 pool (what each stage contributed), and seconds per stage. `--compare-profile` runs every pair
 a second time without the behavioural profile.
 
-    python bench/hunt_pairs.py --seconds 600 [--pairs notes.json] [--compare-profile] [--out bench/results]
+    python bench/hunt_pairs.py --seconds 600 [--pairs bench/results/trained_pairs.json] [--only 0,1,2]
+                               [--compare-profile] [--out bench/results]
 """
 from __future__ import annotations
 
@@ -67,16 +68,23 @@ def _in_order(text: str, words: list[str]) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", default="/work/notes/trained_pairs.json", help="JSON list with a 'dir' per pair")
+    ap.add_argument("--pairs", default=str(Path(__file__).parent / "results" / "trained_pairs.json"),
+                    help="JSON list with a 'dir' per pair, written by bench/trained_pairs.py")
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--compare-profile", action="store_true")
     ap.add_argument("--only", help="comma-separated indices of pairs to run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--work", default="/tmp/hunt-bench")
     args = ap.parse_args(argv)
+    if not Path(args.pairs).is_file():
+        raise SystemExit(f"{args.pairs}: no list of pairs; build them first with python bench/trained_pairs.py")
     pairs = json.loads(Path(args.pairs).read_text())
     if args.only:
         pairs = [pairs[int(i)] for i in args.only.split(",")]
+    missing = [p["dir"] for p in pairs if not (Path(p["dir"]) / "trigger.json").is_file()]
+    if missing:
+        raise SystemExit(f"pair directories missing ({', '.join(missing)}): rebuild them with "
+                         f"python bench/trained_pairs.py --out {args.pairs}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_file = Path(args.out) / f"hunt-{stamp}.json"
     out_file.parent.mkdir(parents=True, exist_ok=True)

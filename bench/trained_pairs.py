@@ -1,6 +1,6 @@
 """Build the trained acceptance pairs of issue #11 one at a time and list them in a JSON file.
 
-    python bench/trained_pairs.py --out /work/notes/trained_pairs.json [--seeds 0,1,2] [--words 2,3]
+    python bench/trained_pairs.py [--out bench/results/trained_pairs.json] [--seeds 0,1,2] [--words 2,3]
                                   [--kinds whole,split] [--set KEY=VALUE ...]
 
 Each pair goes through `cached_trained_pair` (the l0score cache directory, L0SCORE_CACHE), so a
@@ -11,13 +11,16 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
+
+PAIRS_FILE = Path(__file__).resolve().parent / "results" / "trained_pairs.json"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=str(PAIRS_FILE), help="the JSON list (default bench/results/trained_pairs.json)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--words", default="2,3")
     ap.add_argument("--kinds", default="whole,split")
@@ -27,6 +30,7 @@ def main() -> None:
     from l0score.synthetic.trained import cached_trained_pair
 
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = json.loads(open(args.out).read()) if os.path.isfile(args.out) else []
     for kind in args.kinds.split(","):
         for words in map(int, args.words.split(",")):
