@@ -82,7 +82,18 @@ def main(argv=None, prog: str = "l0score bench --ray", default_out: Path | None 
         if args.out is not None and "--out" not in argv:
             inner += ["--out", str(args.out)]
         return subprocess.call(["unshare", "-n", "sh", "-c", *inner])
+    res = measure(args.pool, args.offsets, args.dtype, args.top)
+    res["command"] = " ".join([prog, *argv])
+    out = args.out or Path.cwd() / "bench-results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ray-{res['stamp']}.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    return 0 if res["identical_results"] else 1
 
+
+def measure(pool_size: int, offsets: str, dtype: str, top: int) -> dict:
+    """The scan in one process with 2 native threads, then on a local 2-CPU Ray with one-thread
+    workers (pool start timed apart); inside the loopback-only namespace."""
     import ray
 
     from . import Scorer, _native, cluster
@@ -90,18 +101,18 @@ def main(argv=None, prog: str = "l0score bench --ray", default_out: Path | None 
     from .synthetic.cached import default_pair
     from .search import pair_scan
 
-    offsets = [int(r) for r in args.offsets.split(",")]
+    offsets = [int(r) for r in offsets.split(",")]
     pair_dir = default_pair("qwen2-7b-l0")
     load_start = os.getloadavg()
     scorer = Scorer(ModelPair.load(pair_dir / "base", pair_dir / "dormant"), backend="native", template="raw",
-                    table=True, table_dtype=args.dtype)
-    pool = scorer.default_pool()[: args.pool]
+                    table=True, table_dtype=dtype)
+    pool = scorer.default_pool()[:pool_size]
     shards = len(scorer.heads) * len(offsets)
     flops = 4.0 * scorer.pair.config.head_dim * len(pool) ** 2 * shards
 
     _native.set_num_threads(2)
     t = time.perf_counter()
-    single = pair_scan(scorer, pool, offsets=offsets, top=args.top, progress=False)
+    single = pair_scan(scorer, pool, offsets=offsets, top=top, progress=False)
     single_s = time.perf_counter() - t
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -109,16 +120,15 @@ def main(argv=None, prog: str = "l0score bench --ray", default_out: Path | None 
     workers = cluster.scorer_pool(scorer, "auto", threads=1)
     setup_s = time.perf_counter() - t
     t = time.perf_counter()
-    on_ray = pair_scan(scorer, pool, offsets=offsets, top=args.top, progress=False, ray_address="auto")
+    on_ray = pair_scan(scorer, pool, offsets=offsets, top=top, progress=False, ray_address="auto")
     ray_s = time.perf_counter() - t
     described = workers.describe()
     cluster.shutdown()
     ray.shutdown()
 
-    res = {
-        "stamp": time.strftime("%Y%m%d-%H%M%S"), "command": " ".join([prog, *argv]),
-        "pair": str(pair_dir), "table_dtype": args.dtype, "pool": len(pool), "heads": len(scorer.heads),
-        "offsets": offsets, "shards": shards, "top": args.top, "gflop": flops / 1e9,
+    return {
+        "stamp": time.strftime("%Y%m%d-%H%M%S"), "pair": str(pair_dir), "table_dtype": dtype, "pool": len(pool),
+        "heads": len(scorer.heads), "offsets": offsets, "shards": shards, "top": top, "gflop": flops / 1e9,
         "single_process_2_threads_s": single_s, "ray_2_workers_1_thread_s": ray_s,
         "ray_overhead": ray_s / single_s - 1.0, "ray_pool_setup_s": setup_s,
         "single_gflops": flops / single_s / 1e9, "ray_gflops": flops / ray_s / 1e9,
@@ -126,11 +136,6 @@ def main(argv=None, prog: str = "l0score bench --ray", default_out: Path | None 
         "tables_in_object_store": len({tuple(w["table_ids"]) for w in described}),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
-    out = args.out or Path.cwd() / "bench-results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ray-{res['stamp']}.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
-    return 0 if res["identical_results"] else 1
 
 
 if __name__ == "__main__":
