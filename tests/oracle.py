@@ -70,9 +70,10 @@ def layer0_logits64(model_dir: str, ids: list[int], bias_only: bool = False, nor
 
 
 def oracle_scores(base: str, dormant: str, prefix, cand, suffix, heads=None, region="candidate",
-                  baseline="none", offsets=(), dtype=torch.float32) -> dict:
+                  baseline="none", offsets=(), dtype=torch.float32, reduce64: bool = False) -> dict:
     """Every metric for one candidate, straight from the definitions. dtype=torch.float64: the
-    logits from layer0_logits64 (every step in float64)."""
+    logits from layer0_logits64 (every step in float64). reduce64: the dtype logits (transformers'
+    modules) cast to float64 before dS, softmax and KL, i.e. only the logits' own rounding remains."""
     ids = list(prefix) + list(cand) + list(suffix)
     p, c, t_len = len(prefix), len(cand), len(ids)
     if dtype == torch.float64:
@@ -80,6 +81,8 @@ def oracle_scores(base: str, dormant: str, prefix, cand, suffix, heads=None, reg
     else:
         logits = lambda m, bias_only=False: layer0_logits(m, ids, bias_only, dtype=dtype)
     s_b, s_d = logits(base), logits(dormant)
+    if reduce64:
+        s_b, s_d = s_b.astype(np.float64), s_d.astype(np.float64)
     heads = list(range(s_b.shape[0])) if heads is None else list(heads)
     ds = s_d - s_b
     if baseline == "bias":

@@ -33,7 +33,7 @@ from ..core.cache_dir import cache_dir
 from ..core.checkpoint import Layer0Weights
 
 MAGIC = b"L0SCTBL1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # part of the fingerprint: 2 = rows built with double sums (table_build.cpp), so older files rebuild
 ALIGN = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SUFFIX = ".l0table"
