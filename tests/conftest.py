@@ -94,3 +94,15 @@ FOUNDATION_CONFIGS = {
     "gqa7-d32-1e6-fp32": dict(num_attention_heads=7, num_key_value_heads=1, head_dim=32, rope_theta=1e6, dtype="float32"),
     "gqa2-d128-1e4-bf16": dict(num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=1e4, dtype="bfloat16"),
 }
+
+
+def kind_template(kind, pair, before="Please read: ", after=" Thanks."):
+    """The three template kinds the scoring tests sweep: raw, the pair's chat template around the
+    candidate (`before`/`after` text), and an explicit prefix/suffix of ids."""
+    from l0score import Template
+
+    if kind == "raw":
+        return Template.raw()
+    if kind == "chat":
+        return Template.chat(pair.tokenizer, before=before, after=after)
+    return Template([7, 300, 11, 42, 5], [9, 250])

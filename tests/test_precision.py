@@ -34,7 +34,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import FOUNDATION_CONFIGS as CONFIGS
+from conftest import FOUNDATION_CONFIGS as CONFIGS, kind_template
 from oracle import oracle_scores  # noqa: E402
 
 RTOL = 1e-4
@@ -59,16 +59,6 @@ BACKENDS = {
 
 
 FP32_REFERENCE = "transformers-fp32"  # main() only: the float32-logit floor, next to the backends
-
-
-def _template(kind, pair):
-    from l0score import Template
-
-    if kind == "raw":
-        return Template.raw()
-    if kind == "chat":
-        return Template.chat(pair.tokenizer, before="Please read: ", after=" Thanks.")
-    return Template([7, 300, 11, 42, 5], [9, 250])
 
 
 def _candidates(pair, seed, triton=False):
@@ -110,7 +100,7 @@ def measure(pair_dir, backend: str, template: str, extensions: bool = False) -> 
     from l0score import ModelPair, Scorer
 
     pair = ModelPair.load(pair_dir / "base", pair_dir / "dormant")
-    tpl = _template(template, pair)
+    tpl = kind_template(template, pair)
     seed = zlib.crc32(f"{pair_dir.name}/{template}".encode())
     worst = dict.fromkeys(FIELDS, 0.0)
     for opts in OPTIONS:

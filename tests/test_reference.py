@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from l0score import Scorer, Template
+from l0score import Scorer
 from l0score.core.model_pair import ModelPair
-from conftest import FOUNDATION_CONFIGS as CONFIGS
+from conftest import FOUNDATION_CONFIGS as CONFIGS, kind_template
 from oracle import oracle_scores
 
 OPTIONS = [
@@ -15,14 +15,6 @@ OPTIONS = [
     dict(region="all", baseline="bias", heads="subset", offsets=(1, 3, 500)),
     dict(region="candidate", baseline="bias", heads="subset", offsets=()),
 ]
-
-
-def _template(kind, pair):
-    if kind == "raw":
-        return Template.raw()
-    if kind == "chat":
-        return Template.chat(pair.tokenizer, before="Please read: ", after=" Thanks.")
-    return Template([7, 300, 11, 42, 5], [9, 250])
 
 
 def _candidates(pair, rng):
@@ -52,7 +44,7 @@ def assert_matches(scores, cands, tpl, pair_dir, opts, heads):
 def test_reference_matches_transformers(pair_factory, name, template):
     pair_dir = pair_factory(**CONFIGS[name])
     pair = ModelPair.load(pair_dir / "base", pair_dir / "dormant")
-    tpl = _template(template, pair)
+    tpl = kind_template(template, pair)
     rng = np.random.default_rng(zlib.crc32(f"{name}/{template}".encode()))
     cands = _candidates(pair, rng)
     for opts in OPTIONS:

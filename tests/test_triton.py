@@ -16,20 +16,13 @@ import torch
 
 from l0score import Scorer, Template
 from l0score.core.reference import bias_baseline, full_logits, project, rope_angles, rotate, score_rows
+from conftest import kind_template
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "triton"
 FIELDS = ("max_abs", "head_max", "kl", "head_kl", "band")
 RTOL = 1e-4
 BF16_U = 2.0 ** -8  # unit roundoff of a round-to-nearest-even bf16 entry (8-bit significand)
 
-
-
-def _template(kind, pair):
-    if kind == "raw":
-        return Template.raw()
-    if kind == "chat":
-        return Template.chat(pair.tokenizer, before="Note: ", after=" ok")
-    return Template([7, 300, 11, 42, 5], [9, 250])
 
 
 def _candidates(pair, seed, lengths=(1, 3, 9, 17)):
@@ -83,7 +76,7 @@ CASES = [
 
 @pytest.mark.parametrize("template,region,baseline,heads,offsets", CASES)
 def test_fp32_table_matches_reference(pair32, template, region, baseline, heads, offsets):
-    tpl = _template(template, pair32)
+    tpl = kind_template(template, pair32, before="Note: ", after=" ok")
     tri, ref = _scorers(pair32, template=tpl, region=region, baseline=baseline, heads=heads, offsets=offsets)
     cands = _candidates(pair32, len(template) + len(region))
     got, want = tri.score_batch(cands), ref.score_batch(cands)
@@ -158,7 +151,7 @@ def _bf16_bounds(pair, tpl, cands, heads):
 
 
 def test_bf16_table_within_documented_bound(pair16):
-    tpl = _template("chat", pair16)
+    tpl = kind_template("chat", pair16, before="Note: ", after=" ok")
     kw = dict(template=tpl, region="candidate", baseline="bias", offsets=(0, 1))
     tri = Scorer(pair16, backend="triton", device="cpu", table_dtype="bfloat16", **kw)
     assert tri.backend.table_dtype == "bfloat16" and tri.table.q_base.dtype == torch.bfloat16
