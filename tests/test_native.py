@@ -12,7 +12,8 @@ from l0score import Scorer, Template, _native
 from l0score.backends import native as native_backend, table_cache
 from l0score.core.model_pair import ModelPair
 from l0score.backends.token_table import TokenTable
-from test_reference import CONFIGS, OPTIONS, _template
+from conftest import kind_template
+from test_reference import CONFIGS, OPTIONS
 
 FIELDS = ("max_abs", "head_max", "kl", "head_kl", "band")
 
@@ -48,7 +49,7 @@ def test_native_matches_torch(pair_factory, name, dtype):
     table = TokenTable.build(pair, dtype)
     rng = np.random.default_rng(7)
     for kind in ("raw", "chat", "explicit"):
-        tpl = _template(kind, pair)
+        tpl = kind_template(kind, pair)
         cands = _cands(pair, rng)
         for opts in OPTIONS:
             heads = None if opts["heads"] is None else list(range(0, pair.config.num_heads, 2))
@@ -125,7 +126,7 @@ def test_extension_kernel_equals_score_batch(pair_factory, name, template, table
         opts = dict(opts)
         heads = opts.pop("heads")
         heads = [0, pair.config.num_heads - 1] if heads == "subset" else None
-        scorer = Scorer(pair, backend="native", template=_template(template, pair), table_dtype=table_dtype,
+        scorer = Scorer(pair, backend="native", template=kind_template(template, pair), table_dtype=table_dtype,
                         heads=heads, **opts)
         cands = [p + [t] for p in prefixes for t in pool]
         got = scorer.score_extensions(prefixes, pool)
