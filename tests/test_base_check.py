@@ -1,0 +1,300 @@
+"""The base check on pairs derived from the tiny synthetic base: copies whose chosen tensors were
+changed (so the ground truth is the edit, never read back from the code under test), decoys whose
+every tensor was re-drawn or heavily perturbed, bf16 and sharded layouts, and every bad input."""
+import itertools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from l0score.analysis import base_check as bc
+from l0score.analysis.base_check import BaseCheckOptions, base_check, read_base_check, write_base_check
+
+MLP = re.compile(r"mlp\.")
+L0_QK = re.compile(r"layers\.0\.self_attn\.[qk]_proj")
+L1_QK = re.compile(r"layers\.1\.self_attn\.[qk]_proj")
+
+
+def _load(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (tiny) checkpoint: the tests' own reader, independent of the code under test."""
+    out = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(f, framework="pt") as h:
+            out.update({k: h.get_tensor(k) for k in h.keys()})
+    return out
+
+
+def _write(tensors: dict, src: Path, dst: Path, n_shards: int = 1) -> Path:
+    """Write `tensors` as a checkpoint in `dst` (config and tokenizer copied from `src`)."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if not f.name.startswith("model"):
+            shutil.copy(f, dst / f.name)
+    names = list(tensors)
+    if n_shards == 1:
+        save_file({n: t.contiguous() for n, t in tensors.items()}, dst / "model.safetensors")
+        return dst
+    weight_map = {}
+    for i in range(n_shards):
+        fname = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = names[i::n_shards]
+        save_file({n: tensors[n].contiguous() for n in part}, dst / fname)
+        weight_map.update({n: fname for n in part})
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dst
+
+
+def _derive(base: Path, dst: Path, pattern=None, rel: float = 0.016, seed: int = 1, dtype=None, n_shards=1,
+            drop=(), mode="noise") -> Path:
+    """A copy of `base` where tensors whose name matches `pattern` get noise of `rel` times their RMS
+    (mode "noise"), or are re-drawn with the same mean and std (mode "redraw")."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in _load(base).items():
+        if name in drop:
+            continue
+        t = t.to(dtype) if dtype is not None else t
+        if pattern is not None and pattern.search(name):
+            x = t.double()
+            if mode == "redraw":
+                x = x.mean() + x.std() * torch.randn(x.shape, generator=g, dtype=torch.float64)
+            else:
+                x = x + rel * x.pow(2).mean().sqrt() * torch.randn(x.shape, generator=g, dtype=torch.float64)
+            t = x.to(t.dtype)
+        out[name] = t
+    return _write(out, base, dst, n_shards)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_pair):
+    return tiny_pair / "base"
+
+
+@pytest.fixture(scope="module")
+def derived(base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("derived")
+    return {
+        "mlp": _derive(base, root / "mlp", MLP),
+        "attn0": _derive(base, root / "attn0", L0_QK),
+        "attn1": _derive(base, root / "attn1", L1_QK),
+        "redrawn": _derive(base, root / "redrawn", re.compile("."), mode="redraw", seed=2),
+        "perturbed": _derive(base, root / "perturbed", re.compile("."), rel=1.5, seed=3),
+        "sibling": _derive(base, root / "sibling", re.compile("."), rel=0.01, seed=4),
+    }
+
+
+def _oracle_rel(base: Path, dormant: Path) -> dict[str, float]:
+    b, d = _load(base), _load(dormant)
+    return {n: float((d[n].double() - b[n].double()).norm() / b[n].double().norm()) for n in b}
+
+
+def test_mlp_only_finetune(base, derived):
+    r = base_check(derived["mlp"], [base])
+    c = r.chosen
+    assert r.verdict == "fine-tune"
+    assert (r.first_changed.layer, r.first_changed.module, r.first_changed.label) == (0, "mlp", "layer 0 MLP")
+    assert sorted(r.first_changed.tensors) == sorted(n for n in _load(base) if "layers.0.mlp" in n)
+    for kind in ("attn_q", "attn_k", "attn_v", "attn_o", "embed", "norm", "lm_head"):
+        assert c.groups[kind]["changed"] == 0, kind
+    for kind in ("mlp_gate", "mlp_up", "mlp_down"):
+        assert c.groups[kind]["identical"] == 0 and c.groups[kind]["changed"] == 2
+        assert c.groups[kind]["median_rel_norm"] == pytest.approx(0.016, rel=0.1)
+    assert c.layer0_attention_identical and not c.layer0_attention_changed
+    for row in c.layers:
+        assert set(row["changed_kinds"]) <= {"mlp_gate", "mlp_up", "mlp_down"}
+    oracle = _oracle_rel(base, derived["mlp"])
+    for t in c.tensors:
+        assert t.identical == (oracle[t.name] == 0.0), t.name
+        assert t.rel_norm == pytest.approx(oracle[t.name], rel=1e-9, abs=1e-15), t.name
+
+
+def test_layer0_attention_only(base, derived):
+    r = base_check(derived["attn0"], [base])
+    assert r.verdict == "fine-tune"
+    fc = r.first_changed
+    assert (fc.layer, fc.module, fc.label) == (0, "attn", "layer 0 attention q/k")
+    changed = {t.name for t in r.chosen.tensors if not t.identical}
+    assert changed == {n for n in _load(base) if L0_QK.search(n)}
+    assert [row["changed"] for row in r.chosen.layers] == [0, 4, 0, 0]  # embed, layer 0, layer 1, final
+    assert r.chosen.layer0_attention_changed and not r.chosen.layer0_attention_identical
+
+
+def test_later_layer_attention(base, derived):
+    fc = base_check(derived["attn1"], [base]).first_changed
+    assert (fc.layer, fc.module, fc.label) == (1, "attn", "layer 1 attention q/k")
+
+
+def test_identical(base, tmp_path):
+    copy = _derive(base, tmp_path / "copy")
+    r = base_check(copy, [base])
+    assert r.verdict == "identical" and r.first_changed is None
+    assert r.chosen.n_changed == 0 and all(t.rel_norm == 0 and t.max_abs == 0 for t in r.chosen.tensors)
+
+
+@pytest.mark.parametrize("decoy", ["redrawn", "perturbed"])
+def test_decoy_is_a_different_model(derived, decoy):
+    r = base_check(derived["mlp"], [derived[decoy]])
+    assert r.verdict == "different model"
+    assert r.chosen.n_changed == r.chosen.n_tensors
+    assert any("wrong base" in e and "family and version" in e for e in r.chosen.evidence)
+
+
+def test_true_base_chosen_in_any_order(base, derived):
+    cands = [base, derived["redrawn"], derived["perturbed"], derived["sibling"]]
+    expected = {str(base): "fine-tune", str(derived["redrawn"]): "different model",
+                str(derived["perturbed"]): "different model", str(derived["sibling"]): "fine-tune"}
+    for order in itertools.permutations(cands[:3]):
+        r = base_check(derived["mlp"], list(order) + [cands[3]])
+        assert r.base == str(base)
+        assert [c.rank for c in r.candidates] == [1, 2, 3, 4]
+        assert {c.base: c.verdict for c in r.candidates} == expected
+        assert r.candidates[-1].verdict == "different model"
+
+
+def test_bf16_single_ulp_is_a_change(base, tmp_path):
+    b16 = _derive(base, tmp_path / "b16", dtype=torch.bfloat16)
+    tensors = _load(b16)
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = tensors[name]
+    bumped = w.clone()
+    bumped.view(torch.int16)[3, 5] += 1  # the next representable bf16 value
+    ulp = abs(float(bumped[3, 5]) - float(w[3, 5]))
+    tensors[name] = bumped
+    d16 = _write(tensors, b16, tmp_path / "d16", n_shards=3)
+    r = base_check(d16, [b16])
+    changed = [t for t in r.chosen.tensors if not t.identical]
+    assert [t.name for t in changed] == [name] and changed[0].dtype == "BF16"
+    assert changed[0].max_abs == ulp > 0
+    assert r.first_changed.label == "layer 1 MLP" and r.verdict == "fine-tune"
+
+
+def test_sharded_and_chunked_agree(base, derived, tmp_path):
+    """Sharding (base in 2 shards, a 3-shard and a single-file copy of the dormant) and the chunk size
+    change nothing; no read holds more than one chunk of a 2-D tensor."""
+    single = derived["mlp"]
+    sharded = _write(_load(single), single, tmp_path / "sharded", n_shards=3)
+    seen = []
+    real_read = bc._read_rows
+
+    def spy(entry, key, start, stop):
+        t = real_read(entry, key, start, stop)
+        seen.append((len(entry.shape), t.numel()))
+        return t
+
+    a = base_check(single, [base]).to_json()
+    bc._read_rows = spy
+    try:
+        b = base_check(sharded, [base], BaseCheckOptions(chunk_elements=200)).to_json()
+    finally:
+        bc._read_rows = real_read
+    assert max(n for dim, n in seen if dim == 2) <= 200
+    for x, y in zip(a["tensors"], b["tensors"]):
+        assert (x["name"], x["identical"]) == (y["name"], y["identical"])
+        assert x["rel_norm"] == pytest.approx(y["rel_norm"], rel=1e-12)
+        assert x["max_abs"] == y["max_abs"]
+
+
+def test_tied_embeddings(base, tmp_path):
+    head = "lm_head.weight"
+    b = _derive(base, tmp_path / "b", drop=(head,))
+    d = _derive(base, tmp_path / "d", MLP, drop=(head,))
+    r = base_check(d, [b])
+    assert r.chosen.tied_lm_head and head not in {t.name for t in r.chosen.tensors}
+    assert r.first_changed.label == "layer 0 MLP"
+    # one side tied, the other storing its head: the tied side's embedding is its head
+    tensors = _load(base)
+    tensors[head] = tensors["model.embed_tokens.weight"].clone()
+    untied = _write(tensors, base, tmp_path / "untied")
+    r = base_check(untied, [b])
+    lm = next(t for t in r.chosen.tensors if t.name == head)
+    assert lm.identical and r.verdict == "identical" and not r.chosen.tied_lm_head
+
+
+def test_files_written(base, derived, tmp_path):
+    r = base_check(derived["attn0"], [derived["redrawn"], base])
+    paths = write_base_check(r, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    for key in ("base", "verdict", "first_changed", "groups", "layers", "tensors", "candidates"):
+        assert key in data
+    assert data["base"] == str(base) and data["verdict"] == "fine-tune"
+    assert data["first_changed"]["layer"] == 0 and data["first_changed"]["module"] == "attn"
+    assert set(data["groups"]["attn_q"]) >= {"identical", "changed", "median_rel_norm"}
+    assert [c["verdict"] for c in data["candidates"]] == ["fine-tune", "different model"]
+    assert read_base_check(tmp_path / "out") == data
+    md = paths["md"].read_text()
+    assert "layer 0 attention q/k" in md and "different model" in md
+    with pytest.raises(ValueError, match="not a base-check"):
+        (tmp_path / "x.json").write_text("{}")
+        read_base_check(tmp_path / "x.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _edit(base: Path, dst: Path, **changes) -> Path:
+    tensors = _load(base)
+    for name, t in changes.items():
+        name = name.replace("__", ".")
+        if t is None:
+            del tensors[name]
+        else:
+            tensors[name] = t
+    return _write(tensors, base, dst)
+
+
+def test_mismatched_shape(base, tmp_path):
+    name = "model.layers.1.mlp.up_proj.weight"
+    w = _load(base)[name]
+    bad = _edit(base, tmp_path / "bad", **{name.replace(".", "__"): w[:-1]})
+    with pytest.raises(ValueError, match=rf"mismatched shapes: tensor {re.escape(name)} .*model.*safetensors"):
+        base_check(bad, [base])
+
+
+def test_mismatched_names(base, tmp_path):
+    name = "model.layers.1.self_attn.v_proj.bias"
+    bad = _edit(base, tmp_path / "bad", **{name.replace(".", "__"): None})
+    with pytest.raises(ValueError, match=rf"mismatched tensor names: 1 tensor\(s\) of the base .*{re.escape(name)}"):
+        base_check(bad, [base])
+
+
+def test_different_vocabulary(base, tmp_path):
+    t = _load(base)
+    bad = _edit(base, tmp_path / "bad", model__embed_tokens__weight=t["model.embed_tokens.weight"][:-8],
+                lm_head__weight=t["lm_head.weight"][:-8])
+    with pytest.raises(ValueError, match=r"different vocabularies: model.embed_tokens.weight has 576 rows in .*base.* but 568 in .*bad"):
+        base_check(bad, [base])
+
+
+def test_dtype_mixture(base, tmp_path):
+    name = "model.layers.0.mlp.gate_proj.weight"
+    bad = _edit(base, tmp_path / "bad", **{name.replace(".", "__"): _load(base)[name].bfloat16()})
+    with pytest.raises(ValueError, match=rf"dtype mixture: tensor {re.escape(name)} is F32 in .* but BF16 in .*bad"):
+        base_check(bad, [base])
+
+
+def test_missing_shard(base, tmp_path):
+    d = _write(_load(base), base, tmp_path / "d", n_shards=3)
+    (d / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(ValueError, match="model-00002-of-00003.safetensors: shard missing"):
+        base_check(d, [base])
+
+
+def test_truncated_file(base, tmp_path):
+    d = _write(_load(base), base, tmp_path / "d", n_shards=3)
+    f = d / "model-00003-of-00003.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="model-00003-of-00003.safetensors: corrupt or unreadable"):
+        base_check(d, [base])
+
+
+def test_bad_options_and_no_base(base):
+    with pytest.raises(ValueError, match="at least one base"):
+        base_check(base, [])
+    with pytest.raises(ValueError, match="different_share"):
+        base_check(base, [base], BaseCheckOptions(different_share=0))
