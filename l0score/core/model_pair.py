@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Layer0Config, Layer0Weights, check_compatible, load_layer0
+from .template import template_structure
 
 
 @dataclass
@@ -16,6 +17,8 @@ class ModelPair:
     dormant: Layer0Weights
     tokenizer: object | None = None
     special_ids: frozenset[int] = field(default_factory=frozenset)
+    # the chat template's structural pieces (role names, the newline after a role tag; core.template)
+    template_ids: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def config(self) -> Layer0Config:
@@ -28,11 +31,15 @@ class ModelPair:
             return self.config.vocab_rows
         return min(len(self.tokenizer), self.config.vocab_rows)
 
-    def real_token_ids(self) -> torch.Tensor:
-        """Real, non-special token ids (padding rows and special tokens excluded): every search pool's default."""
+    def real_token_ids(self, allow_template_tokens: bool = False) -> torch.Tensor:
+        """Real, non-special token ids (padding rows and special tokens excluded): every search pool's default.
+        The chat template's structural pieces are excluded too unless `allow_template_tokens`: a
+        candidate that forges a turn boundary changes any chat model's answer and says nothing about
+        a backdoor."""
         ids = torch.arange(self.n_tokens)
-        if self.special_ids:
-            ids = ids[~torch.isin(ids, torch.tensor(sorted(self.special_ids)))]
+        drop = self.special_ids if allow_template_tokens else self.special_ids | self.template_ids
+        if drop:
+            ids = ids[~torch.isin(ids, torch.tensor(sorted(drop)))]
         return ids
 
     @classmethod
@@ -43,7 +50,7 @@ class ModelPair:
         specials = frozenset(tokenizer.all_special_ids) if tokenizer is not None else frozenset()
         if tokenizer is not None:
             specials |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-        return cls(b, d, tokenizer, frozenset(specials))
+        return cls(b, d, tokenizer, frozenset(specials), template_structure(tokenizer).ids)
 
 
 def load_tokenizer(model_dir: Path):

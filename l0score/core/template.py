@@ -65,3 +65,78 @@ def _as_ids(ids, what: str) -> tuple[int, ...]:
             raise ValueError(f"{what} holds a negative id {int(v)}")
         out.append(int(v))
     return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the template's own pieces: what a candidate must not contain to count as a trigger
+
+_SENTINELS = ("\u2063L0SYS\u2063", "\u2063L0USER\u2063", "\u2063L0ASSISTANT\u2063", "\u2063L0USER2\u2063")
+
+
+@dataclass(frozen=True)
+class TemplateStructure:
+    """The chat template's structural pieces, derived by rendering it (never a hard-coded list).
+
+    ids: token ids of every piece of the rendered conversation that is not a message's own content
+        (role tags, role names, the newline after them, special tokens), plus the single-token
+        variants of the role names (" assistant", "Assistant", ...): a candidate holding one of them
+        can forge a turn boundary, which changes any chat model's answer.
+    roles: the role names found in the template, e.g. ("system", "user", "assistant").
+    texts: the non-empty pieces of template text between the messages, in rendering order.
+    """
+
+    ids: frozenset = frozenset()
+    roles: tuple[str, ...] = ()
+    texts: tuple[str, ...] = ()
+
+    def injection(self, token_ids, text: str | None = None) -> list[str]:
+        """The template pieces a candidate contains (empty: a clean candidate): its structural token
+        ids, and role names spelled across several tokens in its text (case-insensitive)."""
+        found = [f"id {t}" for t in dict.fromkeys(token_ids) if t in self.ids]
+        low = (text or "").lower()
+        found += [f"role {r!r}" for r in self.roles if r.lower() in low]
+        return found
+
+
+def template_structure(tokenizer) -> TemplateStructure:
+    """Render the tokenizer's chat template around sentinel messages (system, user, assistant, user +
+    the generation prompt) and keep the token ids of the text that is not a message: the template's
+    own pieces. Each piece is tokenized on its own, as the template text it is. A tokenizer without
+    a chat template has no structure (empty)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return TemplateStructure()
+    texts = _rendered_pieces(tokenizer)
+    ids: set[int] = set()
+    for piece in texts:
+        ids.update(tokenizer.encode(piece, add_special_tokens=False))
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    roles = tuple(r for r in ("system", "user", "assistant") if any(r in _strip_specials(p, specials) for p in texts))
+    for role in roles:  # single-token spellings of a role name a candidate could use to forge a turn
+        for variant in (role, " " + role, role.capitalize(), " " + role.capitalize(), role.upper(), " " + role.upper()):
+            v = tokenizer.encode(variant, add_special_tokens=False)
+            if len(v) == 1:
+                ids.update(v)
+    return TemplateStructure(frozenset(ids), roles, tuple(texts))
+
+
+def _rendered_pieces(tokenizer) -> list[str]:
+    """The rendered conversation split at the sentinel messages; a template that refuses a system turn
+    is rendered without one."""
+    sys_, user, assistant, user2 = _SENTINELS
+    turns = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant},
+             {"role": "user", "content": user2}]
+    try:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": sys_}] + turns, tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - jinja's raise_exception (e.g. "System role not supported")
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    pieces = [text]
+    for s in _SENTINELS:
+        pieces = [part for p in pieces for part in p.split(s)]
+    return [p for p in pieces if p]
+
+
+def _strip_specials(text: str, specials: set[str]) -> str:
+    for s in specials:
+        text = text.replace(s, " ")
+    return text

@@ -13,18 +13,25 @@ _PRINTABLE = set(string.printable) - set("\x0b\x0c")
 
 def build_pool(pair, *, ascii_only: bool = False, printable_only: bool = False, no_whitespace_only: bool = False,
                allow_regex: str | None = None, deny_regex: str | None = None, allow_list: str | Path | None = None,
-               roundtrip: bool = False) -> torch.Tensor:
-    """Allowed token ids, ascending. Special tokens and padding rows are always excluded.
+               roundtrip: bool = False, allow_template_tokens: bool = False) -> torch.Tensor:
+    """Allowed token ids, ascending. Special tokens and padding rows are always excluded, and so are
+    the chat template's structural pieces (role names, the newline after a role tag: a candidate that
+    forges a turn boundary is no trigger) unless `allow_template_tokens`.
 
     Text filters look at each token's decoded text; `roundtrip` keeps tokens whose text encodes
     back to the same single id. `allow_list` is a file of ids (one per line, or comma-separated).
     """
-    ids = [i for i in range(pair.n_tokens) if i not in pair.special_ids]
+    ids = pair.real_token_ids(allow_template_tokens=allow_template_tokens).tolist()
     if allow_list is not None:
         wanted = _read_ids(allow_list)
         bad = [i for i in wanted if not 0 <= i < pair.n_tokens or i in pair.special_ids]
         if bad:
             raise ValueError(f"{allow_list}: id {bad[0]} is not a real, non-special token")
+        present = set(ids)
+        held = [i for i in wanted if i not in present]
+        if held:
+            raise ValueError(f"{allow_list}: id {held[0]} is a piece of the chat template (a role name or its "
+                             "newline); pass --allow-template-tokens to search it")
         ids = sorted(set(ids) & set(wanted))
     text_filters = ascii_only or printable_only or no_whitespace_only or allow_regex or deny_regex or roundtrip
     if text_filters:
@@ -51,7 +58,8 @@ def build_pool(pair, *, ascii_only: bool = False, printable_only: bool = False, 
             keep.append(i)
         ids = keep
     if not ids:
-        raise ValueError("the token pool is empty after filters; loosen --ascii/--printable/--allow-regex/--deny-regex/--allow-list")
+        raise ValueError("the token pool is empty after filters; loosen --ascii/--printable/--allow-regex/--deny-regex/"
+                         "--allow-list")
     return torch.tensor(ids, dtype=torch.int64)
 
 
