@@ -298,3 +298,18 @@ def test_bad_options_and_no_base(base):
         base_check(base, [])
     with pytest.raises(ValueError, match="different_share"):
         base_check(base, [base], BaseCheckOptions(different_share=0))
+
+
+def test_report_section(base, derived, tmp_path):
+    """The HTML report renders base-check.json alone (no model loaded), first of the sections, with
+    a hostile path escaped."""
+    from l0score.report.html import write_report
+
+    hostile = tmp_path / "<b>base</b>"
+    shutil.copytree(base, hostile)
+    out = tmp_path / "out"
+    write_base_check(base_check(derived["mlp"], [derived["redrawn"], hostile]), out)
+    html = write_report(out).read_text()
+    assert 'id="base-check"' in html and "layer 0 MLP" in html and "zero by construction" in html
+    assert "&lt;b&gt;base&lt;/b&gt;" in html and "<b>base</b>" not in html
+    assert "different model" in html and html.index('id="base-check"') < html.index('id="candidates"')

@@ -6,6 +6,7 @@ folder holding a few separate runs, or a single command's output all work:
 * ``report.json`` with ``"format": "l0score-hunt"``: the hunt's summary (ranked results, funnel);
   read only at `HUNT_VERSION` (another version is reported as a problem, the rest still renders);
 * ``analysis.json`` (`l0score analyze`): has ``layer0`` and ``focus_heads``;
+* ``base-check.json`` (`l0score base-check`): ``"format": "l0score-base-check"``;
 * a verify report (`l0score verify`): JSON with ``results`` and ``untriggered``;
 * search results: ``*.jsonl`` whose lines carry ``token_ids`` (and ``OUT.ckpt.json`` next to them for
   the budget used, the seconds and the template); a file is Layer-0 or full-model by its rows'
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HUNT_FORMAT = "l0score-hunt"
+BASE_CHECK_FORMAT = "l0score-base-check"
 HUNT_VERSION = 1
 MAX_DEPTH = 4  # folder levels below DIR that are searched
 MAX_FILE_BYTES = 512 << 20  # larger JSON files are skipped (a report never needs one)
@@ -84,6 +86,8 @@ class ReportData:
     hunt_path: Path | None = None
     analysis: dict | None = None
     analysis_dir: Path | None = None
+    base_check: dict | None = None
+    base_check_path: Path | None = None
     profile: dict | None = None
     profile_path: Path | None = None
     pool: dict | None = None
@@ -139,10 +143,10 @@ def collect(directory) -> ReportData:
             _classify_json(path, data)
     for path in jsonl:
         _read_search(path, checkpoints.get(path), data)
-    if not (data.hunt or data.analysis or data.searches or data.verifies or data.benches or data.profile):
+    if not (data.hunt or data.analysis or data.base_check or data.searches or data.verifies or data.benches or data.profile):
         found = "; ".join(data.problems) if data.problems else "no JSON or JSONL file of l0score's"
         raise ValueError(f"{root}: no l0score output found to report on (looked for a hunt report.json, "
-                         f"analysis.json, search JSONL, a verify report and bench results): {found}")
+                         f"base-check.json, analysis.json, search JSONL, a verify report and bench results): {found}")
     data.candidates = _merge_candidates(data)
     return data
 
@@ -181,6 +185,13 @@ def _classify_json(path: Path, data: ReportData) -> None:
         return
     if obj.get("format") == HUNT_FORMAT or (path.name == "report.json" and "funnel" in obj):
         _read_hunt(path, obj, data)
+    elif obj.get("format") == BASE_CHECK_FORMAT:
+        if data.base_check is None:
+            data.base_check, data.base_check_path = obj, path
+            data.files.append(("base check", path, _modified(path)))
+        else:
+            data.problems.append(f"{data.rel(path)}: a second base-check.json, not shown "
+                                 f"(showing {data.rel(data.base_check_path)})")
     elif "layer0" in obj and "focus_heads" in obj:
         if data.analysis is None:
             data.analysis, data.analysis_dir = obj, path.parent

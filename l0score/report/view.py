@@ -62,6 +62,7 @@ def build_view(data: ReportData, options: ReportOptions) -> dict:
         "heatmap_note": heatmaps.note,
         "searches": _searches(data),
         "verifies": [_verify_view(v, data) for v in data.verifies],
+        "base_check": _base_check(data),
         "analysis": _analysis(data),
         "profile": _profile(data),
         "pool": _pool(data),
@@ -424,6 +425,36 @@ def _analysis(data: ReportData) -> dict | None:
         "bias_strongest": [{"head": c.get("head"), "offset": c.get("offset"), "value": fmt_num(_num(c.get("value")))}
                            for c in _list(_get(l0, "bias_template", "strongest"))[:8] if isinstance(c, dict)],
         "figures": figures, "missing_figures": [m["name"] for m in missing],
+    }
+
+
+def _label(fc) -> str:
+    return str(fc.get("label")) if isinstance(fc, dict) else "nothing (no tensor changed)"
+
+
+def _base_check(data: ReportData) -> dict | None:
+    """The base check: verdict and evidence, first changed module, kind and layer tables, and the
+    candidate bases in their ranked order (damaged fields show as blanks, never raise)."""
+    b = data.base_check
+    if b is None:
+        return None
+    groups = _dict(b.get("groups"))
+    return {
+        "path": data.rel(data.base_check_path), "base": b.get("base"), "dormant": b.get("dormant"),
+        "verdict": b.get("verdict"), "evidence": [str(e) for e in _list(b.get("evidence"))],
+        "first_changed": _label(b.get("first_changed")),
+        "layer0_zero": b.get("layer0_attention_identical") is True and b.get("verdict") == "fine-tune",
+        "seconds": fmt_num(_num(b.get("seconds")), 3),
+        "groups": [{"kind": k, "identical": _dict(g).get("identical"), "changed": _dict(g).get("changed"),
+                    "median": fmt_num(_num(_dict(g).get("median_rel_norm")))} for k, g in groups.items()],
+        "layers": [{"label": r.get("label"), "identical": r.get("identical"), "changed": r.get("changed"),
+                    "median": fmt_num(_num(r.get("median_rel_norm"))),
+                    "kinds": ", ".join(str(k) for k in _list(r.get("changed_kinds")))}
+                   for r in _list(b.get("layers")) if isinstance(r, dict)],
+        "candidates": [{"rank": c.get("rank"), "base": c.get("base"), "verdict": c.get("verdict"),
+                        "changed": f"{c.get('n_changed')} of {c.get('n_tensors')}",
+                        "median": fmt_num(_num(c.get("median_rel_norm"))), "first": _label(c.get("first_changed"))}
+                       for c in _list(b.get("candidates")) if isinstance(c, dict)],
     }
 
 
