@@ -1,0 +1,214 @@
+"""The first-changed-module scorer against transformers' own modules of both models.
+
+Pairs: a 4-layer tiny synthetic base, and dormant copies of it in which only chosen tensors of one
+layer were perturbed (so everything before that module is bit-identical, as in a real partial
+fine-tune). Oracles: both complete transformers models run on the whole sequence (eager), with
+hooks on the changed module, their hidden states and final logits, reduced in float64 here.
+"""
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from l0score.core.template import Template
+from l0score.first_module import FirstModuleScorer, Location
+from l0score.first_module.location import first_changed
+
+CANDS = [[40, 41, 42], [57, 99, 13], [200, 7, 300]]
+
+
+def _perturb(model, layer, names, gen, scale=0.3):
+    for name in names:
+        w = model.get_submodule(f"model.layers.{layer}.{name}").weight
+        w += scale * w.std() * torch.randn(w.shape, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def variants(pair_factory, tmp_path_factory):
+    """{"base": dir, "mlp@L1": dir, "attn@L2": dir, "same": dir}: dormant copies of a 4-layer base."""
+    from transformers import AutoModelForCausalLM
+
+    src = pair_factory(seed=3, num_hidden_layers=4) / "base"
+    out = {"base": src}
+    edits = {"mlp@L1": (1, ("mlp.gate_proj", "mlp.down_proj")), "attn@L2": (2, ("self_attn.q_proj", "self_attn.k_proj")),
+             "same": (0, ())}
+    for name, (layer, names) in edits.items():
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        with torch.no_grad():
+            _perturb(model, layer, names, torch.Generator().manual_seed(layer))
+        d = tmp_path_factory.mktemp(name.replace("@", "_"))
+        model.save_pretrained(d)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(src / f, d)
+        out[name] = d
+    return out
+
+
+def _oracle_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+@torch.no_grad()
+def _mlp_io(model, layer, ids):
+    """(input, output) of layer `layer`'s MLP over one whole sequence, by forward hooks."""
+    seen = {}
+    hook = model.model.layers[layer].mlp.register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    try:
+        out = model(torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        hook.remove()
+    return seen["x"][0].double(), seen["y"][0].double(), out
+
+
+def test_mlp_difference_matches_both_transformers_models(variants, one_thread):
+    """mlp_* from the shared trunk equal the relative difference of the two models' own layer-1 MLP
+    outputs (hooks on the whole sequence), and div_* / logit_kl their hidden states and logits."""
+    k = 3  # layer 1 + 3 = the last layer: logit_kl too
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", k=k, device="cpu")
+    assert scorer.kind == "mlp@L1" and "logit_kl" in scorer.metrics
+    got = scorer.score_batch(CANDS)
+    t = scorer.template
+    mb, md = _oracle_model(variants["base"]), _oracle_model(variants["mlp@L1"])
+    for b, cand in enumerate(CANDS):
+        ids = list(t.prefix_ids) + cand + list(t.suffix_ids)
+        p, c = len(t.prefix_ids), len(cand)
+        xb, yb, ob = _mlp_io(mb, 1, ids)
+        xd, yd, od = _mlp_io(md, 1, ids)
+        r = ((yd - yb).norm(dim=-1) / yb.norm(dim=-1))[p:]
+        assert got.metric("mlp_max")[b] == pytest.approx(float(r.max()), rel=1e-5)
+        assert got.metric("mlp_mean")[b] == pytest.approx(float(r.mean()), rel=1e-5)
+        assert got.metric("mlp_cand")[b] == pytest.approx(float(r[:c].max()), rel=1e-5)
+        hb, hd = ob.hidden_states[1 + k][0, p:].double(), od.hidden_states[1 + k][0, p:].double()
+        div = 1 - torch.nn.functional.cosine_similarity(hd, hb, dim=-1)
+        assert got.metric("div_max")[b] == pytest.approx(float(div.max()), rel=1e-4, abs=1e-7)
+        assert got.metric("div_last")[b] == pytest.approx(float(div[-1]), rel=1e-4, abs=1e-7)
+        lp_b, lp_d = (torch.log_softmax(o.logits[0, -1].double(), -1) for o in (ob, od))
+        kl = float((lp_d.exp() * (lp_d - lp_b)).sum())
+        assert got.metric("logit_kl")[b] == pytest.approx(kl, rel=1e-4, abs=1e-7)
+
+
+@torch.no_grad()
+def _layer_logits(model, layer, ids):
+    """Pre-softmax logits [H, T, T] of layer `layer`, patched out of transformers' eager attention."""
+    import transformers.models.qwen2.modeling_qwen2 as qwen2
+
+    seen, original = {}, qwen2.eager_attention_forward
+
+    def patched(module, query, key, value, attention_mask, scaling, *args, **kw):
+        if module.layer_idx == layer:
+            k = qwen2.repeat_kv(key, module.num_key_value_groups)
+            seen["S"] = (torch.matmul(query.double(), k.double().transpose(2, 3)) * scaling)[0]
+        return original(module, query, key, value, attention_mask, scaling, *args, **kw)
+
+    qwen2.eager_attention_forward = patched
+    try:
+        model(torch.tensor([ids]))
+    finally:
+        qwen2.eager_attention_forward = original
+    return seen["S"].numpy()
+
+
+@pytest.mark.parametrize("region", ["candidate", "all"])
+def test_attention_dS_matches_transformers_layer_logits(variants, region, one_thread):
+    """Per head, layer 2's dS maximum and row KLs equal those of both models' own layer-2 attention logits."""
+    from l0score.first_module.attention import AttentionDifference
+
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], location="attn@L2",
+                                               region=region, device="cpu", offsets=(0, 1, 3))
+    t = scorer.template
+    pre = scorer._prefix(t)
+    mb, md = _oracle_model(variants["base"]), _oracle_model(variants["attn@L2"])
+    got = scorer.score_batch(CANDS)
+    for b, cand in enumerate(CANDS):
+        ids = list(t.prefix_ids) + cand + list(t.suffix_ids)
+        p, c, n = len(t.prefix_ids), len(cand), len(ids)
+        sb, sd = _layer_logits(mb, 2, ids), _layer_logits(md, 2, ids)
+        i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        inside = lambda x: (x >= p) & (x < p + c)
+        scored = (j <= i) & ((inside(i) | inside(j)) if region == "candidate" else True)
+        head_max = np.where(scored, np.abs(sd - sb), -np.inf).reshape(len(sb), -1).max(-1)
+        rows = range(p if region == "candidate" else 0, n)
+        head_kl = []
+        for h in range(len(sb)):
+            kl = 0.0
+            for r in rows:
+                ld = sd[h, r, :r + 1] - np.logaddexp.reduce(sd[h, r, :r + 1])
+                lb = sb[h, r, :r + 1] - np.logaddexp.reduce(sb[h, r, :r + 1])
+                kl += float(np.sum(np.exp(ld) * (ld - lb)))
+            head_kl.append(kl)
+        hidden = scorer.trunk.run(torch.tensor([cand + list(t.suffix_ids)]), p, pre["trunk"])
+        stats = scorer.attention.run(hidden, c, pre["attn"])
+        mine_max = stats.head_max[0].numpy()
+        if region == "all":
+            mine_max = np.maximum(mine_max, pre["attn"].stats.head_max[0].numpy())
+        assert np.abs(mine_max - head_max).max() <= 1e-4
+        band = [np.where(scored & (i - j == r), np.abs(sd - sb), -np.inf).max() for r in (0, 1, 3)]
+        assert got.metric("band")[b] == pytest.approx(max(band), abs=1e-4)
+        if region == "candidate":
+            assert np.abs(stats.head_kl[0].numpy() - np.array(head_kl)).max() <= 1e-4
+        assert got.metric("max_abs")[b] == pytest.approx(head_max.max(), abs=1e-4)
+        assert got.metric("kl")[b] == pytest.approx(sum(head_kl), abs=1e-4 * len(head_kl))
+
+
+def test_full_finetune_runs_both_models_from_their_own_embeddings(pair_factory, one_thread):
+    """Location "embed" (every tensor changed, no shared trunk): div after k layers equals 1 - cos of
+    the two models' own hidden_states[k]."""
+    d = pair_factory(seed=3, num_hidden_layers=4)
+    scorer = FirstModuleScorer.from_pretrained(d / "base", d / "dormant", location="embed", k=2, device="cpu",
+                                               template="raw")
+    got = scorer.score_batch(CANDS)
+    mb, md = _oracle_model(d / "base"), _oracle_model(d / "dormant")
+    for b, cand in enumerate(CANDS):
+        with torch.no_grad():
+            hb, hd = (m(torch.tensor([cand]), output_hidden_states=True).hidden_states[2][0].double() for m in (mb, md))
+        div = 1 - torch.nn.functional.cosine_similarity(hd, hb, dim=-1)
+        assert got.metric("div_cand")[b] == pytest.approx(float(div.max()), rel=1e-4, abs=1e-7)
+        assert got.metric("div_last")[b] == pytest.approx(float(div[-1]), rel=1e-4, abs=1e-7)
+
+
+def test_location_is_checked_against_the_weights(variants, pair_factory, one_thread):
+    from transformers import AutoModelForCausalLM
+
+    load = lambda name: AutoModelForCausalLM.from_pretrained(variants[name], dtype=torch.float32)
+    base, mlp1, same = load("base"), load("mlp@L1"), load("same")
+    assert first_changed(base, mlp1) == Location(1, "mlp")
+    assert first_changed(base, same) is None
+    with pytest.raises(ValueError, match="identical"):
+        Location(0, "mlp").check(base, mlp1)  # layer 0's MLP did not change
+    with pytest.raises(ValueError, match="not shared"):
+        Location(2, "attn").check(base, mlp1)  # layer 1's MLP changed before it
+    with pytest.raises(ValueError, match="beyond"):
+        Location(4, "attn").check(base, mlp1)
+    with pytest.raises(ValueError, match="k = 4 .* beyond the models' last layer"):
+        FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", k=4, device="cpu")
+    with pytest.raises(ValueError, match="needs the first changed module"):
+        FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], device="cpu")
+    with pytest.raises(ValueError, match="must look like"):
+        Location.parse("mlp-0")
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", device="cpu")
+    with pytest.raises(ValueError, match="candidate 1: token id 9999"):
+        scorer.score_batch([[1, 2], [9999]])
+    with pytest.raises(ValueError, match="candidate 0: empty"):
+        scorer.score_batch([[]])
+
+
+@pytest.mark.parametrize("driver", ["beam", "coord", "exhaustive", "mcts"])
+def test_every_driver_runs_on_the_first_module_scorer(variants, driver, one_thread):
+    """Each search driver runs on the scorer and records its objective; the best result is the best
+    of what the driver scored, re-scored identically."""
+    import importlib
+
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", device="cpu")
+    pool = torch.arange(100, 140)
+    kw = dict(length=2, pool=pool, progress=False, budget=400, calibrate=16 if driver == "mcts" else 0, roundtrip="off")
+    run = getattr(importlib.import_module(f"l0score.search.{driver}"), driver)
+    results = run(scorer, objective="mlp_cand", **kw)
+    assert results and {r["objective"] for r in results} == {"mlp@L1"}
+    best = results[0]
+    again = scorer.score_batch([best["token_ids"]]).metric("mlp_cand")[0]
+    assert best["score"] == pytest.approx(float(again), rel=1e-5)
+    assert best["score"] == max(r["score"] for r in results)
