@@ -47,6 +47,21 @@ class Location:
             raise ValueError(f"location must look like 'mlp@L0', 'attn@L3' or 'embed', got {text!r}")
         return cls(int(layer), module)
 
+    @classmethod
+    def from_first_changed(cls, first) -> "Location":
+        """The location of the base check's `first_changed` (an object or its JSON dict): a changed
+        input norm starts the attention module, a changed post-attention norm the MLP."""
+        get = (lambda k: first.get(k)) if isinstance(first, dict) else (lambda k: getattr(first, k, None))
+        module, layer, tensors = get("module"), get("layer"), " ".join(get("tensors") or ())
+        if module == "embed":
+            return cls(0, "embed")
+        if module == "norm" and layer is not None:
+            module = "mlp" if "post_attention_layernorm" in tensors else "attn"
+        if module not in ("attn", "mlp") or layer is None:
+            raise ValueError(f"the first change is in {get('label') or module}: everything before the output "
+                             "head is shared, so there is no first module to score")
+        return cls(int(layer), module)
+
     def check(self, base, dormant) -> None:
         """Raise ValueError unless everything before this location is bit-identical in the two
         transformers models and the located module itself changed."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -168,6 +168,20 @@ class FirstModuleScorer:
                 "template": list(self.template.prefix_ids) + [-1] + list(self.template.suffix_ids),
                 "heads": list(getattr(self, "heads", ()) or ()), "offsets": list(o.offsets), "dtype": o.dtype}
 
+    def with_depths(self, depths) -> "FirstModuleScorer":
+        """A view that also reports ``div{k}_cand`` for every k in depths from the same pass (for sweeps
+        comparing k); its own k becomes the deepest."""
+        depths = sorted({int(k) for k in depths})
+        if not depths:
+            raise ValueError("with_depths needs at least one depth k")
+        view = copy.copy(self)
+        view.options = replace(self.options, k=depths[-1])
+        base, dorm = self.models["base"], self.models["dormant"]
+        view.divergence = Divergence(base, dorm, self.location.layer, depths, own_embeddings=self.location.module == "embed")
+        view.metrics = view._metric_names()
+        view._prefixes = {}
+        return view
+
     def with_template(self, template) -> "FirstModuleScorer":
         """The same loaded models scoring candidates in another template (a view, no reload)."""
         view = copy.copy(self)
@@ -184,13 +198,13 @@ class FirstModuleScorer:
             if len(c) > limit:
                 raise ValueError(f"candidate {b}: {len(c)} tokens exceed the {limit} positions the template leaves")
             by_len.setdefault(len(c), []).append(b)
-        out = {m: torch.zeros(len(cands)) for m in self.metrics}
+        out: dict[str, torch.Tensor] = {}
         for idx in by_len.values():
             group = torch.tensor([cands[b] for b in idx], dtype=torch.long)
             for s in range(0, len(idx), self.options.batch_size):
                 vals = self._evaluate(group[s:s + self.options.batch_size], template)
                 for name, v in vals.items():
-                    out[name][idx[s:s + len(v)]] = v
+                    out.setdefault(name, torch.zeros(len(cands)))[idx[s:s + len(v)]] = v
         self.evaluations += len(cands)
         return FirstScores(out)
 
@@ -229,6 +243,9 @@ class FirstModuleScorer:
             res = self.divergence.run(hidden, p, pre["div"], dep_ids=dep if hidden is None else None)
             vals.update(_row_metrics("div", res["div"][self.options.k], c, pre.get("div_rows")))
             vals.pop("div_mean")
+            for depth, rows in res["div"].items():  # the other depths of a with_depths() view
+                if depth != self.options.k:
+                    vals[f"div{depth}_cand"] = rows[:, :c].amax(-1)
             if "logit_kl" in res:
                 vals["logit_kl"] = res["logit_kl"]
         return {k: v.float().cpu() for k, v in vals.items()}

@@ -1,0 +1,104 @@
+"""The vocabulary sweep: a planted MLP change to one token's state is found on the whole vocabulary;
+multi-depth rankings equal single-depth scorers; a killed sweep resumes to the same result."""
+import shutil
+
+import pytest
+import torch
+
+from l0score.core.template import Template
+from l0score.first_module import FirstModuleScorer
+from l0score.first_module.sweep import SweepOptions, sweep
+
+LAYER = 1
+
+
+@torch.no_grad()
+def _mid_states(model, template, tokens):
+    """post_attention_layernorm(m) at the candidate slot of layer LAYER, each token alone (transformers' own run)."""
+    seen = {}
+    ln = model.model.layers[LAYER].post_attention_layernorm
+    hook = ln.register_forward_hook(lambda m, i, o: seen.update(n=o))
+    try:
+        ids = [list(template.prefix_ids) + [t] + list(template.suffix_ids) for t in tokens]
+        model(torch.tensor(ids))
+    finally:
+        hook.remove()
+    return seen["n"][:, len(template.prefix_ids)]
+
+
+@pytest.fixture(scope="module")
+def planted(pair_factory, tmp_path_factory):
+    """A 4-layer base and a dormant whose layer-1 MLP alone changed: one hidden unit fires on the
+    state of one chosen token at the user-message slot. Returns (base, dormant, token)."""
+    from transformers import AutoModelForCausalLM
+
+    from l0score.core.model_pair import ModelPair
+
+    src = pair_factory(seed=4, num_hidden_layers=4)
+    pair = ModelPair.load(src / "base", src / "dormant")
+    template = Template.chat(pair.tokenizer)
+    pool = pair.real_token_ids()
+    token = int(pool[len(pool) // 3])
+    model = AutoModelForCausalLM.from_pretrained(src / "base", dtype=torch.float32)
+    states = _mid_states(model, template, pool.tolist())
+    states = states - states.mean(0)
+    u = states[pool.tolist().index(token)]
+    u = u / u.norm()
+    mlp = model.model.layers[LAYER].mlp
+    with torch.no_grad():  # unit 0: silu(a u.n) * (a u.n), written out by a large down column
+        mlp.gate_proj.weight[0] = 6 * u / states.norm(dim=-1).mean()
+        mlp.up_proj.weight[0] = 6 * u / states.norm(dim=-1).mean()
+        mlp.down_proj.weight[:, 0] = mlp.down_proj.weight.std() * 20 * torch.randn(len(u), generator=torch.Generator().manual_seed(0))
+    out = tmp_path_factory.mktemp("planted_mlp")
+    model.save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / "base" / f, out)
+    return src / "base", out, token
+
+
+def test_sweep_finds_the_token_a_planted_mlp_unit_fires_on(planted, one_thread):
+    base, dormant, token = planted
+    scorer = FirstModuleScorer.from_pretrained(base, dormant, location=f"mlp@L{LAYER}", device="cpu")
+    seen = []
+    result = sweep(scorer, SweepOptions(depths=(1, 2)), progress=lambda done, total: seen.append((done, total)))
+    assert len(result.token_ids) == len(scorer.default_pool()) and seen[-1] == (len(result.token_ids),) * 2
+    assert result.rank_of(token, "mlp_cand") == 1
+    assert result.rank_of(token, "div1") == 1
+    assert result.tokens_per_second > 0
+
+
+def test_multi_depth_rankings_equal_single_depth_scorers(planted, one_thread):
+    base, dormant, _ = planted
+    pool = tuple(range(20, 60))
+    scorer = FirstModuleScorer.from_pretrained(base, dormant, location=f"mlp@L{LAYER}", device="cpu")
+    result = sweep(scorer, SweepOptions(depths=(1, 2), pool=pool, batch_size=16))
+    for k in (1, 2):
+        single = FirstModuleScorer.from_pretrained(base, dormant, location=f"mlp@L{LAYER}", k=k, device="cpu")
+        expect = single.score_batch([[t] for t in pool]).metric("div_cand")
+        torch.testing.assert_close(result.values[f"div{k}"], expect, rtol=1e-5, atol=1e-8)
+
+
+def test_a_killed_sweep_resumes_to_the_same_result(pair_factory, tmp_path, one_thread):
+    """A full fine-tune (location "embed"): both models from their own embeddings."""
+    d = pair_factory(seed=3, num_hidden_layers=4)
+    scorer = FirstModuleScorer.from_pretrained(d / "base", d / "dormant", location="embed", k=1, device="cpu")
+    pool = tuple(range(10, 110))
+    whole = sweep(scorer, SweepOptions(depths=(1, 2), pool=pool, batch_size=16))
+    ckpt = tmp_path / "sweep.pt"
+    opts = SweepOptions(depths=(1, 2), pool=pool, batch_size=16, checkpoint=ckpt, checkpoint_every=0)
+
+    def killed(done, total):
+        if done >= 48:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(scorer, opts, progress=killed)
+    with pytest.raises(ValueError, match="resume it"):
+        sweep(scorer, opts)
+    with pytest.raises(ValueError, match="other settings"):
+        sweep(scorer, SweepOptions(depths=(1, 3), pool=pool, batch_size=16, checkpoint=ckpt, resume=True))
+    opts.resume = True
+    resumed = sweep(scorer, opts)
+    assert resumed.swept == len(pool) - 48
+    for name in ("div1", "div2"):
+        torch.testing.assert_close(resumed.values[name], whole.values[name])
