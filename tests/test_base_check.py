@@ -313,3 +313,18 @@ def test_report_section(base, derived, tmp_path):
     assert 'id="base-check"' in html and "layer 0 MLP" in html and "zero by construction" in html
     assert "&lt;b&gt;base&lt;/b&gt;" in html and "<b>base</b>" not in html
     assert "different model" in html and html.index('id="base-check"') < html.index('id="candidates"')
+
+
+def test_layer0_zero_reason(base, derived):
+    from l0score.analysis.base_check import layer0_zero_reason
+    from l0score.core.model_pair import ModelPair
+    from l0score.scorer import Scorer
+
+    assert layer0_zero_reason(ModelPair.load(base, derived["attn0"])) is None
+    pair = ModelPair.load(base, derived["mlp"])
+    reason = layer0_zero_reason(pair)
+    assert reason and "zero by construction" in reason
+    # the oracle: the Layer-0 scorer itself sees exactly nothing on that pair
+    scorer = Scorer.from_pretrained(base, derived["mlp"], template="raw")
+    scores = scorer.score_batch(torch.randint(3, 500, (8, 3)))
+    assert float(scores.max_abs.abs().max()) == 0.0

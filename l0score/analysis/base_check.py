@@ -522,6 +522,18 @@ def summary_md(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def layer0_zero_reason(pair) -> str | None:
+    """LAYER0_ZERO_NOTE when a loaded ModelPair's Layer-0 inputs to the attention logits (embeddings,
+    input norm, q/k weights and biases) are bit-identical, so every Layer-0 score is exactly zero;
+    None otherwise. Compares the tensors the pair already holds, as integers."""
+    ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+    for field_name in ("embed", "norm", "wq", "bq", "wk", "bk"):
+        a, b = getattr(pair.base, field_name), getattr(pair.dormant, field_name)
+        if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a.view(ints[a.dtype]), b.view(ints[b.dtype])):
+            return None
+    return LAYER0_ZERO_NOTE
+
+
 LAYER0_ZERO_NOTE = (
     "Layer 0's attention, the embeddings and Layer 0's input norm are bit-identical between the two models, "
     "so every Layer-0 score (dS, attention KL) is exactly zero by construction: a Layer-0 search or a focus-head "
