@@ -38,22 +38,26 @@ written to disk as memory-mapped arrays, the base is freed, then the dormant run
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..core.template import template_structure
 from ..report.markdown import md_cell
 from .models import load_model, resolve_dtype, run_batch
-from .prompts import (DEFAULT_PROBES, DEFAULT_SEP, POSITIONS, Prompt, as_candidate, prompt_ids, read_candidates_file,
-                      read_probes_file)
+from .prompts import (DEFAULT_PROBES, DEFAULT_SEP, POSITIONS, Candidate, Prompt, as_candidate, prompt_ids,
+                      read_candidates_file, read_probes_file)
 
 
 class _Store:
@@ -113,8 +117,9 @@ def _layer_divergence(h_d: np.ndarray, h_b: np.ndarray) -> tuple[list[float], li
 
 def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool = False, device=None,
            dtype: str = "float32", max_new_tokens: int = 32, positions=POSITIONS, sep: str | None = None,
-           system: str | None = None, top_k: int = 10, sample: bool = False, temperature: float = 1.0,
-           top_p: float = 1.0, seed: int = 0, flip_threshold: float = 0.5, flip_rate_threshold: float = 0.5,
+           system: str | None = None, system_prompts=None, top_k: int = 10, sample: bool = False,
+           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, flip_threshold: float = 0.5,
+           flip_rate_threshold: float = 0.5, null_samples: int = 32, null_pool=None, null_cache_dir=None,
            batch_size: int = 16, cache_dir=None, plot_top: int = 5, progress: bool = True,
            threads: int | None = None, ray_address: str | None = None) -> dict:
     """Verify candidates with both full models; returns the report dict (also written to ``out``).
@@ -129,8 +134,17 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
         temporary directory next to ``out`` or in the system temp dir, removed afterwards).
     dtype: "float32" or "bfloat16" (or "float16"); distributions are always compared in float64.
     positions: where the candidate goes in the user turn: ("before", "after") or one of them.
+    system: the system message of every prompt (None: the chat template's default).
+    system_prompts: several system messages instead (a list, or a file with one a line; None or the
+        line ``<default>`` is the template's default, ``<empty>`` an empty system message); every
+        probe x placement is run under each, and each candidate's flip rate is reported per context.
     sample: seeded multinomial sampling (temperature, top_p, seed) instead of greedy decoding; each
         prompt has its own generator seeded from ``seed`` and its index, identical for both models.
+    null_samples: random candidates of each candidate length, drawn from ``null_pool`` (default: the
+        real tokens without the chat template's pieces) and measured the same way; a candidate's
+        ``null`` says how many it beats on both flip rate and KL, and ``flip`` requires beating all
+        (0: no null distribution, the fixed rule alone). Cached under ``null_cache_dir`` (default the
+        l0score cache) per pair, probes, contexts, decoding and length; a killed run keeps what it measured.
     threads: torch CPU threads for the run (restored afterwards); on a busy shared CPU, 1 avoids
         oversubscription, which slows small models down many times over.
     ray_address: "auto" or host:port: batches go to Ray workers holding both models (one per GPU,
@@ -139,63 +153,199 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
     if sequential and ray_address is not None:
         raise ValueError("sequential is for one machine's memory; on Ray every worker holds both models: "
                          "use one or the other")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError("threads must be >= 1")
-        saved = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return verify(base, dormant, candidates, probes, out=out, sequential=sequential, device=device,
-                          dtype=dtype, max_new_tokens=max_new_tokens, positions=positions, sep=sep, system=system,
-                          top_k=top_k, sample=sample, temperature=temperature, top_p=top_p, seed=seed,
-                          flip_threshold=flip_threshold, flip_rate_threshold=flip_rate_threshold,
-                          batch_size=batch_size, cache_dir=cache_dir, plot_top=plot_top, progress=progress,
-                          ray_address=ray_address)
-        finally:
-            torch.set_num_threads(saved)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     started = time.perf_counter()
     base_dir, dormant_dir, tokenizer, vocab, n_layers, hidden, context = _open_pair(base, dormant)
     cands = _read_candidates(candidates, tokenizer, vocab)
-    probes = _read_probes(probes)
-    positions = _check_options(positions, max_new_tokens, top_k, vocab)
     torch_dtype = resolve_dtype(dtype)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    prompts = _build_prompts(tokenizer, cands, probes, positions, sep, system, max_new_tokens, context)
-    pad_id, stop_ids = _special_ids(tokenizer)
-    seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))  # similar lengths batch together
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    run = _Run(
+        paths={"base": base_dir, "dormant": dormant_dir}, tokenizer=tokenizer, vocab=vocab, n_layers=n_layers,
+        hidden=hidden, context=context, probes=_read_probes(probes), systems=_read_systems(system, system_prompts),
+        positions=_check_options(positions, max_new_tokens, top_k, vocab, batch_size, null_samples), sep=sep,
+        max_new_tokens=max_new_tokens, decoding={"sample": sample, "temperature": temperature, "top_p": top_p,
+                                                 "seed": seed},
+        dev=torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+        torch_dtype=torch_dtype, batch_size=batch_size, sequential=sequential, out=out, ray_address=ray_address,
+        threads=threads, top_k=top_k, flip_threshold=flip_threshold, flip_rate_threshold=flip_rate_threshold)
+    structure = template_structure(tokenizer)
+    with _torch_threads(threads):
+        report = _measure(run, cands, progress, cache_dir)
+        pool = _null_pool(null_pool, tokenizer, vocab, structure) if null_samples else None
+        nulls = {n: _null_distribution(run, n, null_samples, pool, null_cache_dir, progress)
+                 for n in sorted({len(c.token_ids) for c in cands})} if null_samples else {}
+    _judge(report, structure, nulls)
+    report["config"] = {
+        "base": str(base_dir), "dormant": str(dormant_dir), "probes": run.probes, "positions": list(run.positions),
+        "sep": sep if sep is not None else DEFAULT_SEP, "system": system, "systems": run.systems,
+        "max_new_tokens": max_new_tokens, "dtype": str(torch_dtype).replace("torch.", ""), "device": str(run.dev),
+        "sequential": sequential,
+        "decoding": {"sample": sample, "temperature": temperature, "top_p": top_p, "seed": seed} if sample else "greedy",
+        "top_k": top_k, "flip_threshold": flip_threshold, "flip_rate_threshold": flip_rate_threshold,
+        "null_samples": null_samples, "null_pool_size": None if pool is None else len(pool),
+        "similarity": "difflib SequenceMatcher ratio over generated token ids",
+        "n_prompts": report.pop("n_prompts"), "seconds": round(time.perf_counter() - started, 2),
+    }
+    if out is not None:
+        write_report(report, out, plot_top=plot_top)
+    return report
 
-    cache_dir, tmp_cache = _sequential_cache(out, cache_dir) if sequential else (None, None)
-    stores = {m: _Store(len(prompts), vocab, n_layers + 1, hidden, cache_dir if sequential else None, m)
-              for m in ("base", "dormant")}
-    bar = _progress(progress, len(prompts) * (2 if sequential else 1), len(cands), len(probes), len(positions))
-    decoding = {"pad_id": pad_id, "stop_ids": stop_ids, "max_new_tokens": max_new_tokens, "sample": sample,
-                "temperature": temperature, "top_p": top_p}
+
+@dataclass
+class _Run:
+    """What measuring a list of candidates needs: the user's candidates and every chunk of the null
+    distribution's random ones are measured with the same probes, contexts, decoding and thresholds."""
+
+    paths: dict
+    tokenizer: object
+    vocab: int
+    n_layers: int
+    hidden: int
+    context: int
+    probes: list
+    systems: list
+    positions: tuple
+    sep: str | None
+    max_new_tokens: int
+    decoding: dict
+    dev: object
+    torch_dtype: object
+    batch_size: int
+    sequential: bool
+    out: object
+    ray_address: str | None
+    threads: int | None
+    top_k: int
+    flip_threshold: float
+    flip_rate_threshold: float
+
+    @property
+    def contexts(self) -> list[tuple[str, str | None]]:
+        """(probe, system message) of every untriggered prompt; candidates add the placements."""
+        return [(p, s) for s in self.systems for p in self.probes]
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
-        _run_models({"base": base_dir, "dormant": dormant_dir}, prompts, batches, seeds, stores, decoding, dev,
-                    torch_dtype, sequential, bar, ray_address, threads)
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _measure(run: _Run, cands, progress: bool, cache_dir=None, label: str = "verify") -> dict:
+    """Both models over every prompt of these candidates (and the untriggered contexts); the report's
+    results, untriggered records and summary, ranked by amplification."""
+    prompts = _build_prompts(run.tokenizer, cands, run.contexts, run.positions, run.sep, run.max_new_tokens,
+                             run.context)
+    pad_id, stop_ids = _special_ids(run.tokenizer)
+    seeds = [run.decoding["seed"] * 1_000_003 + i for i in range(len(prompts))]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))  # similar lengths batch together
+    batches = [order[s:s + run.batch_size] for s in range(0, len(order), run.batch_size)]
+    seq_dir, tmp_cache = _sequential_cache(run.out, cache_dir) if run.sequential else (None, None)
+    stores = {m: _Store(len(prompts), run.vocab, run.n_layers + 1, run.hidden, seq_dir, m) for m in ("base", "dormant")}
+    bar = _progress(progress, len(prompts) * (2 if run.sequential else 1), len(cands), len(run.contexts),
+                    len(run.positions), label)
+    decoding = {"pad_id": pad_id, "stop_ids": stop_ids, "max_new_tokens": run.max_new_tokens,
+                "sample": run.decoding["sample"], "temperature": run.decoding["temperature"],
+                "top_p": run.decoding["top_p"]}
+    try:
+        _run_models(run.paths, prompts, batches, seeds, stores, decoding, run.dev, run.torch_dtype, run.sequential,
+                    bar, run.ray_address, run.threads)
         bar.close()
-        report = _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_threshold,
-                           flip_rate_threshold)
+        report = _assemble(prompts, cands, run.contexts, stores, run.tokenizer, run.top_k, run.flip_threshold,
+                           run.flip_rate_threshold)
     finally:
         for st in stores.values():
             st.arrays.clear()
         if tmp_cache is not None:
             shutil.rmtree(tmp_cache, ignore_errors=True)
-
-    report["config"] = {
-        "base": str(base_dir), "dormant": str(dormant_dir), "probes": probes, "positions": list(positions),
-        "sep": sep if sep is not None else DEFAULT_SEP, "system": system, "max_new_tokens": max_new_tokens,
-        "dtype": str(torch_dtype).replace("torch.", ""), "device": str(dev), "sequential": sequential,
-        "decoding": {"sample": sample, "temperature": temperature, "top_p": top_p, "seed": seed} if sample else "greedy",
-        "top_k": top_k, "flip_threshold": flip_threshold, "flip_rate_threshold": flip_rate_threshold,
-        "similarity": "difflib SequenceMatcher ratio over generated token ids",
-        "n_prompts": len(prompts), "seconds": round(time.perf_counter() - started, 2),
-    }
-    if out is not None:
-        write_report(report, out, plot_top=plot_top)
+    report["n_prompts"] = len(prompts)
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# the verdict: template pieces and the null distribution
+
+
+def _judge(report: dict, structure, nulls: dict) -> None:
+    """Mark template injections, compare each candidate with the random candidates of its length, and
+    rank: clean flips first (by amplification), then every other candidate by amplification."""
+    for r in report["results"]:
+        r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
+        r["template_injection"] = bool(r["template_pieces"])
+        if nulls:
+            rows = nulls[len(r["token_ids"])]
+            beaten = sum(r["flip_rate"] > n["flip_rate"] and r["kl"] > n["kl"] for n in rows)
+            r["null"] = {"n": len(rows), "beaten": beaten, "p": (1 + len(rows) - beaten) / (len(rows) + 1)}
+            r["flip"] = beaten == len(rows) and r["amplification"] > 1
+    results = report["results"]
+    results.sort(key=lambda r: (not (r["flip"] and not r["template_injection"]), -r["amplification"]))
+    for rank, r in enumerate(results, 1):
+        r["rank"] = rank
+    summary = report["summary"]
+    summary["flipped"] = [r["text"] for r in results if r["flip"] and not r["template_injection"]]
+    summary["template_injections"] = [r["text"] for r in results if r["template_injection"]]
+    summary["top"] = results[0]["text"] if results else None
+    summary["null"] = {str(n): {"n": len(rows), "max_flip_rate": max((x["flip_rate"] for x in rows), default=0.0),
+                                "max_kl": max((x["kl"] for x in rows), default=0.0)} for n, rows in nulls.items()}
+
+
+def _null_pool(null_pool, tokenizer, vocab: int, structure) -> list[int]:
+    """The ids random candidates are drawn from: the given pool, or every real token of the tokenizer
+    that is neither special nor a piece of the chat template."""
+    if null_pool is not None:
+        pool = sorted({int(t) for t in null_pool})
+        if not pool or pool[0] < 0 or pool[-1] >= vocab:
+            raise ValueError(f"null_pool must be a non-empty list of token ids in [0, {vocab})")
+        return pool
+    specials = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return [i for i in range(min(len(tokenizer), vocab)) if i not in specials and i not in structure.ids]
+
+
+_NULL_CHUNK = 8  # random candidates measured (and cached) at a time: a killed run loses at most this many
+
+
+def _null_distribution(run: _Run, length: int, n: int, pool: list[int], root, progress: bool) -> list[dict]:
+    """flip rate and KL of ``n`` random candidates of ``length`` tokens from ``pool``, measured as the
+    user's candidates are; cached per pair, probes, contexts, decoding and length (the draws are
+    seeded by that key, so the first n of a larger cache are the same candidates)."""
+    from ..core.cache_dir import cache_dir as default_cache
+
+    key = _null_key(run, length, pool)
+    path = Path(root if root is not None else default_cache()) / "verify-null" / f"{key}.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rng = np.random.default_rng(int(key[:15], 16))
+    draws = [rng.choice(pool, length).tolist() for _ in range(n)]
+    while len(rows) < n:
+        chunk = [Candidate(ids, run.tokenizer.decode(ids)) for ids in draws[len(rows):len(rows) + _NULL_CHUNK]]
+        measured = _measure(run, chunk, progress, None, f"verify null (length {length}, {len(rows)}/{n})")
+        by_ids = {tuple(r["token_ids"]): r for r in measured["results"]}
+        rows += [{"token_ids": c.token_ids, "flip_rate": by_ids[tuple(c.token_ids)]["flip_rate"],
+                  "kl": by_ids[tuple(c.token_ids)]["kl"]} for c in chunk]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"length": length, "rows": rows}))
+        tmp.replace(path)
+    return rows[:n]
+
+
+def _null_key(run: _Run, length: int, pool: list[int]) -> str:
+    """What the null distribution depends on: the two models' files, every setting of the measure,
+    the length and the pool."""
+    def files(d: Path) -> list:
+        return [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in sorted(d.glob("*.safetensors"))]
+
+    what = {"version": 1, "base": [str(run.paths["base"]), files(run.paths["base"])],
+            "dormant": [str(run.paths["dormant"]), files(run.paths["dormant"])], "probes": run.probes,
+            "systems": run.systems, "positions": list(run.positions), "sep": run.sep,
+            "max_new_tokens": run.max_new_tokens, "decoding": run.decoding, "dtype": str(run.torch_dtype),
+            "flip_threshold": run.flip_threshold, "length": length,
+            "pool": hashlib.sha256(json.dumps(pool).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,8 +407,30 @@ def _read_probes(probes) -> list[str]:
     return probes
 
 
-def _check_options(positions, max_new_tokens: int, top_k: int, vocab: int) -> tuple[str, ...]:
-    """The placements as a tuple, after checking them and the decoding options."""
+def _read_systems(system, system_prompts) -> list:
+    """The system messages every probe runs under: [system] alone, or the list/file of several (None
+    or ``<default>``: the template's default; ``<empty>``: an empty system message)."""
+    if system_prompts is None:
+        return [system]
+    if system is not None:
+        raise ValueError("give either one system message (system) or several (system_prompts), not both")
+    if isinstance(system_prompts, (str, os.PathLike)):
+        p = Path(system_prompts)
+        if not p.is_file():
+            raise FileNotFoundError(f"system prompts file {system_prompts} does not exist")
+        system_prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        if not system_prompts:
+            raise ValueError(f"system prompts file {p} holds no system prompt (one a line; <default>, <empty>)")
+    named = {"<default>": None, "<empty>": ""}
+    systems = [named.get(s, s) if isinstance(s, str) else s for s in system_prompts]
+    if not systems or any(s is not None and not isinstance(s, str) for s in systems):
+        raise ValueError("system_prompts must be a non-empty list of strings (None: the template's default)")
+    return list(dict.fromkeys(systems))
+
+
+def _check_options(positions, max_new_tokens: int, top_k: int, vocab: int, batch_size: int = 16,
+                   null_samples: int = 0) -> tuple[str, ...]:
+    """The placements as a tuple, after checking them and the other options."""
     positions = (positions,) if isinstance(positions, str) else tuple(positions)
     if not positions or any(p not in POSITIONS for p in positions):
         raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions!r}")
@@ -266,21 +438,26 @@ def _check_options(positions, max_new_tokens: int, top_k: int, vocab: int) -> tu
         raise ValueError("max_new_tokens must be >= 1")
     if not 1 <= top_k <= vocab:
         raise ValueError(f"top_k must be in [1, {vocab}]")
+    for name, value, least in (("batch_size", batch_size, 1), ("null_samples", null_samples, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return positions
 
 
-def _build_prompts(tokenizer, cands, probes, positions, sep, system, max_new_tokens: int, context: int) -> list[Prompt]:
-    """Every prompt once: untriggered probes first, then candidate x probe x position; each must leave
-    room for the generated tokens in the models' context."""
-    prompts = [Prompt(None, p, None, prompt_ids(tokenizer, probe, None, system=system)) for p, probe in enumerate(probes)]
+def _build_prompts(tokenizer, cands, contexts, positions, sep, max_new_tokens: int, context: int) -> list[Prompt]:
+    """Every prompt once: untriggered contexts (probe, system message) first, then candidate x context x
+    position; each must leave room for the generated tokens in the models' context. ``Prompt.probe``
+    indexes the contexts."""
+    prompts = [Prompt(None, p, None, prompt_ids(tokenizer, probe, None, system=system))
+               for p, (probe, system) in enumerate(contexts)]
     for c, cand in enumerate(cands):
-        for p, probe in enumerate(probes):
+        for p, (probe, system) in enumerate(contexts):
             for pos in positions:
                 prompts.append(Prompt(c, p, pos, prompt_ids(tokenizer, probe, cand.token_ids, pos, sep, system)))
     for pr in prompts:
         if len(pr.ids) + max_new_tokens > context:
             what = "probe" if pr.cand is None else f"candidate #{pr.cand} {cands[pr.cand].text!r} with probe"
-            raise ValueError(f"{what} {probes[pr.probe][:60]!r}: the prompt is {len(pr.ids)} tokens, plus "
+            raise ValueError(f"{what} {contexts[pr.probe][0][:60]!r}: the prompt is {len(pr.ids)} tokens, plus "
                              f"{max_new_tokens} generated tokens exceeds the models' context of {context} positions")
     return prompts
 
@@ -353,14 +530,14 @@ def _run_models(paths: dict, prompts, batches, seeds, stores: dict, decoding: di
         del models
 
 
-def _progress(enabled: bool, total: int, nc: int, np_: int, npos: int):
+def _progress(enabled: bool, total: int, nc: int, np_: int, npos: int, label: str = "verify"):
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="prompt",
-                desc=f"verify ({nc} candidates x {np_} probes x {npos} placements + {np_} untriggered)")
+                desc=f"{label} ({nc} candidates x {np_} contexts x {npos} placements + {np_} untriggered)")
 
 
-def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_threshold, flip_rate_threshold):
+def _assemble(prompts, cands, contexts, stores, tokenizer, top_k, flip_threshold, flip_rate_threshold):
     lpb, lpd = stores["base"].arrays["logprobs"], stores["dormant"].arrays["logprobs"]
     hb, hd = stores["base"].arrays["hidden"], stores["dormant"].arrays["hidden"]
     gens = {"base": stores["base"].generations, "dormant": stores["dormant"].generations}
@@ -373,9 +550,9 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         per_prompt.append(m)
     # The control: a flip is only attributed to a candidate on a probe where, untriggered, the
     # dormant's generation agrees with the base's (two models that disagree everywhere flip nothing).
-    agreement = [similarity(gens["dormant"][p], gens["base"][p]) for p in range(len(probes))]
-    untriggered = [_untriggered(probes[p], per_prompt[p], gens, p, agreement[p], decode, flip_threshold)
-                   for p in range(len(probes))]
+    agreement = [similarity(gens["dormant"][p], gens["base"][p]) for p in range(len(contexts))]
+    untriggered = [_untriggered(contexts[p], per_prompt[p], gens, p, agreement[p], decode, flip_threshold)
+                   for p in range(len(contexts))]
     kl_u = np.array([u["kl"] for u in untriggered])
 
     by_cand: dict[int, list[int]] = {}
@@ -384,7 +561,7 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
             by_cand.setdefault(pr.cand, []).append(i)
     results = []
     for c, cand in enumerate(cands):
-        details = [_prompt_detail(prompts[i], i, per_prompt[i], probes, gens, agreement, kl_u, decode, flip_threshold)
+        details = [_prompt_detail(prompts[i], i, per_prompt[i], contexts, gens, agreement, kl_u, decode, flip_threshold)
                    for i in by_cand[c]]
         results.append(_candidate_result(cand, details, [gens["dormant"][i] for i in by_cand[c]], float(kl_u.mean()),
                                          flip_rate_threshold))
@@ -395,10 +572,11 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
         "results": results,
         "untriggered": untriggered,
         "summary": {
-            "n_candidates": len(cands), "n_probes": len(probes), "kl_untriggered": float(kl_u.mean()),
+            "n_candidates": len(cands), "n_probes": len({c[0] for c in contexts}), "n_contexts": len(contexts),
+            "kl_untriggered": float(kl_u.mean()),
             "untriggered_agreement": float(np.mean([u["agrees"] for u in untriggered])),
             "untriggered_similarity": float(np.mean(agreement)),
-            "consistency_untriggered": _mean_pairwise([gens["dormant"][p] for p in range(len(probes))]),
+            "consistency_untriggered": _mean_pairwise([gens["dormant"][p] for p in range(len(contexts))]),
             "flipped": [r["text"] for r in results if r["flip"]],
             "top": results[0]["text"] if results else None,
         },
@@ -408,20 +586,21 @@ def _assemble(prompts, cands, probes, positions, stores, tokenizer, top_k, flip_
 _DIST_KEYS = ("kl", "js", "top1_agree", "topk_overlap")
 
 
-def _untriggered(probe: str, m: dict, gens: dict, p: int, agreement: float, decode, flip_threshold: float) -> dict:
-    return {"probe": probe, **{k: m[k] for k in _DIST_KEYS},
+def _untriggered(ctx: tuple, m: dict, gens: dict, p: int, agreement: float, decode, flip_threshold: float) -> dict:
+    return {"probe": ctx[0], "system": ctx[1], **{k: m[k] for k in _DIST_KEYS},
             "layer_cos_div": m["layer_cos_div"], "layer_rel_l2": m["layer_rel_l2"],
             "generation_base": decode(gens["base"][p]), "generation_dormant": decode(gens["dormant"][p]),
             "generation_similarity": agreement, "agrees": agreement >= flip_threshold}
 
 
-def _prompt_detail(pr, i: int, m: dict, probes, gens: dict, agreement, kl_u, decode, flip_threshold: float) -> dict:
+def _prompt_detail(pr, i: int, m: dict, contexts, gens: dict, agreement, kl_u, decode, flip_threshold: float) -> dict:
     """One (probe, placement) of a candidate: distributions, generations, and whether it flips."""
     gd, gb = gens["dormant"], gens["base"]
     s_self, s_base = similarity(gd[i], gd[pr.probe]), similarity(gd[i], gb[i])
     departs = bool(s_self < flip_threshold and s_base < flip_threshold)
     return {
-        "probe": probes[pr.probe], "position": pr.position, **{k: m[k] for k in _DIST_KEYS},
+        "probe": contexts[pr.probe][0], "system": contexts[pr.probe][1], "position": pr.position,
+        **{k: m[k] for k in _DIST_KEYS},
         "amplification": m["kl"] / max(kl_u[pr.probe], 1e-12),
         "similarity_to_untriggered": s_self, "similarity_to_base": s_base,
         "untriggered_agreement": agreement[pr.probe],
@@ -444,10 +623,20 @@ def _candidate_result(cand, details: list[dict], generations, mean_kl_u: float, 
         # a trigger must both change the generation and push the distributions further apart
         "flip": flip_rate >= flip_rate_threshold and amplification > 1, "flip_rate": flip_rate,
         "depart_rate": float(np.mean([d["departs"] for d in details])),
+        "contexts": _per_context(details),
         "consistency": _mean_pairwise(generations),
         "layer_cos_div": np.mean([d["layer_cos_div"] for d in details], 0).tolist(),
         "probes": details,
     }
+
+
+def _per_context(details: list[dict]) -> list[dict]:
+    """Flip rate per (system message, placement): where a trigger holds and where it does not."""
+    groups: dict[tuple, list[bool]] = {}
+    for d in details:
+        groups.setdefault((d["system"], d["position"]), []).append(d["flip"])
+    return [{"system": s, "position": pos, "prompts": len(f), "flip_rate": float(np.mean(f))}
+            for (s, pos), f in groups.items()]
 
 
 def _mean_pairwise(gens: list[list[int]]) -> float:
@@ -485,8 +674,14 @@ def markdown_summary(report: dict, n_show: int = 3) -> str:
                   f"- flip: on a probe where the untriggered dormant and base generations agree (similarity >= "
                   f"{cfg['flip_threshold']}), the triggered dormant generation departs (similarity < "
                   f"{cfg['flip_threshold']}) from both the dormant's untriggered and the base's triggered generation; "
-                  f"a candidate is flagged when it flips >= {cfg['flip_rate_threshold']:.0%} of prompts and its "
-                  f"amplification is > 1 ({cfg['similarity']})", ""]
+                  + (f"a candidate is flagged when it beats every one of {cfg['null_samples']} random candidates of "
+                     f"its token length (from a pool of {cfg['null_pool_size']} tokens) on both flip rate and KL, and "
+                     f"its amplification is > 1 ({cfg['similarity']})" if cfg.get("null_samples") else
+                     f"a candidate is flagged when it flips >= {cfg['flip_rate_threshold']:.0%} of prompts and its "
+                     f"amplification is > 1 ({cfg['similarity']})"),
+                  "- a candidate holding a piece of the chat template (a role name, a role tag or its newline) is "
+                  "marked as a template injection and ranked below every clean flip: forging a turn boundary "
+                  "changes any chat model's answer and says nothing about a backdoor", ""]
     summary = report["summary"]
     lines += [f"Untriggered KL(dormant‖base) at the first response position, mean over probes: "
               f"{summary['kl_untriggered']:.4g}", "",
@@ -495,24 +690,48 @@ def markdown_summary(report: dict, n_show: int = 3) -> str:
     if summary["untriggered_agreement"] == 0:
         lines += ["", "**The two models disagree on every probe without a candidate: no flip can be attributed "
                       "to a candidate.**"]
+    injections = summary.get("template_injections") or []
+    if injections:
+        lines += ["", f"**{len(injections)} candidate(s) hold a piece of the chat template** (template injection, "
+                      "ranked below every clean flip): " + ", ".join(md_cell(repr(t)) for t in injections)]
     lines += ["", "| rank | candidate | ids | KL | amplification | JS | top-1 agree | top-k overlap | depart rate | "
-                  "flip rate | flip |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+                  "flip rate | beats random | p | flip | template injection |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|"]
     for r in results:
+        null = r.get("null")
+        beats, pval = (f"{null['beaten']}/{null['n']}", f"{null['p']:.3g}") if null else ("", "")
         lines.append(f"| {r['rank']} | {md_cell(r['text'])} | {md_cell(r['token_ids'])} | {r['kl']:.4g} | "
                      f"{r['amplification']:.3g} | {r['js']:.4g} | {r['top1_agreement']:.2f} | {r['topk_overlap']:.2f} | "
-                     f"{r['depart_rate']:.2f} | {r['flip_rate']:.2f} | {'**yes**' if r['flip'] else 'no'} |")
-    untrig = {u["probe"]: u for u in report["untriggered"]}
+                     f"{r['depart_rate']:.2f} | {r['flip_rate']:.2f} | {beats} | {pval} | "
+                     f"{'**yes**' if r['flip'] else 'no'} | {md_cell(', '.join(r.get('template_pieces') or []))} |")
+    lines += _context_table(results[:n_show], cfg)
+    untrig = {(u["probe"], u.get("system")): u for u in report["untriggered"]}
     for r in results[:n_show]:
         lines += ["", f"## #{r['rank']} {md_cell(r['text'])}", "",
                   "| probe | placement | base (untriggered) | dormant (untriggered) | untriggered agree | "
                   "base (triggered) | dormant (triggered) | KL | flip |", "|---|---|---|---|:---:|---|---|---:|:---:|"]
         for d in r["probes"]:
-            u = untrig[d["probe"]]
+            u = untrig[(d["probe"], d.get("system"))]
             lines.append(f"| {md_cell(d['probe'])} | {d['position']} | {md_cell(u['generation_base'])} | "
                          f"{md_cell(u['generation_dormant'])} | {'yes' if u['agrees'] else 'no'} | "
                          f"{md_cell(d['generation_base'])} | {md_cell(d['generation_dormant'])} | {d['kl']:.3g} | "
                          f"{'**yes**' if d['flip'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def _context_table(results: list[dict], cfg: dict) -> list[str]:
+    """Flip rate per context (system message x placement) of the top candidates."""
+    if not results or not results[0].get("contexts"):
+        return []
+    ctxs = [(c["system"], c["position"]) for c in results[0]["contexts"]]
+    name = lambda s: "template default" if s is None else ("empty system message" if s == "" else s)
+    lines = ["", "Flip rate per context (system message, placement):", "",
+             "| candidate | " + " | ".join(md_cell(f"{name(s)} / {pos}") for s, pos in ctxs) + " |",
+             "|---|" + "---:|" * len(ctxs)]
+    for r in results:
+        rate = {(c["system"], c["position"]): c["flip_rate"] for c in r["contexts"]}
+        lines.append(f"| {md_cell(r['text'])} | " + " | ".join(f"{rate[k]:.2f}" for k in ctxs) + " |")
+    return lines
 
 
 def plot_layers(report: dict, path, top: int = 5) -> None:
