@@ -102,3 +102,36 @@ def test_a_killed_sweep_resumes_to_the_same_result(pair_factory, tmp_path, one_t
     assert resumed.swept == len(pool) - 48
     for name in ("div1", "div2"):
         torch.testing.assert_close(resumed.values[name], whole.values[name])
+
+
+def test_delta_projection_points_at_planted_tokens(pair_factory, tmp_path):
+    """Input side: a layer-0 gate/up change reading one token's normalised embedding ranks that token
+    first; output side: a down-projection change writing another token's unembedding row ranks it first."""
+    from transformers import AutoModelForCausalLM
+
+    from l0score.analysis.delta_projection import DeltaProjectionOptions, delta_projection
+    from l0score.core.model_pair import ModelPair
+
+    src = pair_factory(seed=3, num_hidden_layers=4)
+    pool = ModelPair.load(src / "base", src / "dormant").real_token_ids()
+    reads, writes = int(pool[50]), int(pool[300])
+    model = AutoModelForCausalLM.from_pretrained(src / "base", dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        mlp, e = model.model.layers[0].mlp, model.model.embed_tokens.weight[reads]
+        x = model.model.layers[0].post_attention_layernorm.weight * e / e.pow(2).mean().sqrt()
+        for lin in (mlp.gate_proj, mlp.up_proj):
+            lin.weight += torch.outer(torch.randn(lin.out_features, generator=gen), x / x.norm()) * lin.weight.std()
+        out_dir = model.lm_head.weight[writes] / model.model.norm.weight
+        mlp.down_proj.weight += torch.outer(out_dir / out_dir.norm(), torch.randn(mlp.down_proj.in_features, generator=gen))
+    dormant = tmp_path / "dormant"
+    model.save_pretrained(dormant)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / "base" / f, dormant)
+    result = delta_projection(src / "base", dormant, DeltaProjectionOptions(rank=4))
+    assert result.modules == ["mlp 0"]
+    assert result.rank_of(reads, "mlp0_in") == 1 and result.rank_of(reads, "in") == 1
+    assert result.rank_of(writes, "mlp0_out") == 1
+    assert delta_projection(src / "base", src / "base").unchanged
+    with pytest.raises(ValueError, match="rank must be"):
+        delta_projection(src / "base", dormant, DeltaProjectionOptions(rank=0))

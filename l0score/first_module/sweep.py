@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .ranking import Rankings
 from .scorer import FirstModuleScorer
 
 MODULE_KEYS = {"mlp": ("mlp_cand", "mlp_max"), "attn": ("max_abs", "head_max_sum", "kl"), "embed": ()}
@@ -39,35 +40,17 @@ class SweepOptions:
 
 
 @dataclass
-class SweepResult:
-    token_ids: torch.Tensor  # [N] the swept tokens
-    values: dict[str, torch.Tensor]  # ranking name -> [N] (higher = more changed)
-    location: str
-    seconds: float  # of this run (a resumed run: only the part it did)
-    swept: int  # tokens scored by this run
+class SweepResult(Rankings):
+    """token_ids [N] and values {ranking: [N]} (Rankings), plus how the sweep ran."""
+
+    location: str = ""
+    seconds: float = 0.0  # of this run (a resumed run: only the part it did)
+    swept: int = 0  # tokens scored by this run
     options: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
         return self.swept / self.seconds if self.seconds > 0 else float("nan")
-
-    def ranking(self, name: str) -> torch.Tensor:
-        """Token ids, most changed first, under one ranking."""
-        if name not in self.values:
-            raise ValueError(f"unknown ranking {name!r}; available: {', '.join(self.values)}")
-        order = torch.argsort(self.values[name], descending=True, stable=True)
-        return self.token_ids[order]
-
-    def rank_of(self, token: int, name: str) -> int | None:
-        """1-based rank of a token under a ranking (None if it was not swept): ties count against it."""
-        hit = (self.token_ids == int(token)).nonzero()
-        if not len(hit):
-            return None
-        v = self.values[name]
-        return int((v >= v[int(hit[0])]).sum())
-
-    def top(self, name: str, n: int = 20) -> list[int]:
-        return self.ranking(name)[:n].tolist()
 
 
 def sweep(scorer: FirstModuleScorer, options: SweepOptions | None = None, progress=None) -> SweepResult:
