@@ -46,7 +46,11 @@ class ModelPair:
     def load(cls, base: str | os.PathLike, dormant: str | os.PathLike) -> "ModelPair":
         b, d = load_layer0(base), load_layer0(dormant)
         check_compatible(b, d)
-        tokenizer = load_tokenizer(d.path) or load_tokenizer(b.path)
+        tok_d, tok_b = load_tokenizer(d.path), load_tokenizer(b.path)
+        if tok_d is not None and tok_b is not None and tok_d.get_vocab() != tok_b.get_vocab():
+            raise ValueError(f"the base and dormant tokenizers map tokens to different ids ({b.path} vs {d.path}): "
+                             "candidates are token ids, so both models must share one vocabulary")
+        tokenizer = tok_d or tok_b
         specials = frozenset(tokenizer.all_special_ids) if tokenizer is not None else frozenset()
         if tokenizer is not None:
             specials |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}

@@ -23,8 +23,15 @@ def resolve_dtype(dtype) -> torch.dtype:
 def load_model(path, device, dtype):
     from transformers import AutoModelForCausalLM
 
-    with quiet_hf():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    from safetensors import SafetensorError
+
+    from ..core.checkpoint import CheckpointError
+
+    try:
+        with quiet_hf():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except SafetensorError as exc:  # the same clear error as reading the Layer-0 weights gives
+        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({exc})") from exc
     return model.to(device).eval()
 
 

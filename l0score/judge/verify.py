@@ -357,14 +357,23 @@ def _open_pair(base, dormant):
     agree on their shapes; the tokenizer must carry a chat template (prompts are rendered through it)."""
     from transformers import AutoConfig
 
-    from ..core.checkpoint import resolve_model_dir
+    from ..core.checkpoint import list_tensors, resolve_model_dir
     from ..core.model_pair import load_tokenizer
 
     base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
     for d in (base_dir, dormant_dir):
         if not (d / "config.json").is_file():
             raise ValueError(f"{d}: not a Hugging Face model directory (no config.json)")
-    tokenizer = load_tokenizer(dormant_dir) or load_tokenizer(base_dir)
+        list_tensors(d)  # headers only: a truncated or corrupt file is a clear error before any model loads
+    tok_d, tok_b = load_tokenizer(dormant_dir), load_tokenizer(base_dir)
+    tokenizer = tok_d or tok_b
+    if tok_d is not None and tok_b is not None:  # prompts are placed once, as ids, for both models
+        if tok_d.get_vocab() != tok_b.get_vocab():
+            raise ValueError(f"the base and dormant tokenizers map tokens to different ids ({base_dir} vs "
+                             f"{dormant_dir}): candidates are token ids, so both models must share one vocabulary")
+        if tok_d.chat_template != tok_b.chat_template:
+            raise ValueError(f"the base and dormant tokenizers have different chat templates ({base_dir} vs "
+                             f"{dormant_dir})")
     if tokenizer is None:
         raise ValueError(f"neither {dormant_dir} nor {base_dir} ships a tokenizer; verify renders prompts "
                          "through the chat template and needs one")

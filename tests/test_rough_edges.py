@@ -1,0 +1,77 @@
+"""Inputs that used to end in a traceback or run silently on the wrong thing (issue 24, item 5):
+each gives the same clear error in every command that reads it."""
+import json
+import shutil
+
+import pytest
+
+from l0score.core.checkpoint import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _copy(pair_dir, dest):
+    for side in ("base", "dormant"):
+        shutil.copytree(pair_dir / side, dest / side)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def truncated(tiny_pair, tmp_path_factory):
+    """The tiny pair with the dormant's last shard cut in half (the shard past Layer 0)."""
+    root = _copy(tiny_pair, tmp_path_factory.mktemp("truncated"))
+    shard = sorted((root / "dormant").glob("*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    return root
+
+
+def _verify(root, out):
+    from l0score.judge.verify import verify
+
+    return verify(root / "base", root / "dormant", ["hello"], ["Say hello."], max_new_tokens=2, progress=False,
+                  null_samples=0, out=out / "v.json")
+
+
+def _profile(root, out):
+    from l0score.judge.profile import ProfileOptions, profile
+
+    return profile(root / "base", root / "dormant", ProfileOptions(inputs=2), out=out / "p")
+
+
+def _hunt(root, out):
+    from l0score.hunt import HuntOptions, hunt
+
+    return hunt(root / "base", root / "dormant", out / "h", HuntOptions(seconds=30, profile=False, progress=False))
+
+
+def _score(root, out):
+    from l0score import Scorer
+
+    return Scorer.from_pretrained(root / "base", root / "dormant")
+
+
+@pytest.mark.parametrize("command", [_verify, _profile, _hunt])
+def test_truncated_safetensors_is_a_clear_error(truncated, tmp_path, command):
+    with pytest.raises(CheckpointError, match="corrupt or unreadable safetensors file"):
+        command(truncated, tmp_path)
+    assert not (tmp_path / "h" / "report.json").exists()
+
+
+@pytest.fixture(scope="module")
+def swapped(tiny_pair, tmp_path_factory):
+    """The tiny pair whose dormant tokenizer maps two ordinary tokens to each other's ids."""
+    root = _copy(tiny_pair, tmp_path_factory.mktemp("swapped"))
+    path = root / "dormant" / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = "Ġkettle" if "Ġkettle" in vocab else list(vocab)[300], list(vocab)[301]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(tok))
+    return root
+
+
+@pytest.mark.parametrize("command", [_verify, _score])
+def test_tokenizers_with_different_ids_are_refused(swapped, tmp_path, command):
+    with pytest.raises(ValueError, match="map tokens to different ids"):
+        command(swapped, tmp_path)
