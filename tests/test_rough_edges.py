@@ -75,3 +75,12 @@ def swapped(tiny_pair, tmp_path_factory):
 def test_tokenizers_with_different_ids_are_refused(swapped, tmp_path, command):
     with pytest.raises(ValueError, match="map tokens to different ids"):
         command(swapped, tmp_path)
+
+
+@pytest.mark.parametrize("keep", [-1, 0])
+def test_search_keep_must_be_positive(tiny_pair, keep):
+    from l0score.search import beam
+
+    scorer = _score(tiny_pair, None)
+    with pytest.raises(ValueError, match="keep must be a positive number"):
+        beam(scorer, length=2, objective="kl", keep=keep, budget=10, progress=False)

@@ -40,7 +40,7 @@ import torch
 from ..core.checkpoint import resolve_model_dir
 from .fullmodel import FullModelOptions, FullModelScorer
 from .models import run_model
-from .prompts import DEFAULT_PROBES, POSITIONS, check_same_tokenizers, prompt_ids
+from .prompts import DEFAULT_PROBES, POSITIONS, check_same_tokenizers, prompt_ids, read_probes_file
 
 
 @dataclass
@@ -59,6 +59,8 @@ class ProfileOptions:
     keep_tokens: ranked tokens written to profile.json (all of them go to tokens.npz) [1000]
     seed: of the random candidates [0]
     dtype, device, batch_size, system, sep: as in FullModelOptions ["float32", auto, 64, None, None]
+    amplify: alphas of amplified sampling (judge/amplify.py; () = off); its payloads join the targets [()]
+    amplify_forms, amplify_samples: "logits"/"weights", sampled generations per prompt [both, 2]
     """
 
     inputs: int = 100
@@ -77,6 +79,9 @@ class ProfileOptions:
     batch_size: int = 64
     system: str | None = None
     sep: str | None = None
+    amplify: tuple[float, ...] = ()
+    amplify_forms: tuple[str, ...] = ("logits", "weights")
+    amplify_samples: int = 2
 
     def check(self) -> None:
         for name in ("inputs", "reply_tokens", "top_first", "expand_inputs", "max_target_tokens", "keep_tokens",
@@ -88,6 +93,16 @@ class ProfileOptions:
             raise ValueError(f"cand_lengths must be a non-empty list of integers >= 1, got {self.cand_lengths!r}")
         if not math.isfinite(self.min_preference):
             raise ValueError(f"min_preference must be finite, got {self.min_preference!r}")
+        if self.amplify:
+            self.amplify_options().check()
+
+    def amplify_options(self):
+        from .amplify import AmplifyOptions
+
+        probes = DEFAULT_PROBES if self.probes is None else self.probes
+        return AmplifyOptions(alphas=tuple(self.amplify), forms=tuple(self.amplify_forms), samples=self.amplify_samples,
+                              prompts=tuple(read_probes_file(probes)) if isinstance(probes, (str, Path)) else tuple(probes),
+                              seed=self.seed, system=self.system)
 
     def scorer_options(self) -> FullModelOptions:
         probes = DEFAULT_PROBES if self.probes is None else self.probes
@@ -143,6 +158,9 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     rank_of = {row["id"]: row["rank"] for row in ranked}
     for t in targets:
         t["first_rank"] = rank_of.get(t["token_ids"][0])
+    amplified = amplified_targets(scorer, opts, expand_cands, rank_of) if opts.amplify else None
+    if amplified is not None:
+        targets = sorted(targets + amplified["targets"], key=lambda t: -t["score"])
     result = {
         "config": {**asdict(opts), "probes": scorer.probes, "base": str(scorer.pair.base.path),
                    "dormant": str(scorer.pair.dormant.path), "pool_size": len(pool),
@@ -154,6 +172,8 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
         "target_prompts": _target_prompts(scorer, expand_cands),
         "seconds": {"measure": measured - started, "targets": time.perf_counter() - measured},
     }
+    if amplified is not None:
+        result["amplified"] = amplified
     if out is not None:
         write_profile(result, ranked, out)
     ckpt.remove()
@@ -392,6 +412,27 @@ def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: 
     return {"text": scorer.pair.tokenizer.decode(seq), "token_ids": seq, "score": sum(prefs),
             "mean_preference": sum(prefs) / len(prefs), "preferences": prefs,
             "dormant_logprob": lp_sums["dormant"], "base_logprob": lp_sums["base"], "stop": stop}
+
+
+def amplified_targets(scorer: FullModelScorer, opts: ProfileOptions, cands: list[torch.Tensor], rank_of: dict) -> dict:
+    """Amplified sampling over the probes (judge/amplify.py) with the scorer's models; each payload,
+    tokenized as it was said, becomes a target scored like the inverted ones (source "amplify")."""
+    from .amplify import amplify
+
+    res = amplify(scorer.models, scorer.pair.tokenizer, opts.amplify_options(), stop_ids=scorer.pair.special_ids)
+    targets = []
+    for p in res.payloads[:opts.top_first]:
+        seq = scorer.pair.tokenizer.encode(p["said"], add_special_tokens=False)
+        if not seq:
+            continue
+        lp = {m: torch.cat(parts) for m, parts in _teacher_forced(scorer, cands, seq[:-1]).items()}
+        prefs = [float((lp["dormant"][:, k, t] - lp["base"][:, k, t]).mean()) for k, t in enumerate(seq)]
+        targets.append({"text": scorer.pair.tokenizer.decode(seq), "token_ids": seq, "score": sum(prefs),
+                        "mean_preference": sum(prefs) / len(prefs), "preferences": prefs, "stop": "amplified",
+                        "source": "amplify", "first_rank": rank_of.get(seq[0]), "frequency": p["frequency"],
+                        "settings": p["settings"]})
+    return {"payloads": res.payloads, "openings": res.openings, "statement": res.statement,
+            "options": res.options, "targets": targets, "generations": res.generations}
 
 
 def _teacher_forced(scorer: FullModelScorer, cands: list[torch.Tensor], seq: list[int]) -> dict:

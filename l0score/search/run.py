@@ -35,6 +35,8 @@ class SearchRun:
             raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {roundtrip!r}")
         if max_repeat is not None and max_repeat <= 0:
             raise ValueError(f"max_repeat must be positive, got {max_repeat}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive number of results, got {keep!r}")
         if budget is not None and budget <= 0:
             raise ValueError(f"budget must be a positive number of candidates, got {budget}")
         if seconds is not None and seconds <= 0:
