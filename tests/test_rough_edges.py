@@ -84,3 +84,22 @@ def test_search_keep_must_be_positive(tiny_pair, keep):
     scorer = _score(tiny_pair, None)
     with pytest.raises(ValueError, match="keep must be a positive number"):
         beam(scorer, length=2, objective="kl", keep=keep, budget=10, progress=False)
+
+
+def test_every_docs_page_is_reachable_from_the_readme():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    missing = [p.name for p in sorted((root / "docs").glob("*.md")) if f"(docs/{p.name}" not in readme]
+    assert missing == []
+
+
+def test_the_readme_test_command_installs_what_the_suite_needs():
+    """The README's test command is CI's script, which installs Chromium for the HTML report's test."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    assert "\nbash .ci/run\n" in (root / "README.md").read_text()
+    script = (root / ".ci" / "run").read_text()
+    assert "chromium" in script and "pytest" in script
