@@ -212,3 +212,36 @@ def test_every_driver_runs_on_the_first_module_scorer(variants, driver, one_thre
     again = scorer.score_batch([best["token_ids"]]).metric("mlp_cand")[0]
     assert best["score"] == pytest.approx(float(again), rel=1e-5)
     assert best["score"] == max(r["score"] for r in results)
+
+
+@pytest.mark.parametrize("name,location,metric", [("mlp@L1", "mlp@L1", "mlp_cand"), ("mlp@L1", "mlp@L1", "div_last"),
+                                                  ("attn@L2", "attn@L2", "max_abs"), ("attn@L2", "attn@L2", "kl")])
+def test_gradient_loss_is_the_scorers_metric(variants, name, location, metric, one_thread):
+    """GCG's differentiable term at a candidate equals the scorer's exact value (smooth max at a small
+    temperature: within tau * log(cells)), and its gradient reaches the candidate's rows."""
+    from l0score.search.first_module_loss import FirstModuleLoss
+    from l0score.search.token_gradient import embedding_rows
+
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants[name], location=location, k=1, device="cpu")
+    tau = 1e-4
+    loss = FirstModuleLoss(scorer, {metric: 1.0}, tau=tau)
+    for cand in CANDS:
+        rows = embedding_rows(scorer.pair, cand)
+        value = loss(rows)
+        exact = float(scorer.score_batch([cand]).metric(metric)[0])
+        assert float(value.detach()) == pytest.approx(exact, rel=1e-4, abs=tau * 8)
+        value.backward()
+        assert rows["base"].grad is not None and rows["base"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="no gradient for metric 'band'"):
+        FirstModuleLoss(scorer, {"band": 1.0})
+
+
+def test_gcg_runs_on_the_first_module_scorer(variants, one_thread):
+    from l0score.search.gcg import gcg
+
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", device="cpu")
+    res = gcg(scorer, objective="mlp_cand", length=3, steps=3, topk=4, batch=8, pool=torch.arange(100, 200),
+              progress=False, calibrate=0, roundtrip="off")
+    assert res.results and {r["objective"] for r in res.results} == {"mlp@L1"}
+    best = res.results[0]
+    assert best["score"] == pytest.approx(float(scorer.score_batch([best["token_ids"]]).metric("mlp_cand")[0]), rel=1e-5)

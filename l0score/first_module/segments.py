@@ -56,10 +56,15 @@ class Segment:
     def run(self, hidden: torch.Tensor | None, positions: torch.Tensor, cache=None, input_ids=None):
         """(output hidden states [B, n, d], the cache after them). ``input_ids`` instead of
         ``hidden`` starts from this model's embedding (only for a segment starting at layer 0)."""
+        return self.forward(hidden, positions, cache, input_ids)
+
+    def forward(self, hidden, positions, cache=None, input_ids=None, use_cache: bool = True):
+        """`run` with autograd on (the gradient drivers' loss runs it with use_cache=False)."""
         if input_ids is not None and self.start != 0:
             raise ValueError("only a segment starting at layer 0 reads token ids")
         out = self.view(input_ids=input_ids, inputs_embeds=hidden, position_ids=positions,
-                        use_cache=True, **{_cache_name(self.view): cache})
+                        use_cache=use_cache,
+                        **{_cache_name(self.view): cache})
         hidden_out = self.capture.seen if self.capture is not None else out.last_hidden_state
         return hidden_out, getattr(out, _cache_name(self.view))
 

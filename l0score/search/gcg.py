@@ -117,7 +117,11 @@ class _Search:
         self.run, self.opts, self.alpha, self.full, self.seeds = run, opts, alpha, full, seeds
         self.scorer, self.pool = run.scorer, run.pool
         weights = _weights(run.objective)
-        if not full:
+        if not full and hasattr(self.scorer, "location"):  # the first-module scorer: its own gradient
+            from .first_module_loss import FirstModuleLoss
+
+            self.layer0, self.output = FirstModuleLoss(self.scorer, weights, tau=opts.tau), None
+        elif not full:
             s = self.scorer
             self.layer0 = Layer0Loss(s.pair, [s.template], weights, heads=s.heads, region=s.region,
                                      baseline=s.baseline_kind, offsets=s.offsets, tau=opts.tau)
