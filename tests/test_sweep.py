@@ -68,14 +68,17 @@ def test_sweep_finds_the_token_a_planted_mlp_unit_fires_on(planted, one_thread):
 
 
 def test_multi_depth_rankings_equal_single_depth_scorers(planted, one_thread):
+    """The sweep (one pass for every depth, the token's own row only) equals single-depth scorers over
+    the whole template."""
     base, dormant, _ = planted
     pool = tuple(range(20, 60))
     scorer = FirstModuleScorer.from_pretrained(base, dormant, location=f"mlp@L{LAYER}", device="cpu")
     result = sweep(scorer, SweepOptions(depths=(1, 2), pool=pool, batch_size=16))
     for k in (1, 2):
         single = FirstModuleScorer.from_pretrained(base, dormant, location=f"mlp@L{LAYER}", k=k, device="cpu")
-        expect = single.score_batch([[t] for t in pool]).metric("div_cand")
-        torch.testing.assert_close(result.values[f"div{k}"], expect, rtol=1e-5, atol=1e-8)
+        expect = single.score_batch([[t] for t in pool])  # whole template: the suffix rows too
+        torch.testing.assert_close(result.values[f"div{k}"], expect.metric("div_cand"), rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(result.values["mlp_cand"], expect.metric("mlp_cand"), rtol=1e-5, atol=1e-8)
 
 
 def test_a_killed_sweep_resumes_to_the_same_result(pair_factory, tmp_path, one_thread):

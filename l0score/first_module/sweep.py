@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.template import Template
 from .ranking import Rankings
 from .scorer import FirstModuleScorer
 
@@ -28,12 +29,16 @@ class SweepOptions:
     """depths: the k of the divergence rankings (() = module difference only) [(1, 2, 3, 4)]
     pool: token ids to sweep [every real token, template-structural and special tokens excluded]
     batch_size: tokens per forward [256]
+    own_position_only: for MLP and embedding locations, rank by the token's own position only and
+        leave the template's suffix out: by causality the values there are exactly the same, and the
+        sweep runs one row per token instead of 1 + suffix [True]
     checkpoint: file for partial results (resumed when ``resume``) [None]; checkpoint_every: seconds [30]
     """
 
     depths: tuple[int, ...] = (1, 2, 3, 4)
     pool: tuple[int, ...] | None = None
     batch_size: int = 256
+    own_position_only: bool = True
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: float = 30.0
     resume: bool = False
@@ -60,12 +65,15 @@ def sweep(scorer: FirstModuleScorer, options: SweepOptions | None = None, progre
     if o.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {o.batch_size}")
     view = scorer.with_depths(o.depths) if o.depths else scorer
+    own = o.own_position_only and scorer.location.module != "attn"
+    if own:
+        view = view.with_template(Template(view.template.prefix_ids, (), name=view.template.name + "-own"))
     if not o.depths and scorer.location.module == "embed":
         raise ValueError("location 'embed' (a full fine-tune) has no module difference: give depths k >= 1")
     pool = scorer.default_pool() if o.pool is None else torch.as_tensor(list(o.pool), dtype=torch.long)
     if pool.ndim != 1 or not len(pool):
         raise ValueError("the sweep pool must be a non-empty list of token ids")
-    names = _names(scorer.location.module, tuple(sorted(set(o.depths))))
+    names = _names(scorer.location.module, tuple(sorted(set(o.depths))), own)
     described = {"location": scorer.kind, "template": view.describe()["template"], "depths": sorted(set(o.depths)),
                  "pool": _digest(pool)}
     values, done = _start(o, described, names, len(pool))
@@ -85,8 +93,9 @@ def sweep(scorer: FirstModuleScorer, options: SweepOptions | None = None, progre
                        {**{k: v for k, v in asdict(o).items() if k != "pool"}, **described})
 
 
-def _names(module: str, depths: tuple[int, ...]) -> list[str]:
-    return list(MODULE_KEYS[module]) + [f"div{k}" for k in depths]
+def _names(module: str, depths: tuple[int, ...], own: bool) -> list[str]:
+    keys = [k for k in MODULE_KEYS[module] if not (own and k == "mlp_max")]  # mlp_max needs the suffix rows
+    return keys + [f"div{k}" for k in depths]
 
 
 def _metric_of(name: str, view: FirstModuleScorer) -> str:
