@@ -245,3 +245,17 @@ def test_gcg_runs_on_the_first_module_scorer(variants, one_thread):
     assert res.results and {r["objective"] for r in res.results} == {"mlp@L1"}
     best = res.results[0]
     assert best["score"] == pytest.approx(float(scorer.score_batch([best["token_ids"]]).metric("mlp_cand")[0]), rel=1e-5)
+
+
+def test_location_from_the_base_check(variants, pair_factory):
+    """The base check's first_changed (object or JSON dict) maps onto the scorer's location."""
+    from l0score.analysis.base_check import BaseCheckOptions, base_check
+
+    full = pair_factory(seed=3, num_hidden_layers=4)
+    for dormant, expect in ((variants["mlp@L1"], "mlp@L1"), (variants["attn@L2"], "attn@L2"), (full / "dormant", "embed")):
+        first = base_check(dormant, [variants["base"]], BaseCheckOptions()).first_changed
+        assert Location.from_first_changed(first).name == expect
+        assert Location.from_first_changed({"module": first.module, "layer": first.layer, "tensors": first.tensors}).name == expect
+    assert Location.from_first_changed({"module": "norm", "layer": 3, "tensors": ["model.layers.3.post_attention_layernorm.weight"]}) == Location(3, "mlp")
+    with pytest.raises(ValueError, match="no first module"):
+        Location.from_first_changed({"module": "lm_head", "layer": None, "label": "lm_head", "tensors": ["lm_head.weight"]})
