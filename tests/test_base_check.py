@@ -104,7 +104,7 @@ def test_mlp_only_finetune(base, derived):
     for kind in ("mlp_gate", "mlp_up", "mlp_down"):
         assert c.groups[kind]["identical"] == 0 and c.groups[kind]["changed"] == 2
         assert c.groups[kind]["median_rel_norm"] == pytest.approx(0.016, rel=0.1)
-    assert c.layer0_attention_identical and not c.layer0_attention_changed
+    assert c.layer0_attention_identical and not c.layer0_attention_changed and c.layer0_scores_zero
     for row in c.layers:
         assert set(row["changed_kinds"]) <= {"mlp_gate", "mlp_up", "mlp_down"}
     oracle = _oracle_rel(base, derived["mlp"])
@@ -122,6 +122,15 @@ def test_layer0_attention_only(base, derived):
     assert changed == {n for n in _load(base) if L0_QK.search(n)}
     assert [row["changed"] for row in r.chosen.layers] == [0, 4, 0, 0]  # embed, layer 0, layer 1, final
     assert r.chosen.layer0_attention_changed and not r.chosen.layer0_attention_identical
+    assert not r.chosen.layer0_scores_zero
+
+
+def test_layer0_value_output_only(base, tmp_path):
+    """v/o do not enter the attention logits: Layer 0 changed, yet its scores are zero."""
+    d = _derive(base, tmp_path / "vo", re.compile(r"layers\.0\.self_attn\.[vo]_proj"))
+    r = base_check(d, [base])
+    assert r.first_changed.label == "layer 0 attention v/o"
+    assert r.chosen.layer0_attention_changed and r.chosen.layer0_scores_zero
 
 
 def test_later_layer_attention(base, derived):

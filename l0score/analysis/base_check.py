@@ -118,8 +118,16 @@ class CandidateCheck:
 
     @property
     def layer0_attention_changed(self) -> bool:
-        """Some Layer-0 q/k/v/o tensor changed (the Layer-0 engine has something to see)."""
+        """Some Layer-0 q/k/v/o tensor changed."""
         return any(not t.identical for t in self.tensors if t.layer == 0 and t.module == "attn")
+
+    @property
+    def layer0_scores_zero(self) -> bool:
+        """What Layer-0 attention logits are made of (embeddings, Layer-0 input norm, q/k weights and
+        biases) is bit-identical: every Layer-0 score is exactly zero, whatever else changed."""
+        return all(t.identical for t in self.tensors if t.kind == "embed"
+                   or (t.layer == 0 and t.kind in ("attn_q", "attn_k"))
+                   or t.name == "model.layers.0.input_layernorm.weight")
 
 
 @dataclass
@@ -151,7 +159,7 @@ class BaseCheckResult:
         return {
             "format": FORMAT, "version": 1, "dormant": self.dormant, "base": c.base, "verdict": c.verdict,
             "evidence": c.evidence, "first_changed": _fc_json(c.first_changed),
-            "layer0_attention_identical": c.layer0_attention_identical,
+            "layer0_attention_identical": c.layer0_attention_identical, "layer0_scores_zero": c.layer0_scores_zero,
             "groups": c.groups, "layers": c.layers, "tensors": [asdict(t) for t in c.tensors],
             "candidates": [_candidate_json(x) for x in self.candidates],
             "options": self.options, "seconds": self.seconds,
@@ -458,6 +466,7 @@ def _candidate_json(c: CandidateCheck) -> dict:
             "first_changed": _fc_json(c.first_changed), "n_tensors": c.n_tensors, "n_changed": c.n_changed,
             "n_identical": c.n_tensors - c.n_changed, "n_near_one": c.n_near_one,
             "median_rel_norm": c.median_rel_norm, "layer0_attention_identical": c.layer0_attention_identical,
+            "layer0_scores_zero": c.layer0_scores_zero,
             "tied_lm_head": c.tied_lm_head, "groups": c.groups, "layers": c.layers, "seconds": c.seconds}
 
 
@@ -503,7 +512,7 @@ def summary_md(data: dict) -> str:
              f"**Verdict:** {data['verdict']}  ", f"**First changed:** {fc['label'] if fc else 'nothing'}  ",
              f"**Layer-0 attention bit-identical:** {'yes' if data['layer0_attention_identical'] else 'no'}", "",
              *[f"- {e}" for e in data["evidence"]], ""]
-    if data["layer0_attention_identical"] and data["verdict"] == "fine-tune":
+    if data["layer0_scores_zero"] and data["verdict"] == "fine-tune":
         lines += [LAYER0_ZERO_NOTE, ""]
     lines += ["## By kind", "", "| kind | identical | changed | median ‖Δ‖/‖W‖ (changed) |", "|---|---|---|---|"]
     lines += [f"| {k} | {g['identical']} | {g['changed']} | {_f(g['median_rel_norm'])} |"
@@ -535,6 +544,6 @@ def layer0_zero_reason(pair) -> str | None:
 
 
 LAYER0_ZERO_NOTE = (
-    "Layer 0's attention, the embeddings and Layer 0's input norm are bit-identical between the two models, "
+    "The embeddings, Layer 0's input norm and Layer 0's q/k projections are bit-identical between the two models, "
     "so every Layer-0 score (dS, attention KL) is exactly zero by construction: a Layer-0 search or a focus-head "
     "ranking would only rank noise. Look where the change lives (the first changed module) instead.")

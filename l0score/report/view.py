@@ -443,7 +443,7 @@ def _base_check(data: ReportData) -> dict | None:
         "path": data.rel(data.base_check_path), "base": b.get("base"), "dormant": b.get("dormant"),
         "verdict": b.get("verdict"), "evidence": [str(e) for e in _list(b.get("evidence"))],
         "first_changed": _label(b.get("first_changed")),
-        "layer0_zero": b.get("layer0_attention_identical") is True and b.get("verdict") == "fine-tune",
+        "layer0_zero": b.get("layer0_scores_zero") is True and b.get("verdict") == "fine-tune",
         "seconds": fmt_num(_num(b.get("seconds")), 3),
         "groups": [{"kind": k, "identical": _dict(g).get("identical"), "changed": _dict(g).get("changed"),
                     "median": fmt_num(_num(_dict(g).get("median_rel_norm")))} for k, g in groups.items()],
