@@ -387,3 +387,21 @@ def test_real_attn_l0_control(real_pairs):
     assert r.verdict == "fine-tune" and changed
     assert all(t.layer == 0 and t.module == "attn" for t in changed)
     assert (r.first_changed.layer, r.first_changed.module) == (0, "attn")
+
+
+def test_analyze_runs_the_base_check_first(base, derived, tmp_path):
+    """analyze writes the base check beside its analysis; with Layer 0's q/k inputs bit-identical it
+    names no focus heads or seed tokens and says why, and reading its seeds is a clear error."""
+    from l0score.analysis.weight_diff import analyze, load_seed_tokens, read_analysis
+
+    a = analyze(base, derived["mlp"], tmp_path / "mlp", progress=False, plots=False, top_tokens=8, offsets=8)
+    assert (tmp_path / "mlp" / "base-check.json").is_file()
+    assert a["base_check"]["verdict"] == "fine-tune" and a["base_check"]["first_changed"] == "layer 0 MLP"
+    assert a["focus_heads"] == [] and a["seed_tokens"] == [] and "zero by construction" in a["layer0_zero_by_construction"]
+    assert "zero by construction" in (tmp_path / "mlp" / "summary.md").read_text()
+    for reader in (load_seed_tokens, read_analysis):
+        with pytest.raises(ValueError, match="no seed tokens: .*zero by construction"):
+            reader(tmp_path / "mlp")
+    a = analyze(base, derived["attn0"], tmp_path / "attn0", progress=False, plots=False, top_tokens=8, offsets=8)
+    assert a["layer0_zero_by_construction"] is None and a["focus_heads"] and len(a["seed_tokens"]) == 8
+    assert a["base_check"]["first_changed"] == "layer 0 attention q/k"

@@ -634,6 +634,17 @@ def _md_token(t: dict) -> str:
     return "-" if text is None else "`" + repr(text)[1:-1].replace("`", "\\`").replace("|", "\\|") + "`"
 
 
+def _base_check_lines(result: dict) -> list[str]:
+    bc = result.get("base_check")
+    if not bc:
+        return []
+    lines = [f"**Base check:** {bc['verdict']}; first changed: {bc['first_changed'] or 'nothing'} "
+             f"([base-check.md](base-check.md))  "]
+    if result.get("layer0_zero_by_construction"):
+        lines += ["", f"> {result['layer0_zero_by_construction']}", ""]
+    return lines
+
+
 def _summary_md(result: dict) -> str:
     l0 = result["layer0"]
     lines = [
@@ -645,6 +656,7 @@ def _summary_md(result: dict) -> str:
         f"{result['seconds']:.1f} s; SVD methods: "
         + ", ".join(f"{k} x{v}" for k, v in sorted(result["svd_methods"].items())),
         "",
+        *_base_check_lines(result),
         f"**Focus heads:** {l0['focus_heads']}  ",
         f"**Seed tokens (top {min(16, len(result['seed_tokens']))}):** {result['seed_tokens'][:16]}",
         "",
@@ -714,8 +726,13 @@ def _summary_md(result: dict) -> str:
 
 def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None = None, directions: int = 4,
             offsets: int = 128, svd: str = "auto", plots: bool = True, progress: bool = True,
-            key_offsets: int = 4, layer0_only: bool = False) -> dict:
+            key_offsets: int = 4, layer0_only: bool = False, check_base: bool = True) -> dict:
     """Weight-diff analysis of a base/dormant pair; writes analysis.json, summary.md and PNG plots.
+
+    First the base check (analysis/base_check.py; base-check.json and base-check.md in out_dir, unless
+    check_base is False): when the embeddings, Layer-0 input norm and q/k are bit-identical every
+    Layer-0 score is zero by construction, so no focus heads or seed tokens are named (they would rank
+    noise) and `layer0_zero_by_construction` says why.
 
     base, dormant: model directories or cached hub ids. top_tokens: length of `seed_tokens`.
     n_focus: number of focus heads (default: chosen at the largest score gap). directions: top
@@ -740,6 +757,7 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     entries_b, entries_d = _pair_entries(base_dir, dormant_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check = _base_check_first(base_dir, dormant_dir, out) if check_base else None
 
     names = sorted(entries_b, key=_sort_key)
     if layer0_only:  # what pass 2 reads; norms only (the per-head spectra come from pass 2)
@@ -756,6 +774,8 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     pair = ModelPair.load(base_dir, dormant_dir)
     layer0 = _layer0_analysis(pair, n_focus, top_tokens, directions, offsets, embed_rows, progress,
                               tuple(range(1, key_offsets + 1)))
+    if check is not None and check.layer0_scores_zero:
+        layer0 = _zero_layer0(layer0)
     cfg = pair.config
     del pair, embed_rows
 
@@ -769,6 +789,8 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
         "dormant": str(dormant_dir),
         "config": {"hidden_size": cfg.hidden_size, "num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads,
                    "head_dim": cfg.head_dim, "vocab_rows": cfg.vocab_rows, "rope_theta": cfg.rope_theta},
+        "base_check": _base_check_summary(check),
+        "layer0_zero_by_construction": layer0.get("zero_by_construction"),
         "focus_heads": layer0["focus_heads"],
         "seed_tokens": layer0["seed_tokens"],
         "seed_roles": layer0["seed_roles"],
@@ -789,6 +811,39 @@ def analyze(base, dormant, out_dir, *, top_tokens: int = 64, n_focus: int | None
     (out / "analysis.json").write_text(json.dumps(result, indent=1))
     (out / "summary.md").write_text(_summary_md(result))
     return result
+
+
+def _base_check_first(base_dir: Path, dormant_dir: Path, out: Path):
+    """The base check of this pair, written next to the analysis; its candidate."""
+    from .base_check import base_check, write_base_check
+
+    result = base_check(dormant_dir, [base_dir])
+    write_base_check(result, out)
+    return result.chosen
+
+
+def _base_check_summary(check) -> dict | None:
+    if check is None:
+        return None
+    fc = check.first_changed
+    return {"verdict": check.verdict, "first_changed": fc.label if fc else None, "evidence": check.evidence,
+            "layer0_scores_zero": check.layer0_scores_zero, "file": "base-check.json"}
+
+
+def _zero_layer0(layer0: dict) -> dict:
+    """Layer 0 when its scores are zero by construction: the per-head table stays (all zeros), but no
+    focus heads or seed tokens are named."""
+    from .base_check import LAYER0_ZERO_NOTE
+
+    return {**layer0, "focus_heads": [], "focus_kv_heads": [], "focus_rule": LAYER0_ZERO_NOTE, "seed_tokens": [],
+            "seed_roles": [], "seed_token_details": [], "zero_by_construction": LAYER0_ZERO_NOTE,
+            "seed_tokens_by_source": {k: [] for k in layer0["seed_tokens_by_source"]}}
+
+
+def _no_seeds_reason(p, data) -> None:
+    """A clear error for an analysis whose Layer-0 scores are zero by construction (no seed tokens)."""
+    if isinstance(data, dict) and data.get("layer0_zero_by_construction") and not data.get("seed_tokens"):
+        raise ValueError(f"{p}: no seed tokens: {data['layer0_zero_by_construction']}")
 
 
 def _read_analysis_file(path):
@@ -814,6 +869,7 @@ def _check_ids(p, name: str, values, allow_empty: bool = False) -> list[int]:
 def load_seed_tokens(path) -> list[int]:
     """Ranked seed token ids from an analysis.json (or a directory holding one, or a JSON list)."""
     p, data = _read_analysis_file(path)
+    _no_seeds_reason(p, data)
     return _check_ids(p, "seed_tokens", data.get("seed_tokens") if isinstance(data, dict) else data)
 
 
@@ -828,6 +884,7 @@ def read_analysis(analysis) -> dict:
     p, data = ("analysis", analysis) if isinstance(analysis, dict) else _read_analysis_file(analysis)
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected the analysis.json object written by `l0score analyze`")
+    _no_seeds_reason(p, data)
     seeds = _check_ids(p, "seed_tokens", data.get("seed_tokens"))
     heads = _check_ids(p, "focus_heads", data.get("focus_heads"), allow_empty=True)
     roles = data.get("seed_roles") or [None] * len(seeds)
