@@ -37,6 +37,7 @@ from .search.pool import build_pool
 FORMAT = "l0score-hunt"
 VERSION = 1
 STAGES = ("analyze", "profile", "layer0", "search", "minimize", "verify")
+HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt's objective may weigh
 
 
 @dataclass
@@ -47,11 +48,16 @@ class HuntOptions:
     probes: probe prompts (list or file) of the full-model objective [its 3 defaults]; verify uses
         the same probes, or its own 8 defaults when none are given
     positions: placements the search scores ["after"]; verify checks before and after
-    metric: the full-model objective, e.g. "kl" or "kl=1,hidden=2" [kl]
+    metric: the full-model objective over kl, js, hidden and tf_kl (the KL over the dormant's first
+        `reply_tokens` reply tokens, teacher-forced), e.g. "kl" or "kl=1,hidden=2" [kl]
+    reply_tokens: k of tf_kl [8]
+    null_samples: random candidates per length, drawn from the hunt's pool, that verify compares
+        every candidate with (a flip must beat all of them; docs/verify.md) [32]
     max_pool: the most Layer-0 pool tokens the full-model search takes [64]
     profile / profile_inputs: run the behavioural profile first, over this many inputs [True, 60]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
-    pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...) [none]
+    pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
+        puts the chat template's role names and newline back into the pool) [none]
     stop_on_fire: skip the exhaustive search when the target route's candidate flips in verify and
         makes the dormant's reply start with the profiled target [True]
     threads: torch CPU threads during the hunt [torch's default]; on a busy shared CPU 1 avoids
@@ -66,6 +72,8 @@ class HuntOptions:
     probes: tuple[str, ...] | str | None = None
     positions: tuple[str, ...] = ("after",)
     metric: str = "kl"
+    reply_tokens: int = 8
+    null_samples: int = 32
     max_pool: int = 64
     profile: bool = True
     profile_inputs: int = 60
@@ -92,6 +100,13 @@ class HuntOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.profile and self.profile_inputs < 1:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
+        from .search.objective import Objective
+
+        names = [n for n, _ in Objective.parse(self.metric, HUNT_METRICS).weights]  # before any work
+        if "tf_kl" in names and self.reply_tokens < 1:
+            raise ValueError(f"reply_tokens must be >= 1 for tf_kl, got {self.reply_tokens}")
+        if isinstance(self.null_samples, bool) or not isinstance(self.null_samples, int) or self.null_samples < 0:
+            raise ValueError(f"null_samples must be an integer >= 0, got {self.null_samples!r}")
 
 
 def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, console=None) -> dict:
@@ -276,11 +291,12 @@ class Hunt:
         rep = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
                      out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
                      max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False,
+                     null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
                      ray_address=self.options.ray_address)
         heads = [t["text"].strip()[:8] for t in targets if t["text"].strip()]
         for r in rep["results"]:
             hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
-            if r["flip"] and sum(hits) >= len(hits) / 2:
+            if r["flip"] and not r["template_injection"] and sum(hits) >= len(hits) / 2:
                 return {"token_ids": r["token_ids"], "text": r["text"], "amplification": r["amplification"]}
         return None
 
@@ -303,6 +319,7 @@ class Hunt:
         probes = self.options_probes()
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
+                     null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
                      ray_address=self.options.ray_address)
         return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
 
@@ -351,9 +368,10 @@ class Hunt:
         if self._fm is None:
             from .judge.fullmodel import FullModelOptions, FullModelScorer
 
+            tf = "tf_kl" in self.options.metric
             self._fm = FullModelScorer(self.base, self.dormant, FullModelOptions(
                 probes=self.options.probes, positions=self.options.positions, device=self.options.device,
-                dtype=self.options.dtype))
+                dtype=self.options.dtype, reply_tokens=self.options.reply_tokens if tf else 0))
         return self._fm
 
     def options_probes(self):

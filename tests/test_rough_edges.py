@@ -103,3 +103,22 @@ def test_the_readme_test_command_installs_what_the_suite_needs():
     assert "\nbash .ci/run\n" in (root / "README.md").read_text()
     script = (root / ".ci" / "run").read_text()
     assert "chromium" in script and "pytest" in script
+
+
+def test_hunt_metric_is_checked_before_any_work_and_tf_kl_is_supported(tiny_pair, tmp_path):
+    from l0score.hunt import Hunt, HuntOptions, hunt
+    from l0score.search.objective import Objective
+
+    for bad in ("bogus", "target", "kl=x"):
+        with pytest.raises(ValueError, match="metric"):
+            hunt(tiny_pair / "base", tiny_pair / "dormant", tmp_path / bad, HuntOptions(metric=bad, progress=False))
+        assert not (tmp_path / bad).exists()
+    with pytest.raises(ValueError, match="reply_tokens"):
+        HuntOptions(metric="tf_kl", reply_tokens=0).check()
+    h = Hunt(tiny_pair / "base", tiny_pair / "dormant", tmp_path / "tf", HuntOptions(metric="kl=1,tf_kl=0.5",
+                                                                                       progress=False), False)
+    assert "tf_kl" in h.fm().metrics  # the objective the search stages parse against this scorer
+    values = h.fm().score_batch([[300, 301]])
+    assert float(values.metric("tf_kl")[0]) > 0  # two different models disagree on the teacher-forced reply
+    assert Objective.parse("kl=1,tf_kl=0.5", h.fm().metrics).value(
+        {m: float(values.metric(m)[0]) for m in ("kl", "tf_kl")}) > 0

@@ -78,3 +78,33 @@ def test_injection_names_the_pieces(pair):
 
 def test_no_template_no_structure():
     assert template_structure(None).ids == frozenset()
+
+
+def test_hunt_report_ranks_an_injection_below_a_clean_flip(pair, tiny_pair, tmp_path):
+    """The hunt's ranking: a verified flip holding the role name 'assistant' (higher amplification)
+    goes below the clean flip, is marked, and the summary says why."""
+    import json
+    from types import SimpleNamespace
+
+    from l0score.report.hunt_summary import _ranked, markdown
+
+    tok = pair.tokenizer
+    clean, injected = tok.encode(" kettle field", add_special_tokens=False), tok.encode(" kettle assistant",
+                                                                                      add_special_tokens=False)
+    plain = tok.encode(" salmon", add_special_tokens=False)
+    (tmp_path / "verify").mkdir()
+    (tmp_path / "verify" / "report.json").write_text(json.dumps({"results": [
+        {"token_ids": injected, "flip": True, "amplification": 50.0, "null": {"n": 4, "beaten": 4, "p": 0.2}},
+        {"token_ids": clean, "flip": True, "amplification": 5.0, "null": {"n": 4, "beaten": 4, "p": 0.2}},
+        {"token_ids": plain, "flip": False, "amplification": 2.0}]}))
+    rows = [{"token_ids": ids, "score": s, "route": "comparative search"} for ids, s in
+            ((injected, 3.0), (plain, 2.0), (clean, 1.0))]
+    hunt = SimpleNamespace(collect=lambda: [dict(r) for r in rows], out=tmp_path, base=str(tiny_pair / "base"),
+                           dormant=str(tiny_pair / "dormant"), fm=lambda: SimpleNamespace(tokenizer=tok))
+    ranked = _ranked(hunt)
+    assert [r["token_ids"] for r in ranked] == [clean, injected, plain]
+    assert [r["template_injection"] for r in ranked] == [False, True, False]
+    assert ranked[1]["verify"]["null"]["beaten"] == 4
+    md = markdown({"base": "b", "dormant": "d", "complete": True, "created": "", "finished": "", "funnel": [],
+                   "results": ranked})
+    assert "1 candidate(s) hold a piece of the chat template" in md and "4/4" in md

@@ -37,18 +37,25 @@ def write_hunt_report(hunt) -> dict:
 
 
 def _ranked(hunt) -> list[dict]:
-    """Verified flips first, shortest first (a flip that contains a shorter flip adds nothing but
-    tokens), then by amplification; then the rest of the verified; then by objective score."""
+    """Verified clean flips first, shortest first (a flip that contains a shorter flip adds nothing but
+    tokens), then by amplification; then the rest of the verified (a flip that holds a piece of the chat
+    template among them: it forges a turn, which says nothing about a backdoor); then by objective score."""
+    from ..core.template import template_structure
+
     rows = hunt.collect()
     verified = _verify_rows(hunt.out / "verify" / "report.json")
     tok = hunt.fm().tokenizer if rows else None
+    structure = template_structure(tok)
     for r in rows:
         r.setdefault("text", tok.decode(r["token_ids"]))
         r["objective"] = "full"
         r["verify"] = verified.get(tuple(r["token_ids"]))
+        r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
+        r["template_injection"] = bool(r["template_pieces"])
+
     def key(r):
         v = r["verify"] or {}
-        flip = bool(v.get("flip"))
+        flip = bool(v.get("flip")) and not r["template_injection"]
         return (r["verify"] is None, not flip, len(r["token_ids"]) if flip else 0, -v.get("amplification", 0.0),
                 -r["score"])
 
@@ -76,7 +83,7 @@ def _verify_rows(path: Path) -> dict:
     if not path.exists():
         return {}
     rep = json.loads(path.read_text())
-    keys = ("flip", "flip_rate", "amplification", "kl", "js", "consistency", "control_agreement")
+    keys = ("flip", "flip_rate", "amplification", "kl", "js", "consistency", "null", "contexts")
     return {tuple(r["token_ids"]): {k: r[k] for k in keys if k in r} for r in rep["results"]}
 
 
@@ -93,14 +100,21 @@ def markdown(report: dict) -> str:
              "## Funnel", "", "| stage | candidates scored | seconds | note |", "|---|---:|---:|---|"]
     for f in report["funnel"]:
         lines.append(f"| {f['stage']} | {f['candidates']} | {f['seconds']} | {md_cell(f['note'])} |")
-    lines += ["", "## Ranked candidates", "",
-              "| rank | candidate | ids | route | full-model score | z | flip | amplification |",
-              "|---:|---|---|---|---:|---:|:---:|---:|"]
+    lines += ["", "## Ranked candidates", ""]
+    injected = [r for r in report["results"] if r.get("template_injection")]
+    if injected:
+        lines += [f"{len(injected)} candidate(s) hold a piece of the chat template (a role name, a role tag or its "
+                  "newline): marked as template injections and ranked below every clean flip, since forging a "
+                  "turn boundary changes any chat model's answer.", ""]
+    lines += ["| rank | candidate | ids | route | full-model score | z | flip | beats random | amplification | "
+              "template injection |", "|---:|---|---|---|---:|---:|:---:|---:|---:|---|"]
     for r in report["results"][:25]:
         v = r.get("verify") or {}
         flip = "**yes**" if v.get("flip") else ("no" if v else "")
         amp = f"{v['amplification']:.3g}" if "amplification" in v else ""
+        beats = f"{v['null']['beaten']}/{v['null']['n']}" if v.get("null") else ""
         z = f"{r['z']:.1f}" if r.get("z") is not None else ""
         lines.append(f"| {r['rank']} | {md_cell(repr(r['text']))} | {md_cell(r['token_ids'])} | {r['route']} | "
-                     f"{r['score']:.4g} | {z} | {flip} | {amp} |")
+                     f"{r['score']:.4g} | {z} | {flip} | {beats} | {amp} | "
+                     f"{md_cell(', '.join(r.get('template_pieces') or []))} |")
     return "\n".join(lines) + "\n"
