@@ -138,3 +138,23 @@ def test_delta_projection_points_at_planted_tokens(pair_factory, tmp_path):
     assert delta_projection(src / "base", src / "base").unchanged
     with pytest.raises(ValueError, match="rank must be"):
         delta_projection(src / "base", dormant, DeltaProjectionOptions(rank=0))
+
+
+def test_first_module_stage_pools_the_planted_token(planted, one_thread):
+    """The hunt's stage: the planted token heads the pool (sweep on the module's own difference), the
+    projection gets its share, and every candidate re-scores to its recorded score."""
+    from l0score.analysis.delta_projection import delta_projection
+    from l0score.search.first_module_stage import FirstModuleStageOptions, first_module_stage
+
+    base, dormant, token = planted
+    scorer = FirstModuleScorer.from_pretrained(base, dormant, location=f"mlp@L{LAYER}", device="cpu")
+    proj = delta_projection(base, dormant)
+    opts = FirstModuleStageOptions(k=0, depths=(), pool_size=16, projection_share=0.5, max_length=2, top=5)
+    res = first_module_stage(scorer, opts, projection=proj)
+    assert res.pool[0] == token and len(res.pool) == 16
+    assert set(proj.top("in", 8)) <= set(res.pool)
+    for c in res.candidates:
+        again = scorer.score_batch([c["token_ids"]]).metric("mlp_cand")[0]
+        assert c["score"] == pytest.approx(float(again), rel=1e-5) and c["objective"] == f"mlp@L{LAYER}"
+    with pytest.raises(ValueError, match="beyond the models' last layer"):
+        first_module_stage(scorer, FirstModuleStageOptions(k=9))

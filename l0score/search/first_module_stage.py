@@ -1,0 +1,95 @@
+"""The hunt's first-module stage, for fine-tunes whose Layer-0 attention is unchanged: from the first
+changed module to a token pool and ranked candidates, before the full models (DESIGN §10).
+
+1. the vocabulary sweep (first_module/sweep.py) ranks every token at the user-message slot by
+   ``ranking`` (default: the divergence ``div{k}`` at ``k``, else the module's own difference);
+2. the pool: the sweep's top tokens, with ``projection_share`` of the places given to the weight-delta
+   projection's ``in`` ranking (analysis/delta_projection.py; passed in, no forward pass) when given;
+3. beam search on the first-module scorer over that pool at every length up to ``max_length``,
+   seeded with the pool's strongest tokens; results ranked by the scorer's objective.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..first_module.sweep import SweepOptions, sweep
+from .beam import beam
+
+
+@dataclass(frozen=True)
+class FirstModuleStageOptions:
+    k: int = 2  # divergence depth of the default ranking and of the beam's objective (0: the module's difference)
+    depths: tuple[int, ...] = (1, 2, 3, 4)  # sweep depths recorded (k is always among them)
+    ranking: str | None = None  # sweep ranking of the pool [f"div{k}", or the module's own when k = 0]
+    pool_size: int = 128
+    projection_share: float = 0.25
+    max_length: int = 3
+    width: int = 8
+    seeds: int = 8  # strongest pool tokens that start beam fragments
+    top: int = 20
+    batch_size: int = 256
+
+
+@dataclass
+class FirstModuleStageResult:
+    candidates: list[dict]  # best first: token_ids, text, score, length, objective
+    pool: list[int]
+    sweep_top: dict[str, list[int]]  # ranking -> its 50 best tokens
+    seconds: dict[str, float]
+    options: dict = field(default_factory=dict)
+
+
+def first_module_stage(scorer, options: FirstModuleStageOptions | None = None, projection=None,
+                       progress=None) -> FirstModuleStageResult:
+    """scorer: a FirstModuleScorer (its k is replaced by options.k); projection: a delta_projection
+    result or None; progress(str) for stage messages."""
+    o = options or FirstModuleStageOptions()
+    say = progress or (lambda msg: None)
+    if not 0 <= o.projection_share <= 1:
+        raise ValueError(f"projection_share must be in [0, 1], got {o.projection_share}")
+    room = scorer.models["base"].config.num_hidden_layers - scorer.location.layer
+    if o.k > room:
+        raise ValueError(f"k = {o.k} layers after {scorer.kind} is beyond the models' last layer (k <= {room})")
+    depths = tuple(sorted({k for k in o.depths if k <= room} | ({o.k} if o.k else set())))  # deeper ones do not exist
+    t0 = time.perf_counter()
+    say(f"sweep of the vocabulary at {scorer.kind}")
+    swept = sweep(scorer, SweepOptions(depths=depths, batch_size=o.batch_size))
+    ranking = o.ranking or (f"div{o.k}" if o.k else _module_ranking(scorer))
+    t1 = time.perf_counter()
+    pool = _pool(swept, ranking, projection, o)
+    view = scorer.with_depths((o.k,)) if o.k else scorer
+    metric = "div_cand" if o.k else _module_ranking(scorer)
+    seeds = [[t] for t in pool[:o.seeds]]
+    results = []
+    for length in range(2, o.max_length + 1):
+        say(f"beam at length {length} on {metric}")
+        results += beam(view, objective=metric, length=length, width=o.width, seeds=seeds, grow="right",
+                        pool=torch.tensor(pool), progress=False, calibrate=0, keep=o.top)
+    singles = view.score_batch([[t] for t in pool[:o.top]]).metric(metric)
+    tok = scorer.pair.tokenizer
+    results += [{"token_ids": [t], "score": float(v), "objective": view.kind} for t, v in zip(pool[:o.top], singles)]
+    ranked = sorted(results, key=lambda r: (-r["score"], len(r["token_ids"])))[:o.top]
+    cands = [{"token_ids": r["token_ids"], "text": tok.decode(r["token_ids"]), "score": r["score"],
+              "length": len(r["token_ids"]), "objective": r.get("objective", view.kind), "metric": metric} for r in ranked]
+    return FirstModuleStageResult(cands, pool, {name: swept.top(name, 50) for name in swept.values},
+                                  {"sweep": t1 - t0, "search": time.perf_counter() - t1}, asdict(o))
+
+
+def _module_ranking(scorer) -> str:
+    return {"mlp": "mlp_cand", "attn": "head_max_sum"}.get(scorer.location.module, "div1")
+
+
+def _pool(swept, ranking: str, projection, o: FirstModuleStageOptions) -> list[int]:
+    """The sweep's best tokens, interleaved with the projection's (its share of the places)."""
+    ours = swept.ranking(ranking).tolist()
+    theirs = projection.ranking("in").tolist() if projection is not None and "in" in projection.values else []
+    n_proj = int(round(o.pool_size * o.projection_share)) if theirs else 0
+    pool, seen = [], set()
+    for t in theirs[:n_proj] + ours:
+        if t not in seen and len(pool) < o.pool_size:
+            pool.append(t)
+            seen.add(t)
+    return sorted(pool, key=lambda t: ours.index(t) if t in ours else len(ours))
