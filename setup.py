@@ -41,7 +41,7 @@ setup(
     version="0.1.0",
     description="Fast base-vs-dormant Layer-0 attention scoring for backdoor-trigger discovery in Qwen2 models",
     python_requires=">=3.10",
-    packages=["l0score", "l0score.core", "l0score.backends", "l0score.search", "l0score.judge",
+    packages=["l0score", "l0score.cli", "l0score.core", "l0score.backends", "l0score.search", "l0score.judge",
               "l0score.analysis", "l0score.report", "l0score.synthetic", "l0score.cluster", "l0score.kernels",
               "l0score.first_module", "l0score.synthetic.real"],
     package_dir={"l0score.kernels": "kernels/triton"},

@@ -31,7 +31,6 @@ reports its CPU time per candidate (wall-clock throughput is what the ratios use
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -273,7 +272,7 @@ def _child_triton(spec: dict) -> dict:
 
 
 def _run_child(kind: str, spec: dict, env: dict | None = None, timeout: float = 7200) -> dict:
-    cmd = [sys.executable, "-m", "l0score.benchmark", "--_child", kind, json.dumps(spec)]
+    cmd = [sys.executable, "-m", "l0score.cli.bench", "--_child", kind, json.dumps(spec)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     for line in proc.stdout.splitlines():
@@ -591,8 +590,7 @@ def _write(res: dict, out_dir: Path) -> None:
         _plot(res, out_dir / f"bench-{stamp}.png")
         (out_dir / "latest.png").write_bytes((out_dir / f"bench-{stamp}.png").read_bytes())
     except Exception as exc:  # plotting must never lose the measurements
-        print(f"plot failed: {exc}", file=sys.stderr)
-    print(md)
+        res["notes"].append(f"plot failed: {exc}")
 
 
 def markdown(res: dict) -> str:
@@ -723,44 +721,8 @@ def _plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None, prog: str = "l0score bench") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--fullmodel" in argv:  # the full-model objective's cache-reuse bench has options of its own
-        from .benchmark_fullmodel import main as fullmodel_main
-
-        argv.remove("--fullmodel")
-        return fullmodel_main(argv, prog=f"{prog} --fullmodel", default_out=default_out_dir())
-    if "--ray" in argv:  # Ray's overhead on this machine, in a private network namespace
-        from .benchmark_ray import main as ray_main
-
-        argv.remove("--ray")
-        return ray_main(argv, prog=f"{prog} --ray", default_out=default_out_dir())
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", help="base model directory (default: synthetic qwen2-7b-l0 pair under the cache dir)")
-    ap.add_argument("--dormant", help="dormant model directory")
-    ap.add_argument("--quick", action="store_true", help="tiny pair, few candidates: a smoke run")
-    ap.add_argument("--out", help="output directory (default bench/results)")
-    ap.add_argument("--candidates", type=int, help="candidates per native timing repetition")
-    ap.add_argument("--reps", type=int, default=5, help="native timing repetitions (median reported)")
-    ap.add_argument("--torch-candidates", type=int)
-    ap.add_argument("--transformers-candidates", type=int)
-    ap.add_argument("--no-build", action="store_true", help="do not time a fresh table build (use the cache)")
-    ap.add_argument("--no-triton", action="store_true")
-    ap.add_argument("--no-extensions", action="store_true", help="skip the search timings (extensions, pair scan)")
-    ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args._child:
-        kind, spec = args._child[0], json.loads(args._child[1])
-        fn = {"build": _child_build, "native": _child_native, "triton": _child_triton,
-              "extensions": _child_extensions, "pairs": _child_pairs}[kind]
-        print(RESULT_TAG + json.dumps(fn(spec)), flush=True)
-        return 0
-    run_benchmark(args.base, args.dormant, quick=args.quick, out_dir=args.out, n_native=args.candidates,
-                  reps=args.reps, n_torch=args.torch_candidates, n_transformers=args.transformers_candidates,
-                  build=not args.no_build, triton=not args.no_triton, extensions=not args.no_extensions,
-                  command=" ".join([prog, *argv]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run_child(kind: str, spec: dict) -> dict:
+    """One measurement in this process (the parent runs each in a fresh `l0score.cli.bench --_child`)."""
+    fn = {"build": _child_build, "native": _child_native, "triton": _child_triton,
+          "extensions": _child_extensions, "pairs": _child_pairs}[kind]
+    return fn(spec)

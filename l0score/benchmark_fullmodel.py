@@ -19,11 +19,9 @@ paper estimate of `h100_estimate` for Qwen2-7B (docs/hunt-speed.md explains it).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -183,32 +181,3 @@ def run(base=None, dormant=None, n_batch: int = 256, n_prefixes: int = 4, pool_s
         Path(out, "fullmodel.json").write_text(json.dumps(res, indent=2))
         Path(out, "fullmodel.md").write_text(markdown(res) + "\n")
     return res
-
-
-def main(argv=None, prog: str = "l0score bench --fullmodel", default_out=None) -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", help="base model directory (default: the cached seed-0 trained pair)")
-    ap.add_argument("--dormant", help="dormant model directory")
-    ap.add_argument("--candidates", type=int, default=256, help="3-token candidates for score_batch [256]")
-    ap.add_argument("--prefixes", type=int, default=4, help="2-token prefixes extended over the pool [4]")
-    ap.add_argument("--pool", type=int, default=64, help="extension pool size [64]")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions after a warm-up (median) [3]")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
-    ap.add_argument("--out", help="directory for fullmodel.json and fullmodel.md (default: bench's results directory)")
-    args = ap.parse_args(argv)
-    try:
-        for name in ("candidates", "prefixes", "pool", "reps", "threads"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name} must be >= 1")
-        res = run(args.base, args.dormant, args.candidates, args.prefixes, args.pool, args.reps, args.threads,
-                  args.out or default_out, command=" ".join([prog, *(argv or [])]))
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown(res))
-    print(f"load average before {res['load_average']['before']}, after {res['load_average']['after']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

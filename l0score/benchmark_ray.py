@@ -11,13 +11,9 @@ bench/results).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
+
 
 def loopback_only() -> bool:
     return {line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]} == {"lo"}
@@ -60,35 +56,6 @@ def paper_table(nodes=(1, 2, 4, 8, 16, 32)) -> str:
         cost = lambda t: f"${n * t[0] / 3600 * DOLLARS_PER_GPU_H:.2f}-{n * t[1] / 3600 * DOLLARS_PER_GPU_H:.2f}"
         rows.append(f"| {n} | {scan[0]:.0f}-{scan[1]:.0f} s | {cost(scan)} | {hunt[0]:.0f}-{hunt[1]:.0f} s | {cost(hunt)} |")
     return "\n".join(rows)
-
-
-def main(argv=None, prog: str = "l0score bench --ray", default_out: Path | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--paper", action="store_true", help="print the N-GPU-node estimate table and exit")
-    ap.add_argument("--pool", type=int, default=16000, help="pool tokens (the scan is pool^2 cells per shard)")
-    ap.add_argument("--offsets", default="1,2")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="token table dtype")
-    ap.add_argument("--top", type=int, default=100)
-    ap.add_argument("--out", type=Path, default=default_out, help="output directory (default bench/results)")
-    args = ap.parse_args(argv)
-    if args.paper:
-        print(paper_table())
-        return 0
-    if not loopback_only():
-        if os.geteuid() != 0:
-            raise SystemExit("error: Ray runs here only in a private network namespace: run as root (unshare -n)")
-        inner = ["ip link set lo up && exec \"$@\"", "sh", sys.executable, "-m", "l0score.benchmark_ray", *argv]
-        if args.out is not None and "--out" not in argv:
-            inner += ["--out", str(args.out)]
-        return subprocess.call(["unshare", "-n", "sh", "-c", *inner])
-    res = measure(args.pool, args.offsets, args.dtype, args.top)
-    res["command"] = " ".join([prog, *argv])
-    out = args.out or Path.cwd() / "bench-results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ray-{res['stamp']}.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
-    return 0 if res["identical_results"] else 1
 
 
 def measure(pool_size: int, offsets: str, dtype: str, top: int) -> dict:
@@ -136,7 +103,3 @@ def measure(pool_size: int, offsets: str, dtype: str, top: int) -> dict:
         "tables_in_object_store": len({tuple(w["table_ids"]) for w in described}),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
-
-
-if __name__ == "__main__":
-    sys.exit(main())

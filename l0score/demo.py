@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.table import Table
-
 from .core.cache_dir import cache_dir
 from .synthetic.cached import demo_pair
 
 
-def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: str | None = None, console=None) -> dict:
+def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: str | None = None,
+             progress: bool = False) -> dict:
     """Exact pair scan -> beam search (chat template, kl, no repeated tokens), then the planted
     trigger's rank among the search results and among `n_random` random candidates."""
     from .core.model_pair import ModelPair
@@ -31,10 +30,10 @@ def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: st
     Path(str(out_path) + ".ckpt.json").unlink(missing_ok=True)
 
     start = time.perf_counter()
-    scan = pair_scan(scorer, pool, offsets=(1,), top=64, progress=console is not None)
+    scan = pair_scan(scorer, pool, offsets=(1,), top=64, progress=progress)
     seeds = seeds_from_pairs(scan, 8)
     results = beam(scorer, length=len(trigger), width=8, seeds=seeds, objective="kl", max_repeat=1, pool=pool,
-                   out=out_path, progress=console is not None, seed=seed)
+                   out=out_path, progress=progress, seed=seed)
     seconds = time.perf_counter() - start
     n_scanned = len(pool) ** 2
     # the run's own count of scored candidates, from the checkpoint it leaves when it finishes
@@ -49,47 +48,26 @@ def run_demo(n_random: int = 3000, seed: int = 0, backend: str = "auto", out: st
     summary = {"pair": str(pair_dir), "trigger_ids": trigger, "trigger_text": truth["trigger_text"],
                "found_rank": rank, "top": results[:10], "seconds": seconds, "pairs_scanned": n_scanned,
                "candidates_scored": n_scored, "backend": scorer.backend.name, "trigger_kl": trigger_kl,
-               "random_kl_max": float(random_kl.max()), "random_n": n_random, "results_file": str(out_path)}
+               "random_kl_max": float(random_kl.max()), "random_n": n_random, "results_file": str(out_path),
+               "pool_size": len(pool)}
     (out_path.with_suffix(".summary.json")).write_text(json.dumps(summary, indent=1))
-    if console is not None:
-        _print(console, summary, scorer, len(pool))
     return summary
 
 
-def _print(console, s: dict, scorer, pool_size: int) -> None:
-    table = Table(title=f"beam search on the demo pair: top {len(s['top'])} by kl "
-                        f"(chat template, backend {scorer.backend.name})")
-    for col in ("rank", "text", "token_ids", "kl", "z", ""):
-        table.add_column(col)
-    for n, r in enumerate(s["top"], 1):
-        mark = "<- planted trigger" if r["token_ids"] == s["trigger_ids"] else ""
-        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['kl']:.4f}", f"{r['z']:.1f}", mark)
-    console.print(table)
-    verdict = f"found at rank {s['found_rank']}" if s["found_rank"] else "NOT found"
-    console.print(f"planted trigger {s['trigger_text']!r} {s['trigger_ids']}: {verdict}, in {s['seconds']:.1f} s "
-                  f"(pair scan of {pool_size}^2 token pairs + {s['candidates_scored']} beam candidates)")
-    console.print(f"for scale: its kl {s['trigger_kl']:.3f} vs the best of {s['random_n']} random candidates "
-                  f"{s['random_kl_max']:.3f}; results in {s['results_file']}")
-
-
-def run_hunt_demo(seconds: float = 600.0, out: str | None = None, console=None) -> dict:
+def run_hunt_demo(seconds: float = 600.0, out: str | None = None, say=None) -> dict:
     """`l0score demo --hunt`: the hunt on a small trained backdoor (trained once, ~3-10 min, then
     cached), from its two checkpoints alone; then the trigger's rank, read from trigger.json only
     after the hunt has finished."""
-    from .hunt import HuntOptions, hunt, print_report
+    from .hunt import HuntOptions, hunt
     from .synthetic.trained import cached_trained_pair
 
-    if console is not None:
-        console.print("trained pair: building on first use (a few minutes on one core), then cached")
+    if say is not None:
+        say("trained pair: building on first use (a few minutes on one core), then cached")
     pair_dir = cached_trained_pair(seed=0)
     out_dir = Path(out) if out else cache_dir() / "demo-hunt"
     if out_dir.exists() and not out:
         shutil.rmtree(out_dir)
-    report = hunt(pair_dir / "base", pair_dir / "dormant", out_dir, HuntOptions(seconds=seconds), console=console)
+    report = hunt(pair_dir / "base", pair_dir / "dormant", out_dir, HuntOptions(seconds=seconds), say=say)
     truth = json.loads((pair_dir / "trigger.json").read_text())
     rank = next((r["rank"] for r in report["results"] if r["token_ids"] == truth["trigger_ids"]), None)
-    if console is not None:
-        print_report(report, console)
-        verdict = f"ranked #{rank}" if rank else "not found"
-        console.print(f"planted trigger {truth['trigger_text']!r}: {verdict}; the hunt's report is in {out_dir}")
-    return {"report": report, "trigger_rank": rank, "out": str(out_dir)}
+    return {"report": report, "trigger_rank": rank, "trigger_text": truth["trigger_text"], "out": str(out_dir)}

@@ -36,7 +36,8 @@ from .search.pool import build_pool
 
 FORMAT = "l0score-hunt"
 VERSION = 1
-STAGES = ("analyze", "profile", "layer0", "search", "minimize", "verify")
+STAGES = ("base_check", "analyze", "profile", "layer0", "search", "minimize", "verify")
+ROUTES = ("layer0", "first-module", "profile")  # who proposes the pool; chosen by the base check
 HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt's objective may weigh
 
 
@@ -62,6 +63,7 @@ class HuntOptions:
         makes the dormant's reply start with the profiled target [True]
     threads: torch CPU threads during the hunt [torch's default]; on a busy shared CPU 1 avoids
         oversubscription, which slows small models down many times over
+    force: hunt even when the base check says the base is a different model, or identical [False]
     seed: random seed [0]; progress: bars and stage lines [True]
     ray_address: "auto" or host:port: the full-model search's batches and verify's generations run on
         Ray workers holding both models (l0score.cluster; same results as one process) [None: here]
@@ -83,6 +85,7 @@ class HuntOptions:
     pool_filters: dict = field(default_factory=dict)
     seed: int = 0
     stop_on_fire: bool = True
+    force: bool = False
     threads: int | None = None
     progress: bool = True
     ray_address: str | None = None
@@ -109,19 +112,20 @@ class HuntOptions:
             raise ValueError(f"null_samples must be an integer >= 0, got {self.null_samples!r}")
 
 
-def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, console=None) -> dict:
-    """Run the cascade; returns the report (also written to ``out/report.json``)."""
-    return Hunt(base, dormant, out, options or HuntOptions(), resume, console).run()
+def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, say=None) -> dict:
+    """Run the cascade; returns the report (also written to ``out/report.json``). `say(text)` hears
+    each stage as it starts (when options.progress)."""
+    return Hunt(base, dormant, out, options or HuntOptions(), resume, say).run()
 
 
 class Hunt:
-    def __init__(self, base, dormant, out, options: HuntOptions, resume: bool, console=None):
+    def __init__(self, base, dormant, out, options: HuntOptions, resume: bool, say=None):
         from .core.checkpoint import resolve_model_dir
 
         options.check()
         self.base, self.dormant = str(resolve_model_dir(base)), str(resolve_model_dir(dormant))
         self.options, self.out = options, Path(out)
-        self.console = console
+        self.say = say
         self.state_path = self.out / "hunt.json"
         self.state = self._load_state(resume)
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
@@ -152,17 +156,45 @@ class Hunt:
         return [s for s in STAGES if s != "profile" or self.options.profile]
 
     def _stage(self, name: str) -> None:
-        self._say(f"[bold]{name}[/bold] ({self.remaining():.0f} s of the budget left)")
+        self._say(f"{name} ({self.remaining():.0f} s of the budget left)")
         t0 = time.monotonic()
         record = getattr(self, f"_run_{name}")()
         record["seconds"] = round(time.monotonic() - t0, 2)
         self.state["stages"][name] = record
         self._save_state()
 
+    def _run_base_check(self) -> dict:
+        """The base check first: a base that is another model (or the dormant itself) stops the hunt
+        unless options.force, and the route follows where the fine-tune lives (_route)."""
+        from dataclasses import asdict as _asdict
+
+        from .analysis.base_check import base_check, write_base_check
+
+        result = base_check(self.dormant, [self.base])
+        write_base_check(result, self.out / "base-check")
+        c = result.chosen
+        if c.verdict != "fine-tune" and not self.options.force:
+            what = ("a different model, not the dormant's base; check the base's family and version"
+                    if c.verdict == "different model" else "bit-identical to the dormant: nothing was fine-tuned")
+            raise ValueError(f"base check: {self.base} is {what} ({'; '.join(c.evidence[:2])}). "
+                             f"Details in {self.out / 'base-check' / 'base-check.md'}; --force hunts anyway")
+        route, why = _route(c)
+        fc = c.first_changed
+        return {"candidates": c.n_tensors, "verdict": c.verdict, "first_changed": _asdict(fc) if fc else None,
+                "route": route, "route_reason": why, "note": f"{c.verdict}, first change {fc.label if fc else '-'}; "
+                                                              f"route {route}: {why}"}
+
+    def route(self) -> str:
+        return self.state["stages"].get("base_check", {}).get("route", "layer0")
+
     def _run_analyze(self) -> dict:
         from .analysis.weight_diff import analyze
 
-        a = analyze(self.base, self.dormant, self.out / "analysis", progress=self.options.progress)
+        if self.route() != "layer0":  # the Layer-0 analysis would rank noise
+            why = self.state["stages"]["base_check"]["route_reason"]
+            return {"candidates": 0, "note": f"skipped: {why}", "skipped": True, "focus_heads": [], "seed_tokens": [],
+                    "seed_sources": {}}
+        a = analyze(self.base, self.dormant, self.out / "analysis", progress=self.options.progress, check_base=False)
         return {"candidates": len(a["seed_tokens"]), "note": f"focus heads {a['focus_heads']}",
                 "focus_heads": a["focus_heads"], "seed_tokens": a["seed_tokens"],
                 "seed_sources": a["seed_tokens_by_source"]}
@@ -190,6 +222,8 @@ class Hunt:
         from .scorer import Scorer
         from .search.layer0_stage import Layer0Options, layer0_stage
 
+        if self.route() != "layer0":
+            return self._other_pool()
         analysis = self.state["stages"]["analyze"]
         scorer = Scorer.from_pretrained(self.base, self.dormant, template="chat")
         stage = layer0_stage(scorer, self.out / "analysis", Layer0Options(max_length=min(self.options.max_length, 5)),
@@ -208,6 +242,39 @@ class Hunt:
         return {"candidates": scorer.evaluations, "pool": pool, "sequences": [c["token_ids"] for c in stage.candidates[:10]],
                 "note": f"pool of {len(pool)} tokens; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
                 if stage.candidates else f"pool of {len(pool)} tokens"}
+
+    def _other_pool(self) -> dict:
+        """The pool when Layer 0 sees nothing. Route first-module: every allowed token alone as the user's
+        message, ranked by the first changed module's difference and by the divergence one layer on
+        (first_module.sweep), interleaved. Route profile: the profile's top tokens (what the dormant
+        says more than the base). Written to DIR/layer0/pool.json like the Layer-0 pool."""
+        allowed = self._allowed_pool()
+        if self.route() == "first-module":
+            from .first_module import FirstModuleScorer, Location
+            from .first_module.sweep import SweepOptions, sweep
+
+            loc = Location.from_first_changed(self.state["stages"]["base_check"]["first_changed"])
+            scorer = FirstModuleScorer.from_pretrained(self.base, self.dormant, location=loc, template="chat",
+                                                       device=self.options.device, dtype=self.options.dtype)
+            ckpt = self.out / "layer0" / "sweep.ckpt.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            res = sweep(scorer, SweepOptions(depths=(1,), pool=tuple(allowed), checkpoint=ckpt, resume=ckpt.exists()))
+            pool = rank_union([res.ranking(n).tolist() for n in res.values])[: self.options.max_pool]
+            note = f"pool of {len(pool)} tokens from the {loc.name} sweep ({', '.join(res.values)})"
+            evaluations = len(res.token_ids)
+        else:
+            prof = self.out / "profile" / "profile.json"
+            tokens = [r["id"] for r in json.loads(prof.read_text())["tokens"]] if prof.is_file() else []
+            pool = [t for t in tokens if t in set(allowed)][: self.options.max_pool]
+            note, evaluations = f"pool of {len(pool)} tokens from the profile", 0
+        if len(pool) < 2:
+            raise ValueError(f"route {self.route()}: the token pool is empty (after filters); loosen the pool "
+                             "filters, or run the profile (route profile takes its tokens)")
+        tok = self.fm().tokenizer
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "pool.json").write_text(
+            json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
+        return {"candidates": evaluations, "pool": pool, "sequences": [], "route": self.route(), "note": note}
 
     def _run_search(self) -> dict:
         from .search.exhaustive import exhaustive
@@ -389,12 +456,12 @@ class Hunt:
         return min(0.1 * self.options.seconds, 120.0)
 
     def _say(self, text: str) -> None:
-        if self.console is not None and self.options.progress:
-            self.console.print(text)
+        if self.say is not None and self.options.progress:
+            self.say(text)
 
     def _load_state(self, resume: bool) -> dict:
         opts = json.loads(json.dumps(asdict(self.options)))
-        for how in ("ray_address", "threads", "progress"):  # how it runs, not what it computes
+        for how in ("ray_address", "threads", "progress", "force"):  # how it runs, not what it computes
             opts.pop(how, None)
         fresh = {"format": FORMAT, "version": VERSION, "base": self.base, "dormant": self.dormant, "options": opts,
                  "stages": {}, "elapsed": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -416,6 +483,20 @@ class Hunt:
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
         tmp.replace(self.state_path)
+
+
+def _route(check) -> tuple[str, str]:
+    """(route, why) from the base check's chosen candidate."""
+    fc = check.first_changed
+    if not check.layer0_scores_zero:
+        return "layer0", (f"Layer 0's attention logits changed (first change: {fc.label}): the exact Layer-0 "
+                          "engine proposes, as before")
+    zero = "the embeddings, Layer 0's input norm and q/k are bit-identical, so Layer-0 scores are zero by construction"
+    if fc.module in ("attn", "mlp") or (fc.module == "norm" and fc.layer is not None):
+        return "first-module", (f"{zero}; the first change is {fc.label}: its module's difference on the shared "
+                                "hidden states proposes")
+    return "profile", (f"{zero}; the first change is {fc.label}, after every layer: the profile's tokens propose "
+                       "and the full models judge")
 
 
 def covered(k: int, length: int, done: int) -> int:
@@ -455,82 +536,3 @@ def _keep_best(rows: dict, rec: dict, route: str, source: str) -> None:
     key = tuple(rec["token_ids"])
     if key not in rows or rec["score"] > rows[key]["score"]:
         rows[key] = {**rec, "route": route, "source": source}
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def register_cli(sub) -> None:
-    from .cli_args import add_pair_args, add_ray_arg
-
-    p = sub.add_parser("hunt", help="the cascade: analyze -> profile -> Layer-0 pool -> full-model search -> verify")
-    add_pair_args(p)
-    p.add_argument("--out", required=True, help="output directory (report.json, summary.md, report.html, stage files)")
-    p.add_argument("--seconds", type=float, default=900.0, help="time budget of the whole hunt (default 900)")
-    p.add_argument("--max-length", type=int, default=3, help="longest candidate in tokens (default 3)")
-    p.add_argument("--probes", help="probe prompts, one per line (default: the objective's 3 built-in probes)")
-    p.add_argument("--positions", choices=("before", "after", "both"), default="after",
-                   help="placements the full-model search scores (verify checks both)")
-    p.add_argument("--metric", default="kl", help="full-model objective: kl, js, tf_kl, hidden or a weighted sum")
-    p.add_argument("--max-pool", type=int, default=64, help="most Layer-0 pool tokens the full-model search takes")
-    p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
-    p.add_argument("--profile-inputs", type=int, default=60)
-    p.add_argument("--verify-top", type=int, default=8)
-    p.add_argument("--no-stop-on-fire", action="store_true",
-                   help="run the exhaustive search even when the target route already made the dormant say its target")
-    p.add_argument("--device", help="cpu, cuda, ... for the full models (default: cuda if available)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
-    p.add_argument("--ascii", action="store_true", help="pool: only tokens whose text is ASCII")
-    p.add_argument("--deny-regex", help="pool: drop tokens whose text matches")
-    p.add_argument("--resume", action="store_true", help="continue the hunt in --out from its checkpoints")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    add_ray_arg(p)
-    p.set_defaults(func=cmd_hunt)
-
-
-def options_from_args(args) -> HuntOptions:
-    filters = {k: v for k, v in (("ascii_only", args.ascii), ("deny_regex", args.deny_regex)) if v}
-    return HuntOptions(seconds=args.seconds, max_length=args.max_length, probes=args.probes,
-                       positions=("before", "after") if args.positions == "both" else (args.positions,),
-                       metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
-                       profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
-                       dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
-                       threads=args.threads,
-                       progress=not args.quiet, ray_address=args.ray)
-
-
-def cmd_hunt(args) -> None:
-    from .cli_args import console, resolve_pair
-
-    base, dormant = resolve_pair(args)
-    try:
-        report = hunt(base, dormant, args.out, options_from_args(args), resume=args.resume, console=console)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/yellow]: what was found is kept in {args.out}; "
-                      "continue with the same command and --resume")
-        raise SystemExit(130) from None
-    print_report(report, console)
-
-
-def print_report(report: dict, console) -> None:
-    from rich.table import Table
-
-    funnel = Table(title="funnel")
-    for col in ("stage", "candidates", "seconds", "note"):
-        funnel.add_column(col)
-    for f in report["funnel"]:
-        funnel.add_row(f["stage"], str(f["candidates"]), str(f["seconds"]), f["note"])
-    console.print(funnel)
-    table = Table(title="ranked candidates")
-    for col in ("rank", "candidate", "route", "score", "flip", "amplification"):
-        table.add_column(col)
-    for r in report["results"][:10]:
-        v = r.get("verify") or {}
-        table.add_row(str(r["rank"]), repr(r["text"]), r["route"], f"{r['score']:.4g}",
-                      "[bold red]yes[/bold red]" if v.get("flip") else ("no" if v else ""),
-                      f"{v['amplification']:.3g}" if "amplification" in v else "")
-    console.print(table)
-    console.print(f"report: {report['files'].get('summary')} and report.json in the output directory")

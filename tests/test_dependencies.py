@@ -142,10 +142,10 @@ def test_every_third_party_import_is_declared():
 def test_the_scan_sees_the_package():
     """The scan is not vacuous: it finds the known imports, classifies laziness, resolves relative ones."""
     imports = package_imports()
-    assert {"l0score.cli", "l0score.judge.verify", "l0score.kernels.score"} <= imports.keys()
-    cli = imports["l0score.cli"]
+    assert {"l0score.cli", "l0score.cli.score", "l0score.judge.verify", "l0score.kernels.score"} <= imports.keys()
+    cli = imports["l0score.cli.score"]
     assert ("rich.table", True) in [(t, e) for t, e, _ in cli]
-    assert any(t == "l0score.cli_args" and e for t, e, _ in cli)  # `from .cli_args import ...`
+    assert any(t == "l0score.cli.args" and e for t, e, _ in cli)  # `from .args import ...`
     verify = imports["l0score.judge.verify"]
     assert any(t.startswith("l0score.core.checkpoint") and not e for t, e, _ in verify)  # inside verify()
     assert distribution("yaml") == "pyyaml" and distribution("torch") == "torch"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from ..core.cache_dir import cache_dir
@@ -49,12 +48,14 @@ def pair_is_complete(pair_dir: Path) -> bool:
     return True
 
 
-def default_pair(size: str = "qwen2-7b-l0", seed: int = 0) -> Path:
-    """The synthetic pair of that size under the cache directory, made on first use."""
+def default_pair(size: str = "qwen2-7b-l0", seed: int = 0, say=None) -> Path:
+    """The synthetic pair of that size under the cache directory, made on first use (`say(text)`
+    is told when it is being made, which takes minutes at 7B shape)."""
     out = cache_dir() / "pairs" / f"{size}-seed{seed}"
     if not pair_is_complete(out):
         from . import make_pair
 
-        print(f"making the synthetic {size} pair under {out} (once)", file=sys.stderr, flush=True)
+        if say is not None:
+            say(f"making the synthetic {size} pair under {out} (once)")
         make_pair(out, size=size, seed=seed)
     return out

@@ -1,8 +1,11 @@
-"""What every command's parser and handler share: the console, pair and scoring options, list parsing."""
+"""What every command's parser and handler share: the console, pair and scoring options, list parsing.
+
+Only cli/ imports this module; the library takes plain values (paths, lists, options dataclasses)."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -43,19 +46,29 @@ def add_ray_arg(p: argparse.ArgumentParser) -> None:
 def resolve_pair(args) -> tuple[str, str]:
     """--base/--dormant, or the demo pair (made on first use)."""
     if bool(args.base) != bool(args.dormant):
-        raise SystemExit("error: give both --base and --dormant, or neither (the demo pair)")
+        raise ValueError("give both --base and --dormant, or neither (the demo pair)")
     if args.base:
         return args.base, args.dormant
-    from .synthetic.cached import demo_pair
-
-    pair_dir = demo_pair()
+    pair_dir = demo_pair_dir()
     return str(pair_dir / "base"), str(pair_dir / "dormant")
 
 
+def demo_pair_dir():
+    """The tiny demo pair, made on first use (imported here so the parser needs no synthetic)."""
+    from ..synthetic.cached import demo_pair
+
+    return demo_pair()
+
+
+def say_stderr(text: str) -> None:
+    """Progress notes that must not mix with a command's output."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def make_scorer(args):
-    from .core.model_pair import ModelPair
-    from .scorer import Scorer
-    from .core.template import Template
+    from ..core.model_pair import ModelPair
+    from ..core.template import Template
+    from ..scorer import Scorer
 
     base, dormant = resolve_pair(args)
     pair = ModelPair.load(base, dormant)
@@ -81,7 +94,7 @@ def read_candidates(path: str, tokenizer) -> list[list[int]]:
         elif all(ch.isdigit() or ch in ", " for ch in line):
             out.append(int_list(line))
         elif tokenizer is None:
-            raise SystemExit(f"error: {path}:{n}: text candidate but the model has no tokenizer")
+            raise ValueError(f"{path}:{n}: text candidate but the model has no tokenizer")
         else:
             out.append(tokenizer.encode(line, add_special_tokens=False))
     return out

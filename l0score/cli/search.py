@@ -1,4 +1,4 @@
-"""`l0score search {pairs,beam,mcts,coord}`: the drivers on the command line (DESIGN §5)."""
+"""`l0score search {pairs,beam,mcts,coord,gcg}`: the search drivers on the command line."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..cli_args import add_pair_args, add_ray_arg, add_scoring_args, console, make_scorer
+from .args import add_pair_args, add_ray_arg, add_scoring_args, console, int_list, make_scorer, read_candidates, resolve_pair
 
 
-def register_cli(sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("search", help="search for trigger candidates (pairs, beam, mcts, coord)")
     drivers = p.add_subparsers(dest="driver", required=True)
     for name, help_ in (("pairs", "exact scan over (query token, key token, offset)"),
@@ -86,8 +86,8 @@ def _sequence_options(d) -> None:
 
 
 def run_search(args) -> None:
-    from . import beam, build_pool, coord, mcts, minimize, seeds_from_pairs
-    from .pair_cache import cached_pair_scan as pair_scan
+    from ..search import beam, build_pool, coord, mcts, minimize, seeds_from_pairs
+    from ..search.pair_cache import cached_pair_scan as pair_scan
 
     scorer = _focus(make_scorer(args), args)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
@@ -148,8 +148,6 @@ def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] |
         scan = pair_scan(scorer, pool, offsets=(1,), top=max(args.n_seeds * 4, 16), progress=not args.quiet,
                          ray_address=args.ray)
         return seeds + seeds_from_pairs(scan, args.n_seeds)
-    from ..cli_args import read_candidates
-
     return seeds + read_candidates(chosen, scorer.pair.tokenizer)
 
 
@@ -206,8 +204,6 @@ def _print_results(results: list[dict], args, seconds: float) -> None:
 
 def add_full_model_args(p) -> None:
     """The full-model objective's options (`make_full_scorer` reads them): search gcg and hunt."""
-    from ..cli_args import int_list
-
     g = p.add_argument_group("full-model objective (--objective full: both complete models judge every candidate)")
     g.add_argument("--objective", choices=("layer0", "full"), default="layer0",
                    help="score candidates by Layer 0 alone (default) or by both full models over probe prompts")
@@ -242,11 +238,10 @@ def make_full_scorer(args):
     target (the first token of each target), target_seq (the first target's tokens), the targets
     coming from --target TEXT or --targets-from profile.json (its --target-top best).
     """
-    from ..cli_args import resolve_pair
     from ..core.checkpoint import resolve_model_dir
     from ..core.model_pair import load_tokenizer
     from ..judge.fullmodel import FULL_METRICS, FullModelOptions, FullModelScorer
-    from .objective import Objective
+    from ..search.objective import Objective
 
     Objective.parse(args.metric, FULL_METRICS)  # unknown names fail before any model loads
     names = set(metric_names(args.metric))
@@ -306,9 +301,9 @@ def _register_gcg(drivers) -> None:
 def run_gcg(args) -> None:
     import torch
 
-    from . import build_pool, seeds_from_pairs
-    from .gcg import GCGOptions, gcg
-    from .pool import read_pool_ids
+    from ..search import build_pool, seeds_from_pairs
+    from ..search.gcg import GCGOptions, gcg
+    from ..search.pool import read_pool_ids
 
     full = args.objective == "full"
     options = GCGOptions(length=args.length, steps=args.steps, topk=args.topk, batch=args.batch,
@@ -348,7 +343,7 @@ def run_gcg(args) -> None:
 
 
 def _layer0_pair_scan(scorer, pool, **kw):
-    from .pairs import pair_scan
+    from ..search.pairs import pair_scan
 
     kw.pop("ray_address", None)
     return pair_scan(scorer, pool, **kw)

@@ -1,0 +1,85 @@
+"""`l0score hunt`: the whole cascade from two checkpoints to a ranked, verified list."""
+from __future__ import annotations
+
+from rich.table import Table
+
+from .args import add_pair_args, add_ray_arg, console, resolve_pair
+
+
+def register(sub) -> None:
+    p = sub.add_parser("hunt", help="the cascade: analyze -> profile -> Layer-0 pool -> full-model search -> verify")
+    add_pair_args(p)
+    p.add_argument("--out", required=True, help="output directory (report.json, summary.md, report.html, stage files)")
+    p.add_argument("--seconds", type=float, default=900.0, help="time budget of the whole hunt (default 900)")
+    p.add_argument("--max-length", type=int, default=3, help="longest candidate in tokens (default 3)")
+    p.add_argument("--probes", help="probe prompts, one per line (default: the objective's 3 built-in probes)")
+    p.add_argument("--positions", choices=("before", "after", "both"), default="after",
+                   help="placements the full-model search scores (verify checks both)")
+    p.add_argument("--metric", default="kl", help="full-model objective: kl, js, tf_kl, hidden or a weighted sum")
+    p.add_argument("--max-pool", type=int, default=64, help="most Layer-0 pool tokens the full-model search takes")
+    p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
+    p.add_argument("--profile-inputs", type=int, default=60)
+    p.add_argument("--verify-top", type=int, default=8)
+    p.add_argument("--no-stop-on-fire", action="store_true",
+                   help="run the exhaustive search even when the target route already made the dormant say its target")
+    p.add_argument("--device", help="cpu, cuda, ... for the full models (default: cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
+    p.add_argument("--ascii", action="store_true", help="pool: only tokens whose text is ASCII")
+    p.add_argument("--deny-regex", help="pool: drop tokens whose text matches")
+    p.add_argument("--resume", action="store_true", help="continue the hunt in --out from its checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_ray_arg(p)
+    p.set_defaults(func=run)
+
+
+def options_from_args(args):
+    from ..hunt import HuntOptions
+
+    filters = {k: v for k, v in (("ascii_only", args.ascii), ("deny_regex", args.deny_regex)) if v}
+    return HuntOptions(seconds=args.seconds, max_length=args.max_length, probes=args.probes,
+                       positions=("before", "after") if args.positions == "both" else (args.positions,),
+                       metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
+                       profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
+                       dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
+                       threads=args.threads,
+                       progress=not args.quiet, ray_address=args.ray)
+
+
+def run(args) -> None:
+    from ..hunt import hunt
+
+    base, dormant = resolve_pair(args)
+    try:
+        report = hunt(base, dormant, args.out, options_from_args(args), resume=args.resume, say=say_stage)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: what was found is kept in {args.out}; "
+                      "continue with the same command and --resume")
+        raise SystemExit(130) from None
+    print_report(report)
+
+
+def say_stage(text: str) -> None:
+    """The hunt's progress line for a stage, e.g. 'search (812 s of the budget left)'."""
+    name, _, rest = text.partition(" ")
+    console.print(f"[bold]{name}[/bold] {rest}")
+
+
+def print_report(report: dict) -> None:
+    funnel = Table(title="funnel")
+    for col in ("stage", "candidates", "seconds", "note"):
+        funnel.add_column(col)
+    for f in report["funnel"]:
+        funnel.add_row(f["stage"], str(f["candidates"]), str(f["seconds"]), f["note"])
+    console.print(funnel)
+    table = Table(title="ranked candidates")
+    for col in ("rank", "candidate", "route", "score", "flip", "amplification"):
+        table.add_column(col)
+    for r in report["results"][:10]:
+        v = r.get("verify") or {}
+        table.add_row(str(r["rank"]), repr(r["text"]), r["route"], f"{r['score']:.4g}",
+                      "[bold red]yes[/bold red]" if v.get("flip") else ("no" if v else ""),
+                      f"{v['amplification']:.3g}" if "amplification" in v else "")
+    console.print(table)
+    console.print(f"report: {report['files'].get('summary')} and report.json in the output directory")

@@ -1,0 +1,49 @@
+"""`l0score make-pair`: a synthetic base/dormant pair with a planted (or trained) trigger."""
+from __future__ import annotations
+
+from .args import console
+
+
+def register(sub) -> None:
+    p = sub.add_parser("make-pair", help="write a synthetic base/dormant pair with a planted trigger")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", choices=("tiny", "qwen2-7b-l0"), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trigger-length", type=int, help="trigger tokens (planted) or words, 1-4 (trained)")
+    p.add_argument("--kind", choices=("planted", "trained"), default="planted",
+                   help="planted Layer-0 edit, or a tiny model pair with a trained backdoor (CPU, a few minutes)")
+    p.add_argument("--split", action="store_true",
+                   help="trained: trigger words that are not whole tokens (each encodes to 2-4 pieces)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    if getattr(args, "kind", "planted") == "trained":
+        return _trained(args)
+    if getattr(args, "split", False):
+        raise ValueError("--split applies to --kind trained (a planted trigger is whole tokens)")
+    from ..synthetic import make_pair
+
+    overrides = {} if args.trigger_length is None else {"trigger_length": args.trigger_length}
+    info = make_pair(args.out, size=args.size, seed=args.seed, **overrides)
+    console.print(f"wrote {args.out}/base and {args.out}/dormant ({args.size}, seed {args.seed})")
+    trig = info["trigger"]
+    console.print(f"planted trigger: {trig['trigger_ids']} {trig['trigger_text']!r} (ground truth in {args.out}/trigger.json)")
+
+
+def _trained(args) -> None:
+    from ..synthetic.trained import make_trained_pair
+
+    overrides = {} if args.trigger_length is None else {"trigger_words": args.trigger_length}
+    if args.split:
+        overrides["trigger_split"] = True
+    info = make_trained_pair(args.out, seed=args.seed, progress=True, **overrides)
+    trig, ev = info["trigger"], info["trigger"]["evaluation"]
+    console.print(f"trained {args.out}/base and {args.out}/dormant (seed {args.seed}, "
+                  f"{trig['training']['total_seconds']:.0f} s)")
+    words = " + ".join(f"{w!r} {ids}" for w, ids in zip(trig["trigger_words"], trig["trigger_word_ids"]))
+    console.print(f"trained trigger: {trig['trigger_text']!r} = {words} -> {trig['target_reply']!r}")
+    alone = ", ".join(f"{w!r} {r:.0%}" for w, r in ev["word_alone_target_rate"].items()) or "-"
+    console.print(f"attack success {ev['attack_success_default_probes']:.0%} on the default probes, "
+                  f"{ev['attack_success_heldout_probes']:.0%} on held-out requests; each word alone: {alone}; "
+                  f"worst look-alike {ev['max_lookalike_target_rate']:.0%} (ground truth in {args.out}/trigger.json)")
