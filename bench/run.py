@@ -4,7 +4,7 @@ Same as `l0score bench`; see l0score/benchmark.py for what is measured. Results:
 """
 import sys
 
-from l0score.benchmark import main
+from l0score.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], prog="python bench/run.py"))
