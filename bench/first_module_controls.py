@@ -2,7 +2,7 @@
 several k, and the weight-delta projection. The trigger file is read only to judge the rankings.
 
     python bench/first_module_controls.py [--pairs bench/results/real_pairs.json | DIR ...]
-        [--depths 1,2,3,4,6,8] [--out bench/results/first_module_controls.json] [--threads 1]
+        [--depths 1,2,3,4,6,8] [--amplify 1,2,4,8] [--out bench/results/first_module_controls.json] [--threads 1]
 
 The first changed module comes from the base check (the hunt's route). Each sweep checkpoints under
 the pair directory (first_module_sweep.pt) and resumes if killed. Results are rewritten after every pair.
@@ -46,6 +46,7 @@ def measure(d: Path, depths: tuple[int, ...], batch: int) -> dict:
 
     swept = sweep(scorer, SweepOptions(depths=depths, batch_size=batch, checkpoint=d / "first_module_sweep.pt",
                                        resume=True), progress=progress)
+    (d / "first_module_sweep.pt").unlink(missing_ok=True)  # complete: nothing to resume
     t1 = time.perf_counter()
     proj = delta_projection(base, dormant)
     t2 = time.perf_counter()
@@ -62,6 +63,35 @@ def measure(d: Path, depths: tuple[int, ...], batch: int) -> dict:
             "projection_seconds": t2 - t1}
 
 
+def amplified(d: Path, alphas: tuple[float, ...]) -> dict:
+    """What amplified sampling reveals: payloads, and how many generations per setting hold the planted
+    reply's words (judged against trigger.json's target_reply, which the sampling never sees)."""
+    import torch
+
+    from l0score.core.model_pair import load_tokenizer
+    from l0score.judge.amplify import AmplifyOptions, _words, amplify
+    from l0score.judge.models import load_model
+
+    models = {m: load_model(d / m, "cpu", torch.float32) for m in ("base", "dormant")}
+    tok = load_tokenizer(d / "dormant")
+    t0 = time.perf_counter()
+    res = amplify(models, tok, AmplifyOptions(alphas=alphas, samples=2, max_new_tokens=24))
+    reply = " ".join(_words(json.loads((d / "trigger.json").read_text()).get("target_reply", "")))  # judging only
+    per_setting = {}
+    key_of = lambda g: g["form"] if g["form"] == "base" else f"{g['form']}:{g['alpha']:g}"
+    for g in res.generations:
+        key = key_of(g)
+        row = per_setting.setdefault(key, {"generations": 0, "reply_in_full": 0, "reply_first_word": 0})
+        words = " ".join(_words(g["text"]))
+        row["generations"] += 1
+        row["reply_in_full"] += bool(reply) and reply in words
+        row["reply_first_word"] += bool(reply and words) and words.split()[0] == reply.split()[0]
+    return {"seconds": time.perf_counter() - t0, "payloads_top5": res.payloads[:5], "openings_top5": res.openings[:5],
+            "per_setting": per_setting,
+            "examples": {k: [g["text"] for g in res.generations if key_of(g) == k and g["mode"] == "greedy"][:3]
+                         for k in per_setting}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default=str(RESULTS / "real_pairs.json"))
@@ -69,6 +99,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "first_module_controls.json"))
+    ap.add_argument("--amplify", default="1,2,4,8", help="alphas of amplified sampling ('' = skip)")
     args = ap.parse_args()
     import torch
 
@@ -78,6 +109,8 @@ def main() -> None:
     for d in pair_dirs(args):
         print(f"{d} ...", flush=True)
         row = {**measure(d, depths, args.batch), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+        if args.amplify:
+            row["amplify"] = amplified(d, tuple(float(a) for a in args.amplify.split(",")))
         rows = [r for r in rows if r["pair"] != row["pair"]] + [row]
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
         print(json.dumps({k: row[k] for k in ("location", "trigger_tokens", "sweep_ranks", "projection_ranks")}), flush=True)
