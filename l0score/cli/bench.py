@@ -25,6 +25,11 @@ def main(argv=None, prog: str = "l0score bench") -> int:
     if "--fullmodel" in argv:  # the full-model objective's cache-reuse bench has options of its own
         argv.remove("--fullmodel")
         return fullmodel_main(argv, prog=f"{prog} --fullmodel", default_out=default_out_dir())
+    if "--first-module" in argv:  # the first-module scorer against the full models, the sweep's rate
+        from .bench_first_module import first_module_main
+
+        argv.remove("--first-module")
+        return first_module_main(argv, prog=f"{prog} --first-module", default_out=default_out_dir())
     if "--ray" in argv:  # Ray's overhead on this machine, in a private network namespace
         argv.remove("--ray")
         return ray_main(argv, prog=f"{prog} --ray", default_out=default_out_dir())

@@ -27,6 +27,12 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted profile in --out from its checkpoint")
+    p.add_argument("--amplify", type=_alphas, default=(), metavar="ALPHA[,ALPHA...]",
+                   help="amplified sampling (docs/first-module.md): logits_d + a(logits_d - logits_b) and W_d + a(W_d - W_b); "
+                        "its payloads join the targets [off]")
+    p.add_argument("--amplify-forms", default="logits,weights", help="logits and/or weights [logits,weights]")
+    p.add_argument("--amplify-samples", type=int, default=d.amplify_samples,
+                   help=f"sampled generations per prompt and setting, besides the greedy one [{d.amplify_samples}]")
     p.set_defaults(func=run)
 
 
@@ -40,7 +46,9 @@ def run(args) -> None:
                           reply_tokens=args.reply_tokens, top_first=args.top_first,
                           max_target_tokens=args.max_target_tokens, min_preference=args.min_preference,
                           positions=POSITIONS if args.position == "both" else (args.position,),
-                          device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+                          device=args.device, dtype=args.dtype, batch_size=args.batch_size, amplify=tuple(args.amplify),
+                          amplify_forms=tuple(f.strip() for f in args.amplify_forms.split(",") if f.strip()),
+                          amplify_samples=args.amplify_samples)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -55,4 +63,20 @@ def run(args) -> None:
     console.print(f"top up-weighted tokens: {top}")
     for n, t in enumerate(result["targets"][:5], 1):
         console.print(f"target {n}: {t['text']!r} score {t['score']:.1f} ({len(t['token_ids'])} tokens)")
+    amp = result.get("amplified")
+    if amp is not None:
+        for p in amp["payloads"][:5]:
+            console.print(f"amplified payload {p['said']!r}: {p['count']} generations ({p['frequency']:.0%}), "
+                          f"{', '.join(p['settings'])}")
+        if amp["statement"]:
+            console.print(amp["statement"])
     console.print(f"profile written to {args.out}/profile.json (summary.md, profile.png)")
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    import argparse
+
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
