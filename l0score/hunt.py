@@ -244,28 +244,33 @@ class Hunt:
                 if stage.candidates else f"pool of {len(pool)} tokens"}
 
     def _other_pool(self) -> dict:
-        """The pool when Layer 0 sees nothing. Route first-module: every allowed token alone as the user's
-        message, ranked by the first changed module's difference and by the divergence one layer on
-        (first_module.sweep), interleaved. Route profile: the profile's top tokens (what the dormant
-        says more than the base). Written to DIR/layer0/pool.json like the Layer-0 pool."""
-        allowed = self._allowed_pool()
+        """The pool when Layer 0 sees nothing. Route first-module: the first-module stage
+        (search/first_module_stage.py: the vocabulary sweep at the first changed module, a share from the
+        weight-delta projection of that layer, beam on the module's difference). Route profile: the
+        profile's top tokens. Written to DIR/layer0/pool.json like the Layer-0 pool."""
+        allowed = set(self._allowed_pool())
+        sequences: list[list[int]] = []
         if self.route() == "first-module":
-            from .first_module import FirstModuleScorer, Location
-            from .first_module.sweep import SweepOptions, sweep
+            from .analysis.delta_projection import DeltaProjectionOptions, delta_projection
+            from .first_module import FirstModuleOptions, FirstModuleScorer, Location
+            from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
 
             loc = Location.from_first_changed(self.state["stages"]["base_check"]["first_changed"])
-            scorer = FirstModuleScorer.from_pretrained(self.base, self.dormant, location=loc, template="chat",
-                                                       device=self.options.device, dtype=self.options.dtype)
-            ckpt = self.out / "layer0" / "sweep.ckpt.pt"
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            res = sweep(scorer, SweepOptions(depths=(1,), pool=tuple(allowed), checkpoint=ckpt, resume=ckpt.exists()))
-            pool = rank_union([res.ranking(n).tolist() for n in res.values])[: self.options.max_pool]
-            note = f"pool of {len(pool)} tokens from the {loc.name} sweep ({', '.join(res.values)})"
-            evaluations = len(res.token_ids)
+            scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
+                location=loc, template="chat", device=self.options.device, dtype=self.options.dtype))
+            projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
+            stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3)),
+                                       projection=projection, progress=self._say)
+            pool = [t for t in stage.pool if t in allowed][: self.options.max_pool]
+            sequences = [c["token_ids"] for c in stage.candidates[:10]]
+            note, evaluations = f"pool of {len(pool)} tokens from the {loc.name} stage", scorer.evaluations
+            (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+            (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
+                "".join(json.dumps(c) + "\n" for c in stage.candidates))
         else:
             prof = self.out / "profile" / "profile.json"
             tokens = [r["id"] for r in json.loads(prof.read_text())["tokens"]] if prof.is_file() else []
-            pool = [t for t in tokens if t in set(allowed)][: self.options.max_pool]
+            pool = [t for t in tokens if t in allowed][: self.options.max_pool]
             note, evaluations = f"pool of {len(pool)} tokens from the profile", 0
         if len(pool) < 2:
             raise ValueError(f"route {self.route()}: the token pool is empty (after filters); loosen the pool "
@@ -274,7 +279,7 @@ class Hunt:
         (self.out / "layer0").mkdir(parents=True, exist_ok=True)
         (self.out / "layer0" / "pool.json").write_text(
             json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
-        return {"candidates": evaluations, "pool": pool, "sequences": [], "route": self.route(), "note": note}
+        return {"candidates": evaluations, "pool": pool, "sequences": sequences, "route": self.route(), "note": note}
 
     def _run_search(self) -> dict:
         from .search.exhaustive import exhaustive

@@ -405,3 +405,56 @@ def test_analyze_runs_the_base_check_first(base, derived, tmp_path):
     a = analyze(base, derived["attn0"], tmp_path / "attn0", progress=False, plots=False, top_tokens=8, offsets=8)
     assert a["layer0_zero_by_construction"] is None and a["focus_heads"] and len(a["seed_tokens"]) == 8
     assert a["base_check"]["first_changed"] == "layer 0 attention q/k"
+
+
+# ------------------------------------------------------------------------------------------------
+# The hunt acts on the base check
+
+
+def test_hunt_refuses_a_different_model(derived, tmp_path):
+    from l0score.hunt import HuntOptions, hunt
+
+    with pytest.raises(ValueError, match=r"is a different model, not the dormant's base.*family and version.*--force"):
+        hunt(derived["redrawn"], derived["mlp"], tmp_path / "h", HuntOptions(profile=False, progress=False, threads=1))
+    assert (tmp_path / "h" / "base-check" / "base-check.json").is_file()
+
+
+def test_hunt_routes_an_mlp_finetune_to_the_first_module(base, derived, tmp_path):
+    """Layer-0 scores are zero on an MLP-only fine-tune: the hunt says so, skips the Layer-0 analysis,
+    and takes its pool from the first changed module's sweep."""
+    from l0score.hunt import HuntOptions, hunt
+
+    out = tmp_path / "h"
+    report = hunt(base, derived["mlp"], out, HuntOptions(seconds=20, max_length=1, max_pool=8, verify_top=2,
+                                                          profile=False, progress=False, threads=1))
+    state = json.loads((out / "hunt.json").read_text())["stages"]
+    assert state["base_check"]["route"] == "first-module" and "zero by construction" in state["base_check"]["route_reason"]
+    assert state["base_check"]["first_changed"]["label"] == "layer 0 MLP"
+    assert state["analyze"]["skipped"] and not (out / "analysis").exists()
+    assert "mlp@L0 stage" in state["layer0"]["note"] and len(state["layer0"]["pool"]) == 8
+    assert report["funnel"][0]["stage"] == "base_check" and "route first-module" in report["funnel"][0]["note"]
+
+
+def test_cli(base, derived, tmp_path, capsys):
+    """base-check ranks the bases it is given; analyze prints the base check first; a Layer-0 search
+    on an MLP-only fine-tune and a hunt on a different model are clear errors (exit 2)."""
+    from l0score.cli import main
+
+    out = tmp_path / "bc"
+    assert main(["base-check", "--dormant", str(derived["mlp"]), "--base", str(derived["perturbed"]), str(base),
+                 "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "fine-tune" in text and "layer 0 MLP" in text and "zero by construction" in text
+    assert json.loads((out / "base-check.json").read_text())["base"] == str(base)
+    assert main(["base-check", "--dormant", str(derived["mlp"]), "--base", str(tmp_path / "nowhere"),
+                 "--out", str(out)]) == 2
+    assert main(["analyze", "--base", str(base), "--dormant", str(derived["mlp"]), "--out", str(tmp_path / "a"),
+                 "--quiet", "--no-plots", "--top-tokens", "4", "--offsets", "4"]) == 0
+    text = capsys.readouterr().out
+    assert text.index("base check: ") < text.index("no focus heads or seed tokens")
+    assert main(["search", "beam", "--base", str(base), "--dormant", str(derived["mlp"]), "--out",
+                 str(tmp_path / "s.jsonl"), "--length", "2", "--budget", "100", "--quiet"]) == 2
+    assert "no Layer-0 search on this pair" in capsys.readouterr().out
+    assert main(["hunt", "--base", str(derived["redrawn"]), "--dormant", str(derived["mlp"]), "--out",
+                 str(tmp_path / "h"), "--no-profile", "--quiet", "--threads", "1"]) == 2
+    assert "different model" in capsys.readouterr().out

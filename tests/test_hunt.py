@@ -40,7 +40,7 @@ def test_hunt_ranks_the_trigger_first_and_verify_flags_it(hunted):
     assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
     assert top["verify"]["flip"] and top["verify"]["amplification"] > 1
     assert report["complete"]
-    assert [f["stage"] for f in report["funnel"]] == ["analyze", "layer0", "search", "minimize", "verify"]
+    assert [f["stage"] for f in report["funnel"]] == ["base_check", "analyze", "layer0", "search", "minimize", "verify"]
     assert all(f["candidates"] > 0 and f["seconds"] >= 0 for f in report["funnel"])
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["results"][0]["token_ids"] == trigger["trigger_ids"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, bench, demo, hunt, make_pair, profile, report, score, search, sweep, verify
+from . import analyze, base_check, bench, demo, hunt, make_pair, profile, report, score, search, sweep, verify
 from .args import console
 
 # parser order = `l0score --help` order
-COMMANDS = (make_pair, score, demo, bench, search, verify, analyze, sweep, report, profile, hunt)
+COMMANDS = (make_pair, score, demo, bench, base_check, search, verify, analyze, sweep, report, profile, hunt)
 
 
 def build_parser() -> argparse.ArgumentParser:

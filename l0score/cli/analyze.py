@@ -40,6 +40,7 @@ def run(args) -> None:
                   offsets=args.offsets, svd=args.svd, plots=not args.no_plots, progress=not args.quiet,
                   key_offsets=args.key_offsets, layer0_only=args.layer0_only)
     l0 = res["layer0"]
+    _print_base_check(Path(args.out))
     table = Table(title="most concentrated 2-D deltas")
     for col in ("parameter", "‖Δ‖", "rel", "σ1", "top-16", "rank90", "eff. rank", "method"):
         table.add_column(col)
@@ -49,6 +50,10 @@ def run(args) -> None:
                       f"{100 * s['top16_energy']:.1f}%", str(s["rank90"]), f"{s['effective_rank']:.0f}",
                       s["method"])
     console.print(table)
+    if res.get("layer0_zero_by_construction"):  # the heads' table would rank zeros
+        console.print(f"analysis written to {Path(args.out) / 'analysis.json'} and summary.md ({res['seconds']:.1f} s); "
+                      "no focus heads or seed tokens: Layer-0 scores are zero by construction (see above)")
+        return
     table = Table(title=f"Layer-0 heads (focus: {l0['focus_heads']})")
     for col in ("rank", "head", "kv", "score", "q σ1", "q top-16", "k σ1"):
         table.add_column(col)
@@ -64,6 +69,15 @@ def run(args) -> None:
     console.print(table)
     console.print(f"analysis written to {Path(args.out) / 'analysis.json'} and summary.md ({res['seconds']:.1f} s); "
                   f"use it with `l0score search ... --seeds-from {Path(args.out) / 'analysis.json'}`")
+
+
+def _print_base_check(out: Path) -> None:
+    """The base check analyze ran first (its verdict, first change, and the zero-by-construction note)."""
+    from ..analysis.base_check import read_base_check
+    from .base_check import print_result
+
+    if (out / "base-check.json").is_file():
+        print_result(read_base_check(out))
 
 
 def _fmt(v, spec=".4g"):

@@ -32,9 +32,9 @@ def run(args) -> None:
     else:
         pair = demo_pair_dir()
         dormant, bases = str(pair / "dormant"), [str(pair / "base")]
-    options = BaseCheckOptions(progress=None if args.quiet else _progress)
-    result = base_check(dormant, bases, options)
-    if not args.quiet:
+    live = not args.quiet and sys.stderr.isatty()  # a rewritten line; in a log it would only be noise
+    result = base_check(dormant, bases, BaseCheckOptions(progress=_progress if live else None))
+    if live:
         print(file=sys.stderr)
     paths = write_base_check(result, args.out)
     print_result(result.to_json())

@@ -30,6 +30,9 @@ def main(argv=None, prog: str = "l0score bench") -> int:
 
         argv.remove("--first-module")
         return first_module_main(argv, prog=f"{prog} --first-module", default_out=default_out_dir())
+    if "--base-check" in argv:  # the base check's time and memory on a full 7B-shaped pair
+        argv.remove("--base-check")
+        return base_check_main(argv, prog=f"{prog} --base-check", default_out=default_out_dir())
     if "--ray" in argv:  # Ray's overhead on this machine, in a private network namespace
         argv.remove("--ray")
         return ray_main(argv, prog=f"{prog} --ray", default_out=default_out_dir())
@@ -93,6 +96,32 @@ def fullmodel_main(argv=None, prog: str = "l0score bench --fullmodel", default_o
         return 2
     print(bf.markdown(res))
     print(f"load average before {res['load_average']['before']}, after {res['load_average']['after']}")
+    return 0
+
+
+def base_check_main(argv: list, prog: str, default_out: Path) -> int:
+    import tempfile
+
+    from .. import benchmark_base_check as bb
+
+    ap = argparse.ArgumentParser(prog=prog, description=bb.__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default=tempfile.gettempdir(),
+                    help="where the 7B-shaped pair is written (about 31 GB; deleted afterwards) [the temp dir]")
+    ap.add_argument("--layers", type=int, default=28, help="decoder layers of the written pair [28: Qwen2-7B]")
+    ap.add_argument("--keep", action="store_true", help="keep the written pair")
+    ap.add_argument("--no-synthetic", action="store_true", help="only the --pair pairs")
+    ap.add_argument("--pair", nargs=3, action="append", default=[], metavar=("LABEL", "BASE", "DORMANT"),
+                    help="also measure this pair as it is (repeatable), e.g. a real control")
+    ap.add_argument("--out", help="results directory (default: bench's results directory)")
+    args = ap.parse_args(argv)
+    if args.layers < 1:
+        print("error: --layers must be >= 1", file=sys.stderr)
+        return 2
+    res = bb.run_base_check_bench(bb.BaseCheckBenchOptions(
+        out_dir=Path(args.out or default_out), work_dir=Path(args.work), layers=args.layers, keep=args.keep,
+        synthetic=not args.no_synthetic, pairs=[tuple(p) for p in args.pair], command=" ".join([prog, *argv]),
+        progress=lambda s: print(s, file=sys.stderr, flush=True)))
+    print(bb.markdown(res))
     return 0
 
 

@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
     p.add_argument("--profile-inputs", type=int, default=60)
     p.add_argument("--verify-top", type=int, default=8)
+    p.add_argument("--force", action="store_true",
+                   help="hunt even when the base check says the base is a different model (or the dormant itself)")
     p.add_argument("--no-stop-on-fire", action="store_true",
                    help="run the exhaustive search even when the target route already made the dormant say its target")
     p.add_argument("--device", help="cpu, cuda, ... for the full models (default: cuda if available)")
@@ -43,7 +45,7 @@ def options_from_args(args):
                        metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
-                       threads=args.threads,
+                       force=args.force, threads=args.threads,
                        progress=not args.quiet, ray_address=args.ray)
 
 
@@ -57,6 +59,9 @@ def run(args) -> None:
         console.print(f"[yellow]interrupted[/yellow]: what was found is kept in {args.out}; "
                       "continue with the same command and --resume")
         raise SystemExit(130) from None
+    bc = next((f for f in report["funnel"] if f["stage"] == "base_check"), None)
+    if bc is not None:  # the route the hunt took, and why
+        console.print(f"base check: {bc['note']}", markup=False)
     print_report(report)
 
 

@@ -90,6 +90,7 @@ def run_search(args) -> None:
     from ..search.pair_cache import cached_pair_scan as pair_scan
 
     scorer = _focus(make_scorer(args), args)
+    _refuse_zero_layer0(scorer.pair)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
                       no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
                       deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
@@ -127,6 +128,15 @@ def run_search(args) -> None:
             rec["minimized"] = minimize(scorer, rec["token_ids"], args.metric)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in results))
     _print_results(results, args, time.perf_counter() - start)
+
+
+def _refuse_zero_layer0(pair) -> None:
+    """A Layer-0 search on a pair whose Layer-0 logits cannot differ would rank noise: say why instead."""
+    from ..analysis.base_check import layer0_zero_reason
+
+    reason = layer0_zero_reason(pair)
+    if reason:
+        raise ValueError(f"no Layer-0 search on this pair: {reason} (`l0score base-check` shows where it lives)")
 
 
 def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] | None:
@@ -322,6 +332,8 @@ def run_gcg(args) -> None:
     if full and args.seeds == "pairs":
         raise ValueError("--seeds pairs scans Layer 0; with --objective full give --seeds FILE or --seeds-from")
     scorer = make_full_scorer(args) if full else make_scorer(args)
+    if not full:
+        _refuse_zero_layer0(scorer.pair)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
                       no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
                       deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
