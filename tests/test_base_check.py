@@ -458,3 +458,12 @@ def test_cli(base, derived, tmp_path, capsys):
     assert main(["hunt", "--base", str(derived["redrawn"]), "--dormant", str(derived["mlp"]), "--out",
                  str(tmp_path / "h"), "--no-profile", "--quiet", "--threads", "1"]) == 2
     assert "different model" in capsys.readouterr().out
+
+
+def test_non_finite_values(base, tmp_path):
+    name = "model.layers.0.mlp.up_proj.weight"
+    w = _load(base)[name].clone()
+    w[2, 3] = float("nan")
+    bad = _edit(base, tmp_path / "bad", **{name.replace(".", "__"): w})
+    with pytest.raises(ValueError, match=rf"bad/model.safetensors: tensor {re.escape(name)} holds NaN or inf"):
+        base_check(bad, [base])
