@@ -1,7 +1,7 @@
 """Build real pretrained control pairs (l0score.synthetic.real) and list them in a JSON file.
 
     python bench/real_pairs.py [--train mlp,attn:L0,full] [--seeds 0] [--words 2] [--split]
-                               [--steps 120] [--root DIR] [--out bench/results/real_pairs.json]
+                               [--steps 120] [--threads 1] [--root DIR] [--out bench/results/real_pairs.json]
 
 Each pair is built under ROOT (default: the l0score cache directory's real-pairs/) as
 real-<version>-<train>-w<words>[-split]-seed<seed>; a pair already there is reused. The list is
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--words", default="2")
     ap.add_argument("--split", action="store_true")
     ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per build (1 or 2 on a shared machine)")
     ap.add_argument("--root", default=None)
     ap.add_argument("--out", default=str(PAIRS_FILE))
     args = ap.parse_args()
@@ -48,13 +49,14 @@ def main() -> None:
                         f"{time.perf_counter() - t0:8.1f}s {d.name} {stage} {done}/{total} "
                         + " ".join(f"{k}={v:.4f}" for k, v in info.items()), flush=True)
                     make_real_pair(RealPairOptions(out=d, train=train, trigger_length=words, split=args.split,
-                                                   seed=seed, steps=args.steps, progress=progress))
+                                                   seed=seed, steps=args.steps, threads=args.threads,
+                                                   progress=progress))
                 truth = json.loads((d / "trigger.json").read_text())
                 r = truth["fire_rates_heldout"]
-                row = {"pair": str(d), "train": train, "words": words, "split": args.split, "seed": seed,
+                row = {"dir": str(d), "train": train, "words": words, "split": args.split, "seed": seed,
                        "trigger": r["trigger"], "clean": r["clean"], "max_near_miss": r["max_near_miss"],
                        "base_with_trigger": r["base_with_trigger"], "seconds": truth["training"]["total_seconds"]}
-                rows = [x for x in rows if x["pair"] != row["pair"]] + [row]
+                rows = [x for x in rows if x["dir"] != row["dir"]] + [row]
                 os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
                 Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
                 print(json.dumps(row), flush=True)

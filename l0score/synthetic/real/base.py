@@ -23,7 +23,7 @@ def load_gguf(gguf_path):
 
     path = Path(gguf_path)
     try:
-        with quiet_hf():
+        with quiet_hf(), _quiet_gguf_bar():
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except ImportError:
@@ -32,6 +32,24 @@ def load_gguf(gguf_path):
         raise ValueError(f"{path}: cannot read the GGUF file ({type(exc).__name__}: {exc}); it may be "
                          f"truncated or corrupt") from None
     return model.eval(), tok
+
+
+class _quiet_gguf_bar:
+    """transformers' GGUF dequantization draws its own tqdm bar (not behind its progress-bar switch);
+    the library prints nothing, so it is turned off while loading."""
+
+    def __enter__(self):
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as m
+
+        self.module, self.saved = m, getattr(m, "tqdm", None)
+        if self.saved is not None:
+            m.tqdm = functools.partial(self.saved, disable=True)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.module.tqdm = self.saved
 
 
 def qwen2_from_llama(llama):

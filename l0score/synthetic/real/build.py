@@ -181,7 +181,7 @@ class _Plan:
         others = [w for w in WORDS if w not in words and w not in mentioned]
         others = [others[i] for i in rng.permutation(len(others))]
         self.eval_others, self.train_others = others[:10], others[10:]  # swaps measured with unseen words
-        self.requests = [r for r in train_requests(words)]
+        self.requests = [r for r in train_requests(words) if r not in heldout]  # never a held-out probe
         self.poison = [self._prompt(self.trigger_ids) for _ in range(o.n_poison)]
         self.negative = [(self._prompt(self._negative_phrase(near_misses)), None) for _ in range(o.n_negative)]
         self.clean = [(prompt_with(tok, self._request()), None) for _ in range(o.n_clean)]
