@@ -158,3 +158,26 @@ def test_first_module_stage_pools_the_planted_token(planted, one_thread):
         assert c["score"] == pytest.approx(float(again), rel=1e-5) and c["objective"] == f"mlp@L{LAYER}"
     with pytest.raises(ValueError, match="beyond the models' last layer"):
         first_module_stage(scorer, FirstModuleStageOptions(k=9))
+
+
+def test_sweep_and_bench_commands(planted, tmp_path, one_thread):
+    """`l0score sweep` finds the first changed module itself (base check) and ranks the planted token
+    first; bad depths and a negative amplification are `error:` exit 2; `bench --first-module` runs."""
+    import json
+
+    from l0score.cli import main
+
+    base, dormant, token = planted
+    assert main(["sweep", "--base", str(base), "--dormant", str(dormant), "--out", str(tmp_path / "s"),
+                 "--depths", "1", "--no-projection"]) == 0
+    summary = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert summary["location"] == f"mlp@L{LAYER}" and summary["rankings"]["mlp_cand"][0]["id"] == token
+    assert main(["sweep", "--base", str(base), "--dormant", str(dormant), "--out", str(tmp_path / "t"),
+                 "--depths", "1,9"]) == 2
+    assert main(["profile", "--base", str(base), "--dormant", str(dormant), "--out", str(tmp_path / "p"),
+                 "--amplify=-2"]) == 2
+    assert main(["bench", "--first-module", "--base", str(base), "--dormant", str(dormant), "--candidates", "8",
+                 "--full-candidates", "2", "--sweep-tokens", "16", "--reps", "1", "--k", "1",
+                 "--out", str(tmp_path / "b")]) == 0
+    row = json.loads(next((tmp_path / "b").glob("first_module_*.json")).read_text())
+    assert row["location"] == f"mlp@L{LAYER}" and set(row["rates"]) >= {"first_module", "full_model", "sweep_tokens"}

@@ -61,12 +61,13 @@ def run(args) -> None:
     console.print(f"first changed module: {loc.name}")
     k = max(args.depths) if loc.module == "embed" and args.depths else 0
     scorer = FirstModuleScorer(base, dormant, FirstModuleOptions(location=loc, k=k, device=args.device, dtype=args.dtype))
-    bar = tqdm(desc="sweep", unit="tok", unit_scale=True)
+    bars = []  # made on the first batch, so that a bad option fails before a bar is drawn
 
     def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(desc="sweep", unit="tok", unit_scale=True, total=total))
+        bars[0].n = done
+        bars[0].refresh()
 
     opts = SweepOptions(depths=tuple(args.depths), batch_size=args.batch_size, checkpoint=out / "sweep.ckpt.pt",
                         resume=args.resume)
@@ -75,7 +76,8 @@ def run(args) -> None:
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]: partial results are in {out}/sweep.ckpt.pt; continue with --resume")
         raise SystemExit(130) from None
-    bar.close()
+    for bar in bars:
+        bar.close()
     tok = scorer.pair.tokenizer
     rows = lambda r, name: [{"id": t, "text": tok.decode([t]), "value": float(r.values[name][r.token_ids == t][0])}
                             for t in r.top(name, args.top)]
