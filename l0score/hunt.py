@@ -136,6 +136,8 @@ class Hunt:
         from .judge.prompts import check_same_tokenizers
 
         check_same_tokenizers(self.base, self.dormant)
+        if "base_check" not in self.state["stages"]:  # a wrong base is refused before any model is loaded
+            self._stage("base_check")
         self.fm()  # bad probes, or a prompt longer than the context, fail before any work
         old = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
         saved_threads = torch.get_num_threads()
