@@ -122,3 +122,72 @@ def test_hunt_metric_is_checked_before_any_work_and_tf_kl_is_supported(tiny_pair
     assert float(values.metric("tf_kl")[0]) > 0  # two different models disagree on the teacher-forced reply
     assert Objective.parse("kl=1,tf_kl=0.5", h.fm().metrics).value(
         {m: float(values.metric(m)[0]) for m in ("kl", "tf_kl")}) > 0
+
+
+def test_error_line_is_not_wrapped_at_the_terminal_width(tiny_pair, tmp_path, capsys, monkeypatch):
+    from l0score.cli import main
+    from l0score.cli.args import console
+
+    monkeypatch.setattr(console, "width", 30)
+    probes = tmp_path / "blank.txt"
+    probes.write_text("\n \n")
+    assert main(["verify", "--base", str(tiny_pair / "base"), "--dormant", str(tiny_pair / "dormant"), "--text", "x",
+                 "--probes", str(probes), "--out", str(tmp_path / "r.json")]) == 2
+    out = capsys.readouterr().out
+    assert f"error: probes file {probes} holds no probe (one prompt per line)" in out.splitlines()
+    assert main(["verify", "--base", str(tmp_path / "no [bold]such[/bold] dir"), "--dormant", str(tiny_pair / "dormant"),
+                 "--text", "x", "--out", str(tmp_path / "r.json")]) == 2
+    assert "no [bold]such[/bold] dir" in capsys.readouterr().out  # the message as written, not as rich markup
+
+
+@pytest.mark.parametrize("flag", ["--batch-size=-1", "--batch-size=0", "--null-samples=-2"])
+def test_verify_cli_bad_counts(tiny_pair, tmp_path, capsys, flag):
+    from l0score.cli import main
+
+    assert main(["verify", "--base", str(tiny_pair / "base"), "--dormant", str(tiny_pair / "dormant"), "--text", "x",
+                 flag, "--out", str(tmp_path / "r.json")]) == 2
+    assert "must be an integer >=" in capsys.readouterr().out
+
+
+def test_search_cli_keep_and_empty_budget(tiny_pair, tmp_path, capsys):
+    from l0score.cli import main
+
+    pair = ["--base", str(tiny_pair / "base"), "--dormant", str(tiny_pair / "dormant")]
+    assert main(["search", "beam", *pair, "--length", "3", "--keep", "-1", "--out", str(tmp_path / "k.jsonl"),
+                 "--quiet"]) == 2
+    assert "keep must be a positive number" in capsys.readouterr().out
+    assert main(["search", "beam", *pair, "--length", "4", "--budget", "500", "--out", str(tmp_path / "b.jsonl"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "no results" in out and "--budget 500" in out and "scores every pool token for each fragment" in out
+
+
+def test_search_gcg_positions_both_is_before_and_after(tiny_pair, tmp_path, capsys):
+    from l0score.cli import main
+
+    out = tmp_path / "g.jsonl"
+    assert main(["search", "gcg", "--base", str(tiny_pair / "base"), "--dormant", str(tiny_pair / "dormant"),
+                 "--objective", "full", "--positions", "both", "--length", "2", "--steps", "1", "--batch", "4",
+                 "--calibrate", "0", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().out
+    ckpt = json.loads(out.with_name(out.name + ".ckpt.json").read_text())
+    assert ckpt["options"]["positions"] == ["before", "after"]
+
+
+def test_search_cli_allow_template_tokens(tiny_pair, tmp_path, capsys):
+    """The pool of a search leaves the chat template's pieces out; the flag puts them back."""
+    from l0score.cli import main
+    from l0score.core.template import template_structure
+    from l0score.core.model_pair import load_tokenizer
+
+    tok = load_tokenizer(tiny_pair / "dormant")
+    assistant = tok.encode("assistant", add_special_tokens=False)[0]
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"{assistant}\n300\n301\n")
+    pair = ["--base", str(tiny_pair / "base"), "--dormant", str(tiny_pair / "dormant")]
+    common = ["--length", "2", "--allow-list", str(allow), "--roundtrip", "off", "--quiet"]
+    assert main(["search", "coord", *pair, *common, "--out", str(tmp_path / "a.jsonl")]) == 2
+    assert "piece of the chat template" in capsys.readouterr().out
+    assert main(["search", "coord", *pair, *common, "--allow-template-tokens", "--out", str(tmp_path / "b.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert any(assistant in r["token_ids"] for r in rows)
+    assert assistant in template_structure(tok).ids

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rich.markup import escape
+
 from . import analyze, base_check, bench, demo, hunt, make_pair, profile, report, score, search, sweep, verify
 from .args import console
 
@@ -34,6 +36,8 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError, ConnectionError) as exc:  # ConnectionError: --ray ADDRESS
-        console.print(f"[red]error:[/red] {exc}")
+        # one unwrapped line whatever the terminal width: scripts and tests read it (soft_wrap), and the
+        # message is shown as written (escape: a "[...]" in it is not rich markup)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
     return 0

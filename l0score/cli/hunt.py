@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--positions", choices=("before", "after", "both"), default="after",
                    help="placements the full-model search scores (verify checks both)")
     p.add_argument("--metric", default="kl", help="full-model objective: kl, js, tf_kl, hidden or a weighted sum")
+    p.add_argument("--reply-tokens", type=int, default=8, help="k reply positions of tf_kl [8]")
+    p.add_argument("--null-samples", type=int, default=32,
+                   help="random candidates per length from the hunt's pool that a verified flip must beat [32]")
     p.add_argument("--max-pool", type=int, default=64, help="most Layer-0 pool tokens the full-model search takes")
     p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
     p.add_argument("--profile-inputs", type=int, default=60)
@@ -30,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
     p.add_argument("--ascii", action="store_true", help="pool: only tokens whose text is ASCII")
     p.add_argument("--deny-regex", help="pool: drop tokens whose text matches")
+    p.add_argument("--allow-template-tokens", action="store_true",
+                   help="pool: also the chat template's role names, role tags and their newline (left out by default)")
     p.add_argument("--resume", action="store_true", help="continue the hunt in --out from its checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_ray_arg(p)
@@ -39,10 +44,12 @@ def register(sub) -> None:
 def options_from_args(args):
     from ..hunt import HuntOptions
 
-    filters = {k: v for k, v in (("ascii_only", args.ascii), ("deny_regex", args.deny_regex)) if v}
+    filters = {k: v for k, v in (("ascii_only", args.ascii), ("deny_regex", args.deny_regex),
+                                 ("allow_template_tokens", args.allow_template_tokens)) if v}
     return HuntOptions(seconds=args.seconds, max_length=args.max_length, probes=args.probes,
                        positions=("before", "after") if args.positions == "both" else (args.positions,),
-                       metric=args.metric, max_pool=args.max_pool, profile=not args.no_profile,
+                       metric=args.metric, reply_tokens=args.reply_tokens, null_samples=args.null_samples,
+                       max_pool=args.max_pool, profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
                        force=args.force, threads=args.threads,

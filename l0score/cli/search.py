@@ -62,6 +62,9 @@ def _common(d) -> None:
     g.add_argument("--deny-regex", help="drop tokens whose text matches")
     g.add_argument("--allow-list", help="file of allowed token ids")
     g.add_argument("--pool-roundtrip", action="store_true", help="only tokens that decode/encode to themselves")
+    g.add_argument("--allow-template-tokens", action="store_true",
+                   help="also search the chat template's pieces (role names, role tags, their newline), which are "
+                        "left out by default: a candidate that forges a turn boundary is no trigger")
 
 
 def _sequence_options(d) -> None:
@@ -93,7 +96,8 @@ def run_search(args) -> None:
     _refuse_zero_layer0(scorer.pair)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
                       no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
-                      deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
+                      deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip,
+                      allow_template_tokens=args.allow_template_tokens)
     console.print(f"pool: {len(pool)} tokens; template {scorer.template.name} "
                   f"({len(scorer.template.prefix_ids)}+{len(scorer.template.suffix_ids)} context tokens); "
                   f"backend {scorer.backend.name}")
@@ -128,6 +132,24 @@ def run_search(args) -> None:
             rec["minimized"] = minimize(scorer, rec["token_ids"], args.metric)
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in results))
     _print_results(results, args, time.perf_counter() - start)
+    if not results:
+        console.print(_why_empty(args, len(pool)), soft_wrap=True)
+
+
+def _why_empty(args, pool_size: int) -> str:
+    """What stopped a search before it completed one candidate of the requested length."""
+    ckpt = Path(args.out + ".ckpt.json")
+    scored = json.loads(ckpt.read_text())["used"] if ckpt.exists() else 0
+    if args.budget is not None and scored >= args.budget:
+        limit = f"--budget {args.budget}"
+    elif args.seconds is not None:
+        limit = f"--seconds {args.seconds:g}"
+    else:
+        limit = "the search's end"
+    first = f" (a beam step scores every pool token for each fragment: {pool_size} per fragment)" \
+        if args.driver == "beam" else ""
+    return (f"no results: {scored} candidates were scored and none of length {args.length} was completed before "
+            f"{limit} stopped the search{first}; raise the limit, or narrow the pool (--allow-list, --allow-regex)")
 
 
 def _refuse_zero_layer0(pair) -> None:
@@ -200,7 +222,8 @@ def _print_results(results: list[dict], args, seconds: float) -> None:
     for col in ("rank", "text", "token_ids", "score", "z", "max_abs", "kl", "step"):
         table.add_column(col)
     for n, r in enumerate(results[: args.top], 1):
-        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['score']:.4f}", f"{r['z']:.1f}",
+        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['score']:.4f}",
+                      "" if r["z"] is None else f"{r['z']:.1f}",
                       f"{r['max_abs']:.4f}", f"{r['kl']:.4f}", str(r["step"]))
     console.print(table)
     for r in results[: args.top]:
@@ -218,7 +241,8 @@ def add_full_model_args(p) -> None:
     g.add_argument("--objective", choices=("layer0", "full"), default="layer0",
                    help="score candidates by Layer 0 alone (default) or by both full models over probe prompts")
     g.add_argument("--probes", help="probe prompts, one per line (default: the first 3 of verify's probes)")
-    g.add_argument("--positions", default="before,after", help="candidate placements: before, after or both")
+    g.add_argument("--positions", default="before,after",
+                   help="candidate placements: before, after, before,after or both (= before,after)")
     g.add_argument("--target", action="append",
                    help="target reply text (repeatable): 'target' uses each one's first token, 'target_seq' the first text")
     g.add_argument("--targets-from", help="profile.json of `l0score profile`: its best targets instead of --target")
@@ -277,6 +301,7 @@ def make_full_scorer(args):
     if "tf_kl" in names and args.reply_tokens < 1:
         raise ValueError(f"metric 'tf_kl' needs --reply-tokens >= 1, got {args.reply_tokens}")
     positions = tuple(p.strip() for p in args.positions.split(",") if p.strip())
+    positions = ("before", "after") if positions == ("both",) else positions
     options = FullModelOptions(
         probes=args.probes, positions=positions,
         metrics=("kl", "js") + (("hidden",) if "hidden" in names else ()),
@@ -336,7 +361,8 @@ def run_gcg(args) -> None:
         _refuse_zero_layer0(scorer.pair)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
                       no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
-                      deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
+                      deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip,
+                      allow_template_tokens=args.allow_template_tokens)
     if args.pool_from:
         wanted = read_pool_ids(args.pool_from, args.pool_top)
         pool = pool[torch.isin(pool, torch.tensor(wanted, dtype=torch.long))]
@@ -367,7 +393,8 @@ def _print_gcg(result, args, metrics, seconds: float) -> None:
     for col in ("rank", "text", "token_ids", "score", "z", *shown, "step"):
         table.add_column(col)
     for n, r in enumerate(result.results[: args.top], 1):
-        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['score']:.4f}", f"{r['z']:.1f}",
+        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['score']:.4f}",
+                      "" if r["z"] is None else f"{r['z']:.1f}",
                       *(f"{r[m]:.4f}" if isinstance(r.get(m), float) else "" for m in shown), str(r["step"]))
     console.print(table)
     console.print(f"{len(result.results)} results after {result.steps} gradient steps, {result.evaluations} "

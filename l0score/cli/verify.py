@@ -26,6 +26,12 @@ def register(sub) -> None:
                    help="candidate placement in the user turn relative to the probe")
     p.add_argument("--sep", help="text joining candidate and probe (default: space before, newline after)")
     p.add_argument("--system", help="system message (default: the chat template's own)")
+    p.add_argument("--system-prompts",
+                   help="file of system prompts, one a line (<default>: the template's own, <empty>): every probe "
+                        "runs under each, and the flip rate is reported per context")
+    p.add_argument("--null-samples", type=int, default=32,
+                   help="random candidates of each candidate length a flip must beat on flip rate and KL [32; 0: "
+                        "the fixed flip-rate rule]")
     p.add_argument("--top-k", type=int, default=10, help="k of the top-k overlap")
     p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -66,7 +72,8 @@ def run(args) -> None:
     positions = POSITIONS if args.position == "both" else (args.position,)
     report = verify(base, dormant, cands, args.probes, out=args.out, sequential=args.sequential, device=args.device,
                     dtype=args.dtype, max_new_tokens=args.max_new_tokens, positions=positions, sep=args.sep,
-                    system=args.system, top_k=args.top_k, sample=args.sample, temperature=args.temperature,
+                    system=args.system, system_prompts=args.system_prompts, null_samples=args.null_samples,
+                    top_k=args.top_k, sample=args.sample, temperature=args.temperature,
                     top_p=args.top_p, seed=args.seed, flip_threshold=args.flip_threshold,
                     batch_size=args.batch_size, cache_dir=args.cache_dir, plot_top=args.plot_top,
                     threads=args.threads, ray_address=args.ray)
