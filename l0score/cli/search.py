@@ -86,12 +86,18 @@ def _sequence_options(d) -> None:
     d.add_argument("--max-repeat", type=int, default=1,
                    help="max occurrences of one token in a candidate (default 1: every token once)")
     d.add_argument("--minimize", action="store_true", help="also report each top result with tokens dropped while the score holds")
+    d.add_argument("--first-module", metavar="LOCATION|auto",
+                   help="score on the first changed module instead of Layer 0: mlp@L0, attn@L3, embed, or auto (the "
+                        "base check) (docs/first-module.md)")
+    d.add_argument("--first-module-k", type=int, default=0, help="with --first-module: also run both models k layers on [0]")
 
 
 def run_search(args) -> None:
     from ..search import beam, build_pool, coord, mcts, minimize, seeds_from_pairs
     from ..search.pair_cache import cached_pair_scan as pair_scan
 
+    if args.first_module:  # the first changed module's exact scorer (docs/first-module.md)
+        return _run_first_module(args)
     scorer = _focus(make_scorer(args), args)
     _refuse_zero_layer0(scorer.pair)
     pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
@@ -345,6 +351,8 @@ def run_gcg(args) -> None:
                          n_replace=args.n_replace, restarts=args.restarts, alpha=args.alpha,
                          layer0_metric=args.layer0_metric, tau=args.tau)
     options.validate()  # before any model is loaded
+    if args.first_module:
+        return _run_first_module(args, gcg_options=options)
     if args.heads_from:
         raise ValueError("search gcg does not take --heads-from; pass --heads")
     if not full:
@@ -399,3 +407,51 @@ def _print_gcg(result, args, metrics, seconds: float) -> None:
     console.print(table)
     console.print(f"{len(result.results)} results after {result.steps} gradient steps, {result.evaluations} "
                   f"candidates scored, in {seconds:.1f} s -> {args.out}")
+
+
+# --- the first-module objective (docs/first-module.md) -----------------------------------------------
+def _run_first_module(args, gcg_options=None) -> None:
+    """beam / mcts / coord / gcg on the first changed module's exact scorer (--first-module LOCATION|auto)."""
+    from ..first_module import FirstModuleOptions, FirstModuleScorer
+    from ..search import beam, build_pool, coord, mcts
+    from .sweep import location_of
+
+    if args.length <= 0:
+        raise ValueError(f"--length must be a positive number of tokens, got {args.length}")
+    base, dormant = resolve_pair(args)
+    loc = location_of(base, dormant, args.first_module)
+    scorer = FirstModuleScorer(base, dormant, FirstModuleOptions(location=loc, k=args.first_module_k,
+                                                                 template=args.template))
+    metric = args.metric
+    if metric == "kl" and "kl" not in scorer.metrics:  # the Layer-0 default: take this location's own measure
+        metric = "div_cand" if args.first_module_k else "mlp_cand" if loc.module == "mlp" else scorer.metrics[0]
+    pool = build_pool(scorer.pair, ascii_only=args.ascii, printable_only=args.printable,
+                      no_whitespace_only=args.no_whitespace, allow_regex=args.allow_regex,
+                      deny_regex=args.deny_regex, allow_list=args.allow_list, roundtrip=args.pool_roundtrip)
+    seeds = None if args.seeds in (None, "none", "pairs") else read_candidates(args.seeds, scorer.pair.tokenizer)
+    console.print(f"pool: {len(pool)} tokens; objective {scorer.kind} ({metric}; metrics: {', '.join(scorer.metrics)})")
+    run_kw = dict(objective=metric, pool=pool, out=args.out, budget=args.budget, seconds=args.seconds,
+                  threshold=args.threshold, resume=args.resume, progress=not args.quiet, keep=args.keep,
+                  roundtrip=args.roundtrip, seed=args.seed, max_repeat=args.max_repeat)
+    start = time.perf_counter()
+    if gcg_options is not None:
+        from ..search.gcg import gcg
+
+        results = gcg(scorer, gcg_options, calibrate=args.calibrate or 0, **run_kw).results
+    elif args.driver == "beam":
+        results = beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
+                       left_screen=None, **run_kw)
+    elif args.driver == "mcts":
+        results = mcts(scorer, length=args.length, branch=args.branch, batch=args.batch, c_puct=args.c_puct,
+                       rollout=args.rollout, seeds=seeds, **run_kw)
+    else:
+        results = coord(scorer, length=args.length, restarts=args.restarts, max_sweeps=args.max_sweeps,
+                        seeds=seeds, **run_kw)
+    table = Table(title=f"{args.driver}: top {min(args.top, len(results))} by {metric} on {scorer.kind}")
+    for col in ("rank", "text", "token_ids", "score", *scorer.metrics):
+        table.add_column(col)
+    for n, r in enumerate(results[: args.top], 1):
+        table.add_row(str(n), repr(r["text"]), str(r["token_ids"]), f"{r['score']:.4f}",
+                      *(f"{r[m]:.4g}" for m in scorer.metrics))
+    console.print(table)
+    console.print(f"{len(results)} results in {time.perf_counter() - start:.1f} s -> {args.out}")
