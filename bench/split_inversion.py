@@ -10,9 +10,11 @@ For a trained pair whose trigger words are split into pieces (`make-pair --kind 
 2. inversions toward that target with the whole real vocabulary as the pool (no Layer-0 narrowing,
    so the pool holds every trigger piece), at the trigger's length: coord and gcg, with placements
    "after" or "both" and the contexts combined by their mean or min (`FullModelOptions.reduce`);
-   ":noroles" drops the chat template's role names (system, user, assistant) and the newline from the
-   pool, so that no candidate can fake a turn of the conversation;
-3. verify on each run's top 3.
+   without ":noroles" the pool holds the chat template's pieces too (role names, role tags, the
+   newline: `allow_template_tokens`); with it, the pool is the default one, which leaves them out
+   (`l0score.core.template.template_structure`), so that no candidate can fake a turn of the conversation;
+3. verify on each run's top 3 together with the trigger: flips against 32 random candidates of the
+   trigger's length, template injections marked and ranked below every clean flip.
 
 The trigger is read from trigger.json to build the landscape and to count, afterwards, how many of
 a result's tokens sit where the trigger has them; the searches never see it. One torch thread per
@@ -74,23 +76,23 @@ def inversion(pair: Path, driver: str, where: str, reduce: str, roles: bool, sec
 
     torch.set_num_threads(1)
     fm, trig = scorer(pair, ("before", "after") if where == "both" else (where,), reduce)
-    pool = fm.default_pool()
-    if not roles:
-        marks = torch.tensor([fm.tokenizer.convert_tokens_to_ids(t) for t in ("system", "user", "assistant", "\u010a")])
-        pool = pool[~torch.isin(pool, marks)]
+    pool = fm.pair.real_token_ids(allow_template_tokens=roles)
     kw = dict(length=len(trig["trigger_ids"]), pool=pool, objective="target", out=out,
               seconds=seconds, calibrate=0, keep=20, progress=False, seed=0)
     t0 = time.monotonic()
     coord(fm, restarts=20, **kw) if driver == "coord" else gcg(fm, steps=10_000, restarts=4, **kw)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    rep = verify(pair / "base", pair / "dormant", [r["token_ids"] for r in rows[:3]], None,
-                 out=out.with_suffix(".verify.json"), max_new_tokens=12, progress=False)
-    flips = {tuple(r["token_ids"]): r["flip"] for r in rep["results"]}
-    top = [{"text": r["text"], "target": r["score"], "flip": flips.get(tuple(r["token_ids"])),
+    found = [r["token_ids"] for r in rows[:3]]
+    rep = verify(pair / "base", pair / "dormant", found + ([] if trig["trigger_ids"] in found else [trig["trigger_ids"]]),
+                 None, out=out.with_suffix(".verify.json"), max_new_tokens=12, progress=False,
+                 null_pool=pool.tolist())
+    verdict = {tuple(r["token_ids"]): {k: r[k] for k in ("rank", "flip", "flip_rate", "null", "template_injection",
+                                                          "template_pieces")} for r in rep["results"]}
+    top = [{"text": r["text"], "token_ids": r["token_ids"], "target": r["score"], **verdict[tuple(r["token_ids"])],
             "tokens_in_place": sum(a == b for a, b in zip(r["token_ids"], trig["trigger_ids"]))} for r in rows[:3]]
     return {"driver": driver, "placements": where, "reduce": reduce, "role_markers": roles, "pool": len(pool),
-            "seconds": round(time.monotonic() - t0),
-            "evaluations": fm.evaluations, "top": top}
+            "seconds": round(time.monotonic() - t0), "evaluations": fm.evaluations, "top": top,
+            "trigger_verify": verdict[tuple(trig["trigger_ids"])]}
 
 
 def main() -> int:
@@ -122,9 +124,15 @@ def main() -> int:
     path = RESULTS / f"split-inversion-{stamp}.json"
     path.write_text(json.dumps(res, indent=1))
     for r in res["runs"]:
+        if not r["top"]:
+            print(f"{r['driver']:5s} {r['placements']:5s} {r['reduce']:4s} pool {r['pool']}: no complete candidate in "
+                  f"{r['seconds']} s ({r['evaluations']} evaluations)")
+            continue
         best = r["top"][0]
         print(f"{r['driver']:5s} {r['placements']:5s} {r['reduce']:4s} pool {r['pool']} best {best['text']!r} target {best['target']:.2f} "
-              f"flip {best['flip']} trigger tokens in place {best['tokens_in_place']}")
+              f"flip {best['flip']} injection {best['template_injection']} rank {best['rank']} "
+              f"trigger tokens in place {best['tokens_in_place']}; trigger rank {r['trigger_verify']['rank']} "
+              f"flip {r['trigger_verify']['flip']} beats {r['trigger_verify']['null']}")
     if res["landscape"]:
         trig = res["landscape"]["trigger"]
         print(f"trigger: target mean {trig['mean']:.2f}, min {trig['min']:.2f}")
