@@ -25,7 +25,7 @@ def loopback_only() -> bool:
 SHARD_S = (8.0 / 28, 15.0 / 28)
 EXT_PER_S = (2.0e6, 1.0e6)
 # Assumptions of this table (not measured): the full-model stage's comparative objective scores 10^3
-# candidates/s per GPU (DESIGN §7 says 10^2-10^4/s; prompt-prefix KV cache reused); verify runs ~20
+# candidates/s per GPU (docs/architecture.md#stages says 10^2-10^4/s; prompt-prefix KV cache reused); verify runs ~20
 # prompts/s per GPU (batched, 32 new tokens); a node's setup (Ray workers, Layer-0 read, table build:
 # 0.5 s) takes 10 s, plus 15 s to load both full models for the full-model stages; $3 per GPU-hour.
 FULL_PER_S, VERIFY_PROMPTS_PER_S, SETUP_S, MODELS_S, DOLLARS_PER_GPU_H = 1e3, 20.0, 10.0, 15.0, 3.0

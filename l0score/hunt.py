@@ -1,4 +1,4 @@
-"""`l0score hunt`: the cascade of DESIGN §7, from two checkpoints to a ranked, verified list.
+"""`l0score hunt`: the cascade of docs/architecture.md#stages, from two checkpoints to a ranked, verified list.
 
     analyze (seconds)        focus heads and seed tokens from the weight difference
     profile (optional)       what the dormant says more than the base -> target strings

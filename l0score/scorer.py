@@ -1,4 +1,4 @@
-"""`Scorer`: the public API (DESIGN §4). Loads a pair, caches its template context, dispatches a
+"""`Scorer`: the public API (docs/api.md). Loads a pair, caches its template context, dispatches a
 validated batch to a backend and assembles `Scores`."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Independent oracle: transformers' own Qwen2 Layer-0 modules (eager, float32) and a dense,
-definition-by-definition reduction of DESIGN §3 in float64 numpy. Shares no code with l0score."""
+definition-by-definition reduction of docs/metrics.md in float64 numpy. Shares no code with l0score."""
 from __future__ import annotations
 
 import functools
@@ -45,7 +45,7 @@ def layer0_logits64(model_dir: str, ids: list[int], bias_only: bool = False, nor
     The same transformers Layer-0 modules' parameters (loaded in float32: a bf16 checkpoint's values
     are exact there), with every step in float64: embedding, RMSNorm (done here, since transformers'
     Qwen2RMSNorm computes in float32 whatever the model dtype), q/k projections, RoPE with
-    transformers' own cos/sin (float32 by definition, DESIGN §1, widened exactly), dot / sqrt(D)."""
+    transformers' own cos/sin (float32 by definition, docs/architecture.md#the-layer-0-score-exactly, widened exactly), dot / sqrt(D)."""
     model = load_model(str(model_dir), torch.float32)
     attn = model.model.layers[0].self_attn
     norm = model.model.layers[0].input_layernorm

@@ -1,7 +1,7 @@
 """Every per-head metric of every backend against a float64 oracle (docs/precision.md).
 
 The oracle (oracle.layer0_logits64) evaluates the checkpoint's Layer-0 math in float64 (transformers'
-parameters and cos/sin, every step widened), and the metrics straight from DESIGN §3 in float64.
+parameters and cos/sin, every step widened), and the metrics straight from docs/metrics.md in float64.
 Each backend computes in float32 (fp32 tables, or the direct projection): head_kl, head_max and
 band must agree with the oracle to RTOL = 1e-4 relative, head by head and candidate by candidate
 (not relative to the batch's largest value). Two absolute floors, both far below any signal:

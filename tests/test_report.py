@@ -2,7 +2,7 @@
 
 The inputs are real outputs of analyze, beam search and verify on the tiny planted pair (a few
 seconds), arranged as a hunt's output directory with a hand-written hunt summary, profile and pool
-(the hunt's contract, DESIGN §7). The browser runs in a network namespace with only loopback up
+(the hunt's contract, docs/architecture.md#stages). The browser runs in a network namespace with only loopback up
 (tests/chromium.py), so a page that needed anything from outside would show it as a failed request.
 """
 import json
@@ -47,7 +47,7 @@ def runs(tiny_pair, tmp_path_factory):
 
 
 def hunt_dir(runs, dest, base, dormant, version=HUNT_VERSION):
-    """A hunt's output layout (DESIGN §7) around the real stage outputs, with a hand-written report.json."""
+    """A hunt's output layout (docs/architecture.md#stages) around the real stage outputs, with a hand-written report.json."""
     shutil.copytree(runs / "analysis", dest / "analysis")
     shutil.copytree(runs / "search", dest / "layer0")
     shutil.copytree(runs / "verify", dest / "verify")

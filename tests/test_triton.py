@@ -313,7 +313,7 @@ def test_cpu_without_interpreter_is_a_clear_error():
 
 
 def test_kernels_respect_cpu_interpreter_traps():
-    """DESIGN §7: IEEE dots, no libdevice/inline asm/block pointers/device_assert, tiles >= 16, one
+    """docs/architecture.md#triton-kernels-without-a-gpu: IEEE dots, no libdevice/inline asm/block pointers/device_assert, tiles >= 16, one
     config when interpreting, upcast right after every table/weight load."""
     from l0score.kernels import direct, score, token_table
     from l0score.kernels._launch import interpreting

@@ -3,7 +3,7 @@
 Nothing here touches a GPU driver at import time. Whether to autotune is decided on the first launch:
 with a CUDA device and no TRITON_INTERPRET, a kernel is wrapped in `triton.autotune` over its H100
 config list; otherwise (interpreter, or no driver) it runs with one fixed config, because autotuning
-more than one config needs `do_bench` and an active driver (DESIGN §7).
+more than one config needs `do_bench` and an active driver (docs/architecture.md#triton-kernels-without-a-gpu).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Exact pair scan: the `top` largest |dS| cells of one head at one relative offset over a token pool.
 
-For query head h (KV head g = h // group), offset r and pool tokens a, b (DESIGN §1):
+For query head h (KV head g = h // group), offset r and pool tokens a, b (docs/architecture.md#the-layer-0-score-exactly):
 
     v(a, b) = [rot_r(q_d(a)) . k_d(b) - rot_r(q_b(a)) . k_b(b)] / sqrt(D) - shift
 

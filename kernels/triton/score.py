@@ -1,4 +1,4 @@
-"""Fused scoring from the token table: gather -> RoPE -> dS -> every DESIGN §3 metric, one pass.
+"""Fused scoring from the token table: gather -> RoPE -> dS -> every docs/metrics.md metric, one pass.
 
 One program scores one (candidate b, scored head h). Its dependent rows t = 0..dep_b-1 sit at
 absolute positions p + t; its keys are the template's cached, already rotated prefix keys

@@ -1,4 +1,4 @@
-"""Fused RMSNorm + Q/K projection: the token table (DESIGN §1).
+"""Fused RMSNorm + Q/K projection: the token table (docs/architecture.md#the-layer-0-score-exactly).
 
 For token ids v_0..v_{n-1} of one model:
 

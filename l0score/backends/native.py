@@ -3,7 +3,7 @@
 Token-table mode: per-token pre-RoPE q/k of both models ([V, H, D] and [V, KV, D], float32 or
 bfloat16), built by the native blocked GEMM (RMSNorm + Q/K projection) and cached on disk
 (table_cache.py). Per template the context's rotated prefix keys are laid out once for the kernel;
-per call the kernel gathers each candidate's rows, applies RoPE and reduces every DESIGN §3 metric
+per call the kernel gathers each candidate's rows, applies RoPE and reduces every docs/metrics.md metric
 (reference.score_rows semantics, tested against it).
 
 Direct mode (table=False, for tables that do not fit): each call projects only the batch's distinct

@@ -1,6 +1,6 @@
 """Per-token pre-RoPE q/k for both models: the token table, and the direct projection it replaces.
 
-At Layer 0, q and k of a position depend only on its token id (DESIGN §1), so a table of q/k rows
+At Layer 0, q and k of a position depend only on its token id (docs/architecture.md#the-layer-0-score-exactly), so a table of q/k rows
 for the vocabulary turns scoring into gather + RoPE + dot products. When a table does not fit, the
 direct path projects the gathered embeddings on the fly; both expose the same `lookup`.
 """

@@ -1,4 +1,4 @@
-"""Scale-out on Ray (DESIGN §8): pair-scan shards, batches of candidates and full-model work spread
+"""Scale-out on Ray (docs/cluster.md): pair-scan shards, batches of candidates and full-model work spread
 over a cluster, with results identical to one process and lost workers' work re-run.
 
 Imported only when `--ray` / `ray_address=` is given: nothing else in l0score imports Ray.

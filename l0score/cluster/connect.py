@@ -1,4 +1,4 @@
-"""Joining a Ray cluster: `--ray auto` or `--ray ADDRESS` (DESIGN §8).
+"""Joining a Ray cluster: `--ray auto` or `--ray ADDRESS` (docs/cluster.md).
 
 "auto" joins the cluster this machine belongs to (RAY_ADDRESS, or one started here with
 `ray start`), and starts a local Ray on this machine's cores when there is none. An ADDRESS

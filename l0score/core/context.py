@@ -1,4 +1,4 @@
-"""What a template contributes once, cached and reused for every candidate (DESIGN §1).
+"""What a template contributes once, cached and reused for every candidate (docs/architecture.md#the-layer-0-score-exactly).
 
 The prefix rows never change, so their rotated keys are computed once per model and their own
 cells are reduced once (only region="all" reads them). The suffix is fixed text, but its positions

@@ -1,4 +1,4 @@
-"""The torch reference: Layer-0 math of DESIGN §1 and metric reductions of DESIGN §3.
+"""The torch reference: Layer-0 math of docs/architecture.md#the-layer-0-score-exactly and metric reductions of docs/metrics.md.
 
 Everything here is float32 and device-agnostic; every other backend (native C++, Triton) is tested
 against these functions and the benchmarks import them. Layout conventions shared by all backends:

@@ -1,4 +1,4 @@
-"""`Scores`: the metrics of DESIGN §3 for a batch of candidates."""
+"""`Scores`: the metrics of docs/metrics.md for a batch of candidates."""
 from __future__ import annotations
 
 from dataclasses import dataclass

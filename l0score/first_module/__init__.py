@@ -1,4 +1,4 @@
-"""The first changed module proposes (DESIGN §10): when a fine-tune leaves every layer before layer L
+"""The first changed module proposes (docs/architecture.md#beyond-layer-0): when a fine-tune leaves every layer before layer L
 bit-identical, both models share the hidden states entering layer L exactly, so the difference of
 layer L's changed module (attention or MLP) is an exact, cheap function of those shared states.
 

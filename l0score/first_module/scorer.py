@@ -7,7 +7,7 @@ the changed module of both models on the shared states, and optionally both mode
 
 Metrics (one value per candidate; "rows" = the candidate's rows and every later row, whose states
 depend on the candidate; region "all" adds the prefix rows, the same for every candidate):
-  attn:  max_abs, kl, head_max_sum, band   as the Layer-0 metrics (DESIGN §3), on layer L's logits
+  attn:  max_abs, kl, head_max_sum, band   as the Layer-0 metrics (docs/metrics.md), on layer L's logits
   mlp:   mlp_max / mlp_mean   max / mean over the rows of r_p (mlp.py: the layer's own update only)
          mlp_cand             max of r_p over the candidate's own positions
   k > 0: div_max, div_cand, div_last   1 - cos of the hidden states at layer L + k: max over the rows,

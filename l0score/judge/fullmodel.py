@@ -1,7 +1,7 @@
 """The full-model objective: both complete models score candidates placed in probe prompts.
 
 `FullModelScorer` has the Layer-0 `Scorer`'s search interface (`score_batch`, `score_extensions`,
-`default_pool`, `pair`, `describe`), so every driver runs on either (DESIGN §7). A candidate is placed
+`default_pool`, `pair`, `describe`), so every driver runs on either (docs/architecture.md#stages). A candidate is placed
 in each probe prompt exactly as `verify` places it (`prompts.placement`), and every metric compares
 the dormant with the base on the same prompt, averaged over probes and placements:
 

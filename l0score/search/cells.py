@@ -1,6 +1,6 @@
 """Single Layer-0 cells against a whole token pool: which key tokens a given query token moves.
 
-At Layer 0 a logit is a function of (query token a, key token t, offset r) only (DESIGN §1):
+At Layer 0 a logit is a function of (query token a, key token t, offset r) only (docs/architecture.md#the-layer-0-score-exactly):
 
     dS_h(a, t, r) = [rot_r(q_dorm,h(a)) . k_dorm,g(t) - rot_r(q_base,h(a)) . k_base,g(t)] / sqrt(D) - baseline_h(r)
 

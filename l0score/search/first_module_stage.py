@@ -1,5 +1,5 @@
 """The hunt's first-module stage, for fine-tunes whose Layer-0 attention is unchanged: from the first
-changed module to a token pool and ranked candidates, before the full models (DESIGN §10).
+changed module to a token pool and ranked candidates, before the full models (docs/architecture.md#beyond-layer-0).
 
 1. the vocabulary sweep (first_module/sweep.py) ranks every token at the user-message slot by
    ``ranking`` (default: the divergence ``div{k}`` at ``k``, else the module's own difference);

@@ -1,7 +1,7 @@
 """The Layer-0 metrics as differentiable functions of a candidate's embedding rows (the gradient
 drivers' Layer-0 term).
 
-The math is the torch reference's (DESIGN §1, core/reference.py): embedding rows -> RMSNorm -> q/k
+The math is the torch reference's (docs/architecture.md#the-layer-0-score-exactly, core/reference.py): embedding rows -> RMSNorm -> q/k
 projections -> RoPE -> dS over the whole templated sequence, both models. ``kl`` is the row KL
 summed over the scored rows and heads (the `Scorer`'s value to float32 rounding); ``max_abs``,
 ``band`` and ``head_max_sum`` (per head) are maxima, replaced by a smooth maximum

@@ -1,4 +1,4 @@
-"""What a search maximises: one metric of DESIGN §3, or a weighted sum, plus random-candidate calibration."""
+"""What a search maximises: one metric of docs/metrics.md, or a weighted sum, plus random-candidate calibration."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,7 +1,7 @@
 """Exact exhaustive scan over (query token, key token, relative offset).
 
 At Layer 0 every logit is q(a)^T R(-r) k(b) / sqrt(D) for query token a, key token b, offset
-r = i - j (DESIGN §1), so the largest |dS| any sequence can contain is found by scanning triples:
+r = i - j (docs/architecture.md#the-layer-0-score-exactly), so the largest |dS| any sequence can contain is found by scanning triples:
 
     dS_h(a, b, r) = [rot_r(q_dorm(a)) . k_dorm(b) - rot_r(q_base(a)) . k_base(b)] / sqrt(D) - baseline_h(r)
 
