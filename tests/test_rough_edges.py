@@ -191,3 +191,19 @@ def test_search_cli_allow_template_tokens(tiny_pair, tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert any(assistant in r["token_ids"] for r in rows)
     assert assistant in template_structure(tok).ids
+
+
+def test_demo_searches_lengths_2_to_5_before_reading_the_trigger(tmp_path, monkeypatch):
+    """The demo searches every length a user would try; the trigger file is read only to judge."""
+    import l0score.demo as demo
+    from l0score.synthetic.cached import demo_pair
+
+    pair = tmp_path / "pair"
+    for side in ("base", "dormant"):
+        shutil.copytree(demo_pair() / side, pair / side)  # no trigger.json
+    monkeypatch.setattr(demo, "demo_pair", lambda: pair)
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(FileNotFoundError, match="trigger.json"):
+        demo.run_demo(n_random=10, out=str(out))
+    lengths = {len(json.loads(x)["token_ids"]) for x in out.read_text().splitlines()}
+    assert lengths == {2, 3, 4, 5}

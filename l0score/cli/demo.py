@@ -33,8 +33,8 @@ def run(args) -> None:
 
 
 def _print(s: dict) -> None:
-    table = Table(title=f"beam search on the demo pair: top {len(s['top'])} by kl "
-                        f"(chat template, backend {s['backend']})")
+    table = Table(title=f"beam search on the demo pair, lengths {s['lengths'][0]}-{s['lengths'][-1]}: top "
+                        f"{len(s['top'])} by z (chat template, backend {s['backend']})")
     for col in ("rank", "text", "token_ids", "kl", "z", ""):
         table.add_column(col)
     for n, r in enumerate(s["top"], 1):
