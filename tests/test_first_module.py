@@ -259,3 +259,25 @@ def test_location_from_the_base_check(variants, pair_factory):
     assert Location.from_first_changed({"module": "norm", "layer": 3, "tensors": ["model.layers.3.post_attention_layernorm.weight"]}) == Location(3, "mlp")
     with pytest.raises(ValueError, match="no first module"):
         Location.from_first_changed({"module": "lm_head", "layer": None, "label": "lm_head", "tensors": ["lm_head.weight"]})
+
+
+def test_search_command_on_the_first_module(variants, tmp_path, one_thread):
+    """`search beam --first-module auto` finds the location by the base check, writes results whose
+    objective is that location; a location whose module did not change is `error:` exit 2."""
+    import json
+
+    from l0score.cli import main
+
+    pair = ["--base", str(variants["base"]), "--dormant", str(variants["mlp@L1"])]
+    out = tmp_path / "beam.jsonl"
+    assert main(["search", "beam", *pair, "--first-module", "auto", "--length", "2", "--budget", "600", "--width", "2",
+                 "--out", str(out), "--quiet", "--allow-list", str(_ids_file(tmp_path, range(100, 140)))]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and {r["objective"] for r in rows} == {"mlp@L1"} and all("mlp_cand" in r for r in rows)
+    assert main(["search", "coord", *pair, "--first-module", "attn@L0", "--length", "2", "--out", str(out)]) == 2
+
+
+def _ids_file(tmp_path, ids):
+    path = tmp_path / "allow.txt"
+    path.write_text("\n".join(str(i) for i in ids) + "\n")
+    return path
