@@ -1,6 +1,8 @@
 """`l0score hunt`: the whole cascade from two checkpoints to a ranked, verified list."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
 from .args import add_pair_args, add_ray_arg, console, resolve_pair
@@ -66,10 +68,20 @@ def run(args) -> None:
         console.print(f"[yellow]interrupted[/yellow]: what was found is kept in {args.out}; "
                       "continue with the same command and --resume")
         raise SystemExit(130) from None
-    bc = next((f for f in report["funnel"] if f["stage"] == "base_check"), None)
-    if bc is not None:  # the route the hunt took, and why
-        console.print(f"base check: {bc['note']}", markup=False)
+    _print_base_check(Path(args.out), report)
     print_report(report)
+
+
+def _print_base_check(out: Path, report: dict) -> None:
+    """The hunt's report starts with its base check and the route it took, and why."""
+    from ..analysis.base_check import read_base_check
+    from .base_check import print_result
+
+    if (out / "base-check" / "base-check.json").is_file():
+        print_result(read_base_check(out / "base-check"))
+    bc = next((f for f in report["funnel"] if f["stage"] == "base_check"), None)
+    if bc is not None:
+        console.print(f"route: {bc['note']}", markup=False)
 
 
 def say_stage(text: str) -> None:
