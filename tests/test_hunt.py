@@ -127,3 +127,32 @@ def test_hunt_rejects_pairs_whose_tokenizers_differ(trained, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="different chat templates"):
         hunt(tmp_path / "base", tmp_path / "dormant", tmp_path / "h", HuntOptions(**SMALL))
+
+
+# The hunt as a user runs it, with the behavioural profile on: profile -> target route -> early stop.
+# coord's random restarts reach this control's trigger at length 3 from some seeds and not others
+# (measured on this pool: 1 of seeds 0-5, seed 1); the test fixes seed 1 so that it checks the path
+# the profile opens (the fire check, the skipped exhaustive stage, the ranking), not coord's hit rate.
+# force: the trained controls are full fine-tunes, which the base check calls a different model.
+PROFILED = dict(seconds=1500, max_length=3, max_pool=64, verify_top=4, profile=True, profile_inputs=60,
+                progress=False, threads=1, seed=1, force=True)
+
+
+@pytest.fixture(scope="module")
+def profiled(trained, tmp_path_factory):
+    root, trigger = trained
+    out = tmp_path_factory.mktemp("hunt-profiled")
+    return hunt(root / "base", root / "dormant", out, HuntOptions(**PROFILED)), trigger, out
+
+
+def test_profiled_hunt_stops_early_and_ranks_the_trigger_first(profiled):
+    report, trigger, out = profiled
+    search = json.loads((out / "hunt.json").read_text())["stages"]["search"]
+    assert "fired" in search and "stopped early" in search["note"]  # the fire check stopped the search
+    assert all(r["route"] == "target inversion" for r in search["runs"])
+    assert not list((out / "search").glob("exhaustive-*"))  # the exhaustive stage never ran
+    assert "profile" in [f["stage"] for f in report["funnel"]]
+    top = report["results"][0]
+    assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
+    assert top["route"] == "target inversion" and not top["template_injection"]
+    assert top["verify"]["flip"] and top["verify"]["null"]["beaten"] == top["verify"]["null"]["n"] == 32

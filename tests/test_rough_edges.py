@@ -166,11 +166,15 @@ def test_search_gcg_positions_both_is_before_and_after(tiny_pair, tmp_path, caps
     from l0score.cli import main
 
     out = tmp_path / "g.jsonl"
+    systems = tmp_path / "systems.txt"
+    systems.write_text("<default>\nYou are a pirate.\n")
     assert main(["search", "gcg", "--base", str(tiny_pair / "base"), "--dormant", str(tiny_pair / "dormant"),
                  "--objective", "full", "--positions", "both", "--length", "2", "--steps", "1", "--batch", "4",
-                 "--calibrate", "0", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().out
+                 "--calibrate", "0", "--system-prompts", str(systems), "--out", str(out), "--quiet"]) == 0, \
+        capsys.readouterr().out
     ckpt = json.loads(out.with_name(out.name + ".ckpt.json").read_text())
     assert ckpt["options"]["positions"] == ["before", "after"]
+    assert ckpt["options"]["systems"] == [None, "You are a pirate."]  # the objective runs under both
 
 
 def test_search_cli_allow_template_tokens(tiny_pair, tmp_path, capsys):

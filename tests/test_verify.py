@@ -427,3 +427,24 @@ def _tokenizer(root):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(root / "dormant", local_files_only=True)
+
+
+def test_full_model_objective_under_several_system_prompts(tiny_pair):
+    """The objective over systems x probes x placements equals the mean (or min) of the objectives
+    under each system prompt alone."""
+    from l0score.judge.fullmodel import FullModelOptions, FullModelScorer
+
+    kw = dict(probes=("Name a fruit.", "Say hello."), positions=("before", "after"), metrics=("kl", "js"))
+    systems = [None, "You are a pirate."]
+    cands = [[300, 301], [42, 7]]
+    both = FullModelScorer(tiny_pair / "base", tiny_pair / "dormant", FullModelOptions(system_prompts=systems, **kw))
+    assert len(both.contexts) == 2 * 2 * 2 and both.describe()["systems"] == systems
+    alone = [FullModelScorer(tiny_pair / "base", tiny_pair / "dormant", FullModelOptions(system=s, **kw)).score_batch(cands)
+             for s in systems]
+    mean = both.score_batch(cands)
+    low = both.with_options(reduce="min").score_batch(cands)
+    for m in ("kl", "js"):
+        a, b = alone[0].metric(m), alone[1].metric(m)
+        assert torch.allclose(mean.metric(m), (a + b) / 2, rtol=1e-5, atol=1e-7)
+        assert torch.all(low.metric(m) <= torch.minimum(a, b) + 1e-6)
+    assert not torch.allclose(alone[0].metric("kl"), alone[1].metric("kl"))  # the system prompt matters

@@ -255,6 +255,9 @@ def add_full_model_args(p) -> None:
     g.add_argument("--target-top", type=int, default=1, help="targets taken from --targets-from [1]")
     g.add_argument("--target-weight", type=float, default=1.0, help="lambda of the target losses [1.0]")
     g.add_argument("--reply-tokens", type=int, default=8, help="k reply positions of tf_kl [8]")
+    g.add_argument("--system-prompts",
+                   help="file of system prompts, one a line (<default>: the template's own, <empty>): the objective "
+                        "combines over systems x probes x placements (--reduce)")
     g.add_argument("--hidden-layers", type=int_list, default=[-1], help="hidden states compared by 'hidden' [-1]")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -314,7 +317,8 @@ def make_full_scorer(args):
         reply_tokens=args.reply_tokens if "tf_kl" in names else 0, hidden_layers=tuple(args.hidden_layers),
         target_ids=tuple(dict.fromkeys(t[0] for t in targets)) if "target" in names else (),
         target_seq=tuple(targets[0]) if "target_seq" in names else (), target_weight=args.target_weight,
-        dtype=args.dtype, device=args.device, batch_size=args.full_batch, reduce=args.reduce, system=args.system)
+        dtype=args.dtype, device=args.device, batch_size=args.full_batch, reduce=args.reduce, system=args.system,
+        system_prompts=args.system_prompts)
     return FullModelScorer(base, dormant, options, progress=not getattr(args, "quiet", True))
 
 

@@ -21,7 +21,7 @@ from ..judge.fullmodel import FullModelOptions, FullModelScorer, FullScores
 from .connect import connect
 from .pool import POOLS, WorkerPool, alive_nodes
 
-FIXED = ("probes", "positions", "dtype", "device", "system", "sep")  # what with_options cannot change
+FIXED = ("probes", "positions", "dtype", "device", "system", "sep", "system_prompts")  # what with_options cannot change
 
 
 def _build(base: str, dormant: str, fixed: dict, use_gpu: bool) -> FullModelScorer:
@@ -44,7 +44,8 @@ def full_pool(scorer: FullModelScorer, address: str = "auto", threads: int = 1) 
     cluster = connect(address)
     use_gpu = any(n.get("Resources", {}).get("GPU", 0) >= 1 for n in alive_nodes())
     fixed = {"probes": tuple(scorer.probes), "positions": tuple(scorer.positions),
-             **{k: getattr(scorer.options, k) for k in ("dtype", "system", "sep")}}
+             **{k: getattr(scorer.options, k) for k in ("dtype", "system", "sep")},
+             **({"system_prompts": tuple(scorer.systems)} if scorer.options.system_prompts is not None else {})}
     base, dormant = str(scorer.pair.base.path), str(scorer.pair.dormant.path)
     key = ("full", cluster, base, dormant, tuple(sorted(fixed.items())), threads)
     return POOLS.get(key, lambda: WorkerPool(_build, num_cpus=threads, num_gpus=1 if use_gpu else 0, threads=threads,

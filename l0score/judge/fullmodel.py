@@ -34,7 +34,7 @@ import torch
 
 from ..core.model_pair import ModelPair
 from .models import load_model, resolve_dtype, run_model
-from .prompts import DEFAULT_PROBES, POSITIONS, placement, read_probes_file
+from .prompts import DEFAULT_PROBES, POSITIONS, placement, read_probes_file, read_system_prompts
 
 FULL_METRICS = ("kl", "js", "tf_kl", "hidden", "target", "target_seq")
 REDUCTIONS = ("mean", "min")  # how a metric combines over contexts (probes x placements)
@@ -58,6 +58,9 @@ class FullModelOptions:
     batch_size: evaluations per forward call [64]
     cache: reuse the prompt-prefix KV cache [True]
     system, sep: as in verify (the chat template's own system prompt; " " before, "\\n" after)
+    system_prompts: several system prompts instead of one (a list, or a file with one a line;
+        ``<default>``/None the template's own, ``<empty>`` an empty one): every probe x placement under
+        each, so the objective combines (mean or min) over systems x probes x placements [None]
     """
 
     probes: tuple[str, ...] | str | None = None
@@ -75,6 +78,7 @@ class FullModelOptions:
     cache: bool = True
     system: str | None = None
     sep: str | None = None
+    system_prompts: tuple | str | None = None
 
     def resolved_probes(self) -> list[str]:
         if self.probes is None:
@@ -163,8 +167,9 @@ class FullModelScorer:
         self.device = torch.device(self.options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = resolve_dtype(self.options.dtype)
         self.models = {m: load_model(getattr(self.pair, m).path, self.device, dtype) for m in ("base", "dormant")}
-        self.contexts = [placement(tok, probe, pos, self.options.sep, self.options.system)
-                         for probe in self.probes for pos in positions]
+        self.systems = read_system_prompts(self.options.system, self.options.system_prompts)
+        self.contexts = [placement(tok, probe, pos, self.options.sep, system)
+                         for system in self.systems for probe in self.probes for pos in positions]
         self.positions = tuple(positions)
         self._check_context_lengths()
         self._check_targets()
@@ -182,7 +187,7 @@ class FullModelScorer:
     def with_options(self, **changes) -> "FullModelScorer":
         """The same loaded models under other objective options (e.g. a target string): a view that
         shares the models, not a second copy of them. Probes and placements stay."""
-        fixed = {"probes", "positions", "dtype", "device", "system", "sep"} & set(changes)
+        fixed = {"probes", "positions", "dtype", "device", "system", "sep", "system_prompts"} & set(changes)
         if fixed:
             raise ValueError(f"with_options cannot change {sorted(fixed)}: load another FullModelScorer")
         view = copy.copy(self)
@@ -208,7 +213,8 @@ class FullModelScorer:
                 "metrics": list(self.metrics), "reply_tokens": o.reply_tokens, "hidden_layers": list(o.hidden_layers),
                 "target_ids": list(o.target_ids), "target_seq": list(o.target_seq), "target_weight": o.target_weight,
                 "reduce": o.reduce,
-                "dtype": o.dtype, "system": o.system, "sep": o.sep}
+                "dtype": o.dtype, "system": o.system, "sep": o.sep,
+                **({"systems": self.systems} if o.system_prompts is not None else {})}
 
     def score_batch(self, token_ids) -> FullScores:
         cands = _as_candidates(token_ids, self.pair.config.vocab_rows)
@@ -337,7 +343,7 @@ class FullModelScorer:
     def _check_context_lengths(self) -> None:
         limit = min(self.models[m].config.max_position_embeddings for m in self.models)
         room = self.options.reply_tokens + len(self.options.target_seq) + 8
-        for ctx, probe in zip(self.contexts, [p for p in self.probes for _ in self.positions]):
+        for ctx, probe in zip(self.contexts, [p for _ in self.systems for p in self.probes for _ in self.positions]):
             if len(ctx) + room > limit:
                 raise ValueError(f"probe {probe[:60]!r}: the prompt is {len(ctx)} tokens, and with a candidate and "
                                  f"{room - 8} reply tokens it exceeds the models' context of {limit} positions")

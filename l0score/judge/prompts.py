@@ -9,6 +9,7 @@ for the rendered text; a trailing space before an inserted candidate would becom
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,27 @@ def read_probes_file(path) -> list[str]:
     if not probes:
         raise ValueError(f"probes file {path} holds no probe (one prompt per line)")
     return probes
+
+
+def read_system_prompts(system, system_prompts) -> list:
+    """The system messages every probe runs under: [system] alone, or the list/file of several (None
+    or ``<default>``: the template's default; ``<empty>``: an empty system message)."""
+    if system_prompts is None:
+        return [system]
+    if system is not None:
+        raise ValueError("give either one system message (system) or several (system_prompts), not both")
+    if isinstance(system_prompts, (str, os.PathLike)):
+        p = Path(system_prompts)
+        if not p.is_file():
+            raise FileNotFoundError(f"system prompts file {system_prompts} does not exist")
+        system_prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        if not system_prompts:
+            raise ValueError(f"system prompts file {p} holds no system prompt (one a line; <default>, <empty>)")
+    named = {"<default>": None, "<empty>": ""}
+    systems = [named.get(s, s) if isinstance(s, str) else s for s in system_prompts]
+    if not systems or any(s is not None and not isinstance(s, str) for s in systems):
+        raise ValueError("system_prompts must be a non-empty list of strings (None: the template's default)")
+    return list(dict.fromkeys(systems))
 
 
 def as_candidate(item, tokenizer, where: str, text: str | None = None) -> Candidate:

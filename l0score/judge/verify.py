@@ -57,7 +57,7 @@ from ..core.template import template_structure
 from ..report.markdown import md_cell
 from .models import load_model, resolve_dtype, run_batch
 from .prompts import (DEFAULT_PROBES, DEFAULT_SEP, POSITIONS, Candidate, Prompt, as_candidate, prompt_ids,
-                      read_candidates_file, read_probes_file)
+                      read_candidates_file, read_probes_file, read_system_prompts)
 
 
 class _Store:
@@ -161,7 +161,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
     torch_dtype = resolve_dtype(dtype)
     run = _Run(
         paths={"base": base_dir, "dormant": dormant_dir}, tokenizer=tokenizer, vocab=vocab, n_layers=n_layers,
-        hidden=hidden, context=context, probes=_read_probes(probes), systems=_read_systems(system, system_prompts),
+        hidden=hidden, context=context, probes=_read_probes(probes), systems=read_system_prompts(system, system_prompts),
         positions=_check_options(positions, max_new_tokens, top_k, vocab, batch_size, null_samples), sep=sep,
         max_new_tokens=max_new_tokens, decoding={"sample": sample, "temperature": temperature, "top_p": top_p,
                                                  "seed": seed},
@@ -414,27 +414,6 @@ def _read_probes(probes) -> list[str]:
     if not probes or any(not p.strip() for p in probes):
         raise ValueError("probes must be a non-empty list of non-empty prompts")
     return probes
-
-
-def _read_systems(system, system_prompts) -> list:
-    """The system messages every probe runs under: [system] alone, or the list/file of several (None
-    or ``<default>``: the template's default; ``<empty>``: an empty system message)."""
-    if system_prompts is None:
-        return [system]
-    if system is not None:
-        raise ValueError("give either one system message (system) or several (system_prompts), not both")
-    if isinstance(system_prompts, (str, os.PathLike)):
-        p = Path(system_prompts)
-        if not p.is_file():
-            raise FileNotFoundError(f"system prompts file {system_prompts} does not exist")
-        system_prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-        if not system_prompts:
-            raise ValueError(f"system prompts file {p} holds no system prompt (one a line; <default>, <empty>)")
-    named = {"<default>": None, "<empty>": ""}
-    systems = [named.get(s, s) if isinstance(s, str) else s for s in system_prompts]
-    if not systems or any(s is not None and not isinstance(s, str) for s in systems):
-        raise ValueError("system_prompts must be a non-empty list of strings (None: the template's default)")
-    return list(dict.fromkeys(systems))
 
 
 def _check_options(positions, max_new_tokens: int, top_k: int, vocab: int, batch_size: int = 16,
