@@ -507,4 +507,12 @@ def summary_markdown(result: dict, rows: int = 20) -> str:
     for n, t in enumerate(result["targets"], 1):
         lines.append(f"| {n} | `{t['text']!r}` | {len(t['token_ids'])} | {t['score']:.2f} | "
                      f"{t['mean_preference']:.2f} | {t['first_rank']} | {t['stop']} |")
+    amp = result.get("amplified")
+    if amp is not None:
+        lines += ["", "## Amplified sampling: what the amplified dormant says and the base never does", ""]
+        if amp["statement"]:
+            lines.append(amp["statement"])
+        lines += ["| payload | generations | share | settings |", "|---|---|---|---|"]
+        for p in amp["payloads"][:rows]:
+            lines.append(f"| `{p['said']!r}` | {p['count']} | {p['frequency']:.0%} | {', '.join(p['settings'])} |")
     return "\n".join(lines) + "\n"
