@@ -467,3 +467,18 @@ def test_non_finite_values(base, tmp_path):
     bad = _edit(base, tmp_path / "bad", **{name.replace(".", "__"): w})
     with pytest.raises(ValueError, match=rf"bad/model.safetensors: tensor {re.escape(name)} holds NaN or inf"):
         base_check(bad, [base])
+
+
+def test_unpairable_candidate_ranks_last(base, derived, tmp_path):
+    """Among several bases, one of another vocabulary is named a different model and ranked last;
+    alone, it is an error."""
+    t = _load(base)
+    other = _edit(base, tmp_path / "other", model__embed_tokens__weight=t["model.embed_tokens.weight"][:-8],
+                  lm_head__weight=t["lm_head.weight"][:-8])
+    r = base_check(derived["mlp"], [other, derived["redrawn"], base])
+    assert [c.base for c in r.candidates] == [str(base), str(derived["redrawn"]), str(other)]
+    last = r.candidates[-1]
+    assert last.verdict == "different model" and "different vocabularies" in last.evidence[0]
+    assert last.n_tensors == 0 and not last.layer0_scores_zero
+    with pytest.raises(ValueError, match="different vocabularies"):
+        base_check(derived["mlp"], [other])

@@ -41,6 +41,10 @@ _KIND_OF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj"
 _EMBED, _LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
 
+class Unpairable(CheckpointError):
+    """The two checkpoints cannot be compared tensor by tensor (names, shapes, vocabulary, dtype)."""
+
+
 @dataclass
 class BaseCheckOptions:
     """different_rel: a changed tensor whose ‖Δ‖/‖W_base‖ reaches this was re-drawn, not fine-tuned
@@ -112,7 +116,7 @@ class CandidateCheck:
     def layer0_attention_identical(self) -> bool:
         """Every Layer-0 attention tensor (and what feeds it: embeddings, input norm) bit-identical:
         Layer-0 scores are then exactly zero."""
-        return all(t.identical for t in self.tensors
+        return bool(self.tensors) and all(t.identical for t in self.tensors
                    if t.kind == "embed" or (t.layer == 0 and t.module == "attn")
                    or t.name == "model.layers.0.input_layernorm.weight")
 
@@ -125,7 +129,7 @@ class CandidateCheck:
     def layer0_scores_zero(self) -> bool:
         """What Layer-0 attention logits are made of (embeddings, Layer-0 input norm, q/k weights and
         biases) is bit-identical: every Layer-0 score is exactly zero, whatever else changed."""
-        return all(t.identical for t in self.tensors if t.kind == "embed"
+        return bool(self.tensors) and all(t.identical for t in self.tensors if t.kind == "embed"
                    or (t.layer == 0 and t.kind in ("attn_q", "attn_k"))
                    or t.name == "model.layers.0.input_layernorm.weight")
 
@@ -185,10 +189,16 @@ def base_check(dormant, bases, options: BaseCheckOptions | None = None) -> BaseC
     start = time.perf_counter()
     dormant_dir = resolve_model_dir(dormant)
     entries_d = list_tensors(dormant_dir)
-    checks = []
+    checks, errors = [], []
     for i, base in enumerate(bases):
         base_dir = resolve_model_dir(base)
-        checks.append(check_one(base_dir, dormant_dir, entries_d, options, i, len(bases)))
+        try:
+            checks.append(check_one(base_dir, dormant_dir, entries_d, options, i, len(bases)))
+        except Unpairable as exc:  # among several bases, one that cannot be paired is simply not it
+            errors.append(exc)
+            checks.append(_unpairable(base_dir, exc))
+    if len(errors) == len(bases):
+        raise errors[0]
     ranked = sorted(checks, key=_plausibility)
     for rank, c in enumerate(ranked, 1):
         c.rank = rank
@@ -222,10 +232,19 @@ def check_one(base_dir: Path, dormant_dir: Path, entries_d: dict[str, TensorEntr
 
 
 def _plausibility(c: CandidateCheck):
-    """Ranking key: verdict (a fine-tune first, a different model last), then fewer changed
-    tensors, then smaller changes."""
+    """Ranking key: verdict (a fine-tune first, a different model last; one that cannot even be
+    paired after that), then fewer changed tensors, then smaller changes."""
     mean_rel = sum(min(t.rel_norm, 10.0) for t in c.tensors) / max(1, len(c.tensors))
-    return (VERDICTS.index(c.verdict), c.n_changed, mean_rel)
+    return (VERDICTS.index(c.verdict), not c.tensors, c.n_changed, mean_rel)
+
+
+def _unpairable(base_dir: Path, exc: Exception) -> CandidateCheck:
+    return CandidateCheck(
+        base=str(base_dir), verdict="different model",
+        evidence=[f"cannot be compared with the dormant tensor by tensor: {exc}",
+                  "this is not the dormant's base; check the base's family and version"],
+        first_changed=None, n_tensors=0, n_changed=0, n_near_one=0, median_rel_norm=None, groups={}, layers=[],
+        tensors=[], tied_lm_head=False, seconds=0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,22 +303,22 @@ def pair_tensors(entries_b: dict[str, TensorEntry], entries_d: dict[str, TensorE
     _check_names(entries_b, entries_d, base_dir, dormant_dir)
     eb, ed = entries_b.get(_EMBED), entries_d.get(_EMBED)
     if eb and ed and eb.shape[:1] != ed.shape[:1]:
-        raise CheckpointError(
+        raise Unpairable(
             f"different vocabularies: {_EMBED} has {eb.shape[0]} rows in {eb.file} but {ed.shape[0]} in {ed.file}; "
             "a fine-tune keeps its base's vocabulary, so this base is not the dormant's")
     pairs = []
     for name in sorted(entries_b, key=_step):
         b, d = entries_b[name], entries_d[name]
         if b.shape != d.shape:
-            raise CheckpointError(f"mismatched shapes: tensor {name} is {list(b.shape)} in {b.file} "
-                                  f"but {list(d.shape)} in {d.file}")
+            raise Unpairable(f"mismatched shapes: tensor {name} is {list(b.shape)} in {b.file} "
+                             f"but {list(d.shape)} in {d.file}")
         for e in (b, d):
             if e.dtype not in _INT_VIEW:
                 raise CheckpointError(f"{e.file}: tensor {name} has unsupported dtype {e.dtype} "
                                       f"(expected one of {', '.join(sorted(_INT_VIEW))})")
         if b.dtype != d.dtype:
-            raise CheckpointError(f"dtype mixture: tensor {name} is {b.dtype} in {b.file} but {d.dtype} in "
-                                  f"{d.file}; bit-identity needs one dtype (convert one checkpoint first)")
+            raise Unpairable(f"dtype mixture: tensor {name} is {b.dtype} in {b.file} but {d.dtype} in "
+                             f"{d.file}; bit-identity needs one dtype (convert one checkpoint first)")
         pairs.append((name, (b, keys_b[name]), (d, keys_d[name])))
     return pairs, tied
 
@@ -313,7 +332,7 @@ def _check_names(entries_b: dict, entries_d: dict, base_dir: Path, dormant_dir: 
         if names:
             more = f" and {len(names) - 5} more" if len(names) > 5 else ""
             parts.append(f"{len(names)} tensor(s) of the {label} are not in {where}: {', '.join(names[:5])}{more}")
-    raise CheckpointError("mismatched tensor names: " + "; ".join(parts))
+    raise Unpairable("mismatched tensor names: " + "; ".join(parts))
 
 
 def _read_rows(entry: TensorEntry, key: str, start: int, stop: int) -> torch.Tensor:
