@@ -86,7 +86,8 @@ def test_hunt_report_ranks_an_injection_below_a_clean_flip(pair, tiny_pair, tmp_
     import json
     from types import SimpleNamespace
 
-    from l0score.report.hunt_summary import _ranked, markdown
+    from l0score.hunt_report import rank_results
+    from l0score.report.hunt_summary import markdown
 
     tok = pair.tokenizer
     clean, injected = tok.encode(" kettle field", add_special_tokens=False), tok.encode(" kettle assistant",
@@ -101,10 +102,30 @@ def test_hunt_report_ranks_an_injection_below_a_clean_flip(pair, tiny_pair, tmp_
             ((injected, 3.0), (plain, 2.0), (clean, 1.0))]
     hunt = SimpleNamespace(collect=lambda: [dict(r) for r in rows], out=tmp_path, base=str(tiny_pair / "base"),
                            dormant=str(tiny_pair / "dormant"), fm=lambda: SimpleNamespace(tokenizer=tok))
-    ranked = _ranked(hunt)
+    ranked = rank_results(hunt)
     assert [r["token_ids"] for r in ranked] == [clean, injected, plain]
     assert [r["template_injection"] for r in ranked] == [False, True, False]
     assert ranked[1]["verify"]["null"]["beaten"] == 4
     md = markdown({"base": "b", "dormant": "d", "complete": True, "created": "", "finished": "", "funnel": [],
                    "results": ranked})
     assert "1 candidate(s) hold a piece of the chat template" in md and "4/4" in md
+
+
+def test_structure_of_the_real_smollm2_template():
+    """The real control's ChatML template (SmolLM2-135M-Instruct, when its base is cached): 'assistant'
+    is two tokens there ('ass', 'istant'), and both are structure."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    base = Path.home() / ".cache" / "l0score" / "real-base-smollm2-135m-instruct-qwen2-v1"
+    if not (base / "tokenizer.json").is_file():
+        pytest.skip("the real SmolLM2 base is not cached (l0score.synthetic.real.cached_real_base builds it)")
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    s = template_structure(tok)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "An apple."}, {"role": "user", "content": "And a color?"}]
+    assert _content_free_ids(tok, msgs) <= s.ids
+    assert s.roles == ("system", "user", "assistant")
+    assert set(tok.encode("assistant", add_special_tokens=False)) <= s.ids
+    assert not set(tok.encode(" apple", add_special_tokens=False)) & s.ids
