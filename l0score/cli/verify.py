@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .args import add_pair_args, add_ray_arg, console, int_list, resolve_pair
@@ -85,12 +86,19 @@ def _print(report: dict) -> None:
     table = Table(title=f"verify: {len(report['results'])} candidates x {len(report['config']['probes'])} probes, "
                         f"untriggered KL {summary['kl_untriggered']:.4g}, untriggered agreement "
                         f"{summary['untriggered_agreement']:.0%} of probes")
-    for col in ("rank", "candidate", "KL", "amplification", "JS", "top-1 agree", "flip rate", "flip"):
+    for col in ("rank", "candidate", "KL", "amplification", "JS", "top-1 agree", "flip rate", "beats random", "flip"):
         table.add_column(col)
     for r in report["results"][:20]:
-        table.add_row(str(r["rank"]), repr(r["text"]), f"{r['kl']:.4g}", f"{r['amplification']:.3g}",
+        null = r.get("null")
+        flip = "[bold red]yes[/bold red]" if r["flip"] else "no"
+        table.add_row(str(r["rank"]), escape(repr(r["text"])), f"{r['kl']:.4g}", f"{r['amplification']:.3g}",
                       f"{r['js']:.4g}", f"{r['top1_agreement']:.2f}", f"{r['flip_rate']:.2f}",
-                      "[bold red]yes[/bold red]" if r["flip"] else "no")
+                      f"{null['beaten']}/{null['n']}" if null else "",
+                      f"{flip} (template injection)" if r.get("template_injection") else flip)
     console.print(table)
+    if summary.get("template_injections"):
+        console.print(f"{len(summary['template_injections'])} candidate(s) hold a piece of the chat template (a role "
+                      "name, a role tag or its newline): ranked below every clean flip, since forging a turn "
+                      "boundary changes any chat model's answer", soft_wrap=True)
     files = report.get("files", {})
     console.print(f"report: {files.get('json')}  summary: {files.get('markdown')}  plot: {files.get('plot')}")
