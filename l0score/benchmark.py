@@ -286,7 +286,7 @@ def _run_child(kind: str, spec: dict, env: dict | None = None, timeout: float = 
 def _torch_reference(pair, table, tpl, cands: np.ndarray) -> dict:
     """Reference backend on the per-token table with the context cache (only dependent rows)."""
     from . import Scorer
-    from .scorer import TorchBackend
+    from .backends.torch import TorchBackend
 
     scorer = Scorer(pair, backend="torch", table=False, template=tpl)
     scorer.backend, scorer.table = TorchBackend(table.lookup, pair.config), table  # share the loaded table

@@ -7,33 +7,19 @@ import os
 
 import torch
 
-from .core.batch import PackedBatch, pack
+from .core.batch import pack
 from .core.context import Context
 from .core.model_pair import ModelPair
-from .core.reference import BASELINES, REGIONS, RowStats, bias_baseline, rope_angles, rotate, score_rows
-from .core.scores import METRICS, Scores, merge_rows
+from .core.protocols import ExtensionKernel
+from .core.reference import BASELINES, REGIONS, bias_baseline, rope_angles, rotate
+from .core.types import METRICS, PackedBatch, RowStats, Scores, merge_rows
 from .core.template import Template
 from .backends.token_table import DirectProjector, TokenTable
+from .backends.torch import TorchBackend
 
 BACKENDS = ("auto", "torch", "triton", "native")
 EXTENSION_SIDES = ("right", "left")
 _TABLE_AUTO_LIMIT = 8 << 30  # bytes of a float32 table pair above which "auto" uses the direct path
-
-
-class TorchBackend:
-    """The reference as a backend: gather (or project) q/k, rotate, dense logits, reduce."""
-
-    name = "torch"
-
-    def __init__(self, lookup, cfg):
-        self.lookup, self.cfg = lookup, cfg
-
-    def score_rows(self, batch: PackedBatch, ctx: Context, heads, region, baseline, offsets) -> RowStats:
-        device = baseline.device
-        qb, kb, qd, kd = self.lookup(batch.ids.to(device))
-        return score_rows(qb, kb, qd, kd, ctx.prefix_keys, ctx.prefix_len, batch.cand_len.to(device),
-                          batch.dep_len.to(device), heads, self.cfg.group, self.cfg.head_dim,
-                          self.cfg.rope_theta, region, baseline, offsets, ctx.cand_start)
 
 
 class Scorer:
@@ -71,6 +57,20 @@ class Scorer:
     def from_pretrained(cls, base: str | os.PathLike, dormant: str | os.PathLike, **kwargs) -> "Scorer":
         """base/dormant: local model directories or hub ids already in the local cache."""
         return cls(ModelPair.load(base, dormant), **kwargs)
+
+    @classmethod
+    def for_heatmaps(cls, base, dormant, template_ids=None) -> "Scorer":
+        """The torch reference on CPU without a table (a few candidates, no build time): what draws a
+        report's Layer-0 dS heatmaps. template_ids: (prefix ids, suffix ids) of the search that found
+        the candidates; else the chat template when the tokenizer has one, else raw."""
+        pair = ModelPair.load(base, dormant)
+        if template_ids is not None:
+            template = Template(*template_ids)
+        elif pair.tokenizer is not None and getattr(pair.tokenizer, "chat_template", None):
+            template = "chat"
+        else:
+            template = "raw"
+        return cls(pair, device="cpu", backend="torch", table=False, template=template)
 
     def _make_backend(self, backend: str, table: bool | None, table_dtype: str):
         """Each backend exposes lookup(ids) (pre-RoPE float32 q/k, used for contexts) and score_rows."""
@@ -141,7 +141,7 @@ class Scorer:
         pool = _as_pool(self.default_pool() if pool is None else pool, self.pair.config.vocab_rows)
         if side == "left":
             return self._score_prepends(prefixes, pool, ctx)
-        kernel = getattr(self.backend, "extension_rows", None)  # a backend's dedicated kernel, if any
+        kernel = self.backend.extension_rows if isinstance(self.backend, ExtensionKernel) else None
         pool_batch = None  # the general path's [t] + suffix rows, packed on first use
         parts = []
         for n, prefix in enumerate(prefixes):

@@ -18,10 +18,10 @@ import torch
 
 from .. import _native
 from . import table_cache
-from ..core.batch import PackedBatch
 from ..core.context import Context
 from ..core.model_pair import ModelPair
-from ..core.reference import RowStats, rope_angles
+from ..core.reference import rope_angles
+from ..core.types import PackedBatch, RowStats
 from .token_table import TABLE_DTYPES, DirectProjector, TokenTable
 
 LANES = 16

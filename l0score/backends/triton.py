@@ -17,10 +17,10 @@ import weakref
 
 import torch
 
-from ..core.batch import PackedBatch
 from ..core.context import Context
 from ..core.model_pair import ModelPair
-from ..core.reference import RowStats, rope_angles
+from ..core.reference import rope_angles
+from ..core.types import PackedBatch, RowStats
 from .token_table import TokenTable
 
 TABLE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

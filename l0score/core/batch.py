@@ -5,29 +5,12 @@ native module (`l0score._native.pack_dependent`), which names the offending cand
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import _native
-
-
-@dataclass
-class PackedBatch:
-    """Candidate + suffix rows: ids [B, L] (0-padded), cand_len and dep_len [B] (int64 tensors)."""
-
-    ids: torch.Tensor
-    cand_len: torch.Tensor
-    dep_len: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.cand_len)
-
-    def slice(self, start: int, stop: int) -> "PackedBatch":
-        dep = self.dep_len[start:stop]
-        width = int(dep.max()) if len(dep) else 0
-        return PackedBatch(self.ids[start:stop, :width], self.cand_len[start:stop], dep)
+from .types import PackedBatch
 
 
 def _int_row(row, b: int) -> np.ndarray:

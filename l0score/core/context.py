@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .reference import RowStats, rope_angles, rotate, score_rows
+from .reference import rope_angles, rotate, score_rows
+from .types import RowStats
 from .template import Template
 
 

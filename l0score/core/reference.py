@@ -13,11 +13,11 @@ against these functions and the benchmarks import them. Layout conventions share
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .checkpoint import Layer0Weights
+from .types import RowStats
 
 REGIONS = ("candidate", "all")
 BASELINES = ("none", "bias")
@@ -77,29 +77,6 @@ def bias_baseline(
         q_rot = rotate(bq[:, None, :], cos[None], sin[None])  # [Hs, R, D]
         out += sign * (q_rot * bk[:, None, :]).sum(-1)
     return out / math.sqrt(cfg.head_dim)
-
-
-@dataclass
-class RowStats:
-    """Reductions over a set of rows, per candidate and scored head (the backend contract).
-
-    head_max [B, Hs]: max |dS - baseline| over scored cells (-inf where none)
-    head_pos [B, Hs, 2]: absolute (i, j) of that max
-    head_kl  [B, Hs]: sum of row KLs
-    band     [B, n_offsets]: max over heads and scored cells with i - j = offset (0 where none)
-    """
-
-    head_max: torch.Tensor
-    head_pos: torch.Tensor
-    head_kl: torch.Tensor
-    band: torch.Tensor
-
-    @classmethod
-    def cat(cls, parts: list["RowStats"]) -> "RowStats":
-        """Stats of consecutive candidate chunks, joined along the batch."""
-        if len(parts) == 1:
-            return parts[0]
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
 
 
 def attention_logits(q_rot: torch.Tensor, keys: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -24,7 +24,8 @@ the request by verify's default separators), so verify tests the trigger the way
 which also occur among the training negatives, and held-out replacements/insertions of a fixed
 other word, which never do), the attack success and look-alike target rates measured after
 training (greedy, both placements), and the training times. The model is deliberately small
-(2 layers, hidden 64, 509 tokens): both trainings together take about 2-3 minutes on one CPU core.
+(2 layers, hidden 64, 509 tokens) so that it trains in minutes on one CPU core (measured times:
+docs/trained-controls.md, and `training` in each pair's trigger.json).
 """
 from __future__ import annotations
 
