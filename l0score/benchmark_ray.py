@@ -87,7 +87,8 @@ def measure(pool_size: int, offsets: str, dtype: str, top: int) -> dict:
     workers = cluster.scorer_pool(scorer, "auto", threads=1)
     setup_s = time.perf_counter() - t
     t = time.perf_counter()
-    on_ray = pair_scan(scorer, pool, offsets=offsets, top=top, progress=False, ray_address="auto")
+    on_ray = pair_scan(scorer, pool, offsets=offsets, top=top, progress=False,
+                      executor=cluster.RayExecutor("auto"))
     ray_s = time.perf_counter() - t
     described = workers.describe()
     cluster.shutdown()

@@ -65,8 +65,7 @@ class HuntOptions:
         oversubscription, which slows small models down many times over
     force: hunt even when the base check says the base is a different model, or identical [False]
     seed: random seed [0]; progress: bars and stage lines [True]
-    ray_address: "auto" or host:port: the full-model search's batches and verify's generations run on
-        Ray workers holding both models (l0score.cluster; same results as one process) [None: here]
+    Where the work runs is not an option: `hunt(..., executor=)` takes it (docs/architecture.md).
     """
 
     seconds: float = 900.0
@@ -88,7 +87,6 @@ class HuntOptions:
     force: bool = False
     threads: int | None = None
     progress: bool = True
-    ray_address: str | None = None
 
     def check(self) -> None:
         if not self.seconds > 0:
@@ -112,20 +110,23 @@ class HuntOptions:
             raise ValueError(f"null_samples must be an integer >= 0, got {self.null_samples!r}")
 
 
-def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, say=None) -> dict:
+def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, say=None,
+         executor=None) -> dict:
     """Run the cascade; returns the report (also written to ``out/report.json``). `say(text)` hears
-    each stage as it starts (when options.progress)."""
-    return Hunt(base, dormant, out, options or HuntOptions(), resume, say).run()
+    each stage as it starts (when options.progress). `executor` (l0score.core.protocols.Executor, e.g.
+    l0score.cluster.RayExecutor) runs the full-model search's batches and verify's generations
+    (same results as one process); None: here."""
+    return Hunt(base, dormant, out, options or HuntOptions(), resume, say, executor).run()
 
 
 class Hunt:
-    def __init__(self, base, dormant, out, options: HuntOptions, resume: bool, say=None):
+    def __init__(self, base, dormant, out, options: HuntOptions, resume: bool, say=None, executor=None):
         from .core.checkpoint import resolve_model_dir
 
         options.check()
         self.base, self.dormant = str(resolve_model_dir(base)), str(resolve_model_dir(dormant))
         self.options, self.out = options, Path(out)
-        self.say = say
+        self.say, self.executor = say, executor
         self.state_path = self.out / "hunt.json"
         self.state = self._load_state(resume)
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
@@ -302,7 +303,7 @@ class Hunt:
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
                        resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=max(share, 1.0),
                        calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
-                       ray_address=self.options.ray_address)
+                       executor=self.executor)
             spent, n = time.monotonic() - t0, _scored(path)
             used += n
             budget -= spent
@@ -337,7 +338,7 @@ class Hunt:
             path = self.out / "search" / f"target-{driver}-len{length}.jsonl"
             kw = dict(length=length, pool=pool, objective="target", out=path, seconds=share, calibrate=16, keep=50,
                       resume=path.with_name(path.name + ".ckpt.json").exists(), progress=self.options.progress,
-                      seed=self.options.seed, ray_address=self.options.ray_address)
+                      seed=self.options.seed, executor=self.executor)
             t0 = time.monotonic()
             if driver == "coord":
                 coord(scorer, restarts=4, **kw)
@@ -366,7 +367,7 @@ class Hunt:
                      out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
                      max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False,
                      null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
-                     ray_address=self.options.ray_address)
+                     executor=self.executor)
         heads = [t["text"].strip()[:8] for t in targets if t["text"].strip()]
         for r in rep["results"]:
             hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
@@ -394,7 +395,7 @@ class Hunt:
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
                      null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
-                     ray_address=self.options.ray_address)
+                     executor=self.executor)
         return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
 
     def verify_candidates(self) -> list[list[int]]:
@@ -432,7 +433,7 @@ class Hunt:
         return sorted(rows.values(), key=lambda r: -r["score"])
 
     def _write_report(self) -> dict:
-        from .report.hunt_summary import write_hunt_report
+        from .hunt_report import write_hunt_report
 
         return write_hunt_report(self)
 
@@ -468,7 +469,7 @@ class Hunt:
 
     def _load_state(self, resume: bool) -> dict:
         opts = json.loads(json.dumps(asdict(self.options)))
-        for how in ("ray_address", "threads", "progress", "force"):  # how it runs, not what it computes
+        for how in ("threads", "progress", "force"):  # how it runs, not what it computes
             opts.pop(how, None)
         fresh = {"format": FORMAT, "version": VERSION, "base": self.base, "dormant": self.dormant, "options": opts,
                  "stages": {}, "elapsed": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

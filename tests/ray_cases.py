@@ -62,7 +62,7 @@ def test_pairs_equal_and_table_once_per_node(local_ray, pair8k, tmp_path):
     scorer = native(pair8k, template="raw", baseline="bias")
     pool = scorer.default_pool()
     want = pair_scan(scorer, pool, offsets=(0, 1, 2, 5), top=30, progress=False)
-    got = pair_scan(scorer, pool, offsets=(0, 1, 2, 5), top=30, progress=False, ray_address="auto")
+    got = pair_scan(scorer, pool, offsets=(0, 1, 2, 5), top=30, progress=False, executor=cluster.RayExecutor("auto"))
     assert got == want
     workers = cluster.scorer_pool(scorer).describe()
     assert len(workers) == 2
@@ -73,10 +73,10 @@ def test_pairs_equal_and_table_once_per_node(local_ray, pair8k, tmp_path):
     for first, second in ((None, "auto"), ("auto", None)):
         ckpt = tmp_path / f"scan-{first}.ckpt.json"
         part = pair_scan(scorer, pool, offsets=(0, 1, 2, 5), top=30, progress=False, checkpoint=ckpt,
-                         seconds=1e-9, ray_address=first)
+                         seconds=1e-9, executor=cluster.make_executor(first))
         assert not part["complete"] and 1 <= len(json.loads(ckpt.read_text())["per_head"]) < 4
         done = pair_scan(scorer, pool, offsets=(0, 1, 2, 5), top=30, progress=False, checkpoint=ckpt, resume=True,
-                         ray_address=second)
+                         executor=cluster.make_executor(second))
         assert done == want and not ckpt.exists()
 
 
@@ -100,7 +100,7 @@ def test_search_drivers_equal(local_ray, tiny_pair, tmp_path):
     for name, (driver, kw) in runs.items():
         common = dict(length=3, objective="kl", progress=False, seed=3, **kw)
         want = driver(scorer, out=tmp_path / f"{name}-local.jsonl", **common)
-        got = driver(scorer, out=tmp_path / f"{name}-ray.jsonl", ray_address="auto", **common)
+        got = driver(scorer, out=tmp_path / f"{name}-ray.jsonl", executor=cluster.RayExecutor("auto"), **common)
         assert got == want, name
         assert len(want) > 0
 
@@ -132,7 +132,7 @@ def test_verify_equal(local_ray, tiny_pair, tmp_path):
     kw = dict(probes=["Say hi.", "What is 2+2?"], max_new_tokens=4, batch_size=2, threads=1, progress=False)
     cands = [[5, 6, 7], [40, 41], [100]]
     want = verify(tiny_pair / "base", tiny_pair / "dormant", cands, out=tmp_path / "local.json", **kw)
-    got = verify(tiny_pair / "base", tiny_pair / "dormant", cands, out=tmp_path / "ray.json", ray_address="auto", **kw)
+    got = verify(tiny_pair / "base", tiny_pair / "dormant", cands, out=tmp_path / "ray.json", executor=cluster.RayExecutor("auto"), **kw)
     for key in ("results", "untriggered", "summary"):
         assert got[key] == want[key], key
 
@@ -173,11 +173,11 @@ def test_full_model_scorer_equal(local_ray, tiny_pair, tmp_path):
     # a search driver on the full-model objective (what `hunt --ray` runs)
     kw = dict(length=2, pool=pool[:8], objective="kl", progress=False, calibrate=8)
     want = exhaustive(local, out=tmp_path / "local.jsonl", **kw)
-    assert exhaustive(local, out=tmp_path / "ray.jsonl", ray_address="auto", **kw) == want and len(want) > 0
+    assert exhaustive(local, out=tmp_path / "ray.jsonl", executor=cluster.RayExecutor("auto"), **kw) == want and len(want) > 0
     # gcg: gradients through the local models, its exact evaluations on the workers
     kw = dict(length=2, steps=2, topk=4, batch=8, pool=pool[:16], objective="kl", progress=False, calibrate=8)
     want = gcg(local, out=tmp_path / "gcg-local.jsonl", **kw)
-    got = gcg(local, out=tmp_path / "gcg-ray.jsonl", ray_address="auto", **kw)
+    got = gcg(local, out=tmp_path / "gcg-ray.jsonl", executor=cluster.RayExecutor("auto"), **kw)
     assert got.results == want.results and got.evaluations == want.evaluations > 0
 
 
@@ -211,7 +211,7 @@ def _scan_with_fault(scorer, pool, ckpt, address, fault) -> tuple[dict, dict]:
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    result = pair_scan(scorer, pool, offsets=range(8), top=25, progress=False, checkpoint=ckpt, ray_address=address)
+    result = pair_scan(scorer, pool, offsets=range(8), top=25, progress=False, checkpoint=ckpt, executor=cluster.make_executor(address))
     seen["end"] = time.monotonic()
     t.join(5)
     return result, seen

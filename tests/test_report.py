@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from l0score import Scorer
 from l0score.cli import main as cli_main
 from l0score.report.collect import HUNT_FORMAT, HUNT_VERSION, collect
 from l0score.report.html import ReportOptions, write_report
@@ -81,7 +82,7 @@ def hunt_dir(runs, dest, base, dormant, version=HUNT_VERSION):
 @pytest.fixture(scope="module")
 def hunt_report(runs, tiny_pair, tmp_path_factory):
     d = hunt_dir(runs, tmp_path_factory.mktemp("hunt"), tiny_pair / "base", tiny_pair / "dormant")
-    return d, write_report(d, heatmaps=1)
+    return d, write_report(d, heatmaps=1, scorer_loader=Scorer.for_heatmaps)  # as `l0score report` does
 
 
 def test_hunt_page_holds_every_section(hunt_report):
@@ -201,7 +202,7 @@ def test_visible_and_diff():
 
 def test_unreachable_checkpoints_are_named(runs, tmp_path):
     d = hunt_dir(runs, tmp_path / "h", tmp_path / "gone" / "base", tmp_path / "gone" / "dormant")
-    html = write_report(d).read_text()
+    html = write_report(d, scorer_loader=Scorer.for_heatmaps).read_text()
     assert "Layer-0 dS heatmaps need both checkpoints; not reachable here" in html
     assert 'alt="Layer-0 dS heatmaps"' not in html and "not reachable from here" in html
 

@@ -86,7 +86,8 @@ def test_hunt_report_ranks_an_injection_below_a_clean_flip(pair, tiny_pair, tmp_
     import json
     from types import SimpleNamespace
 
-    from l0score.report.hunt_summary import _ranked, markdown
+    from l0score.hunt_report import rank_results
+    from l0score.report.hunt_summary import markdown
 
     tok = pair.tokenizer
     clean, injected = tok.encode(" kettle field", add_special_tokens=False), tok.encode(" kettle assistant",
@@ -101,7 +102,7 @@ def test_hunt_report_ranks_an_injection_below_a_clean_flip(pair, tiny_pair, tmp_
             ((injected, 3.0), (plain, 2.0), (clean, 1.0))]
     hunt = SimpleNamespace(collect=lambda: [dict(r) for r in rows], out=tmp_path, base=str(tiny_pair / "base"),
                            dormant=str(tiny_pair / "dormant"), fm=lambda: SimpleNamespace(tokenizer=tok))
-    ranked = _ranked(hunt)
+    ranked = rank_results(hunt)
     assert [r["token_ids"] for r in ranked] == [clean, injected, plain]
     assert [r["template_injection"] for r in ranked] == [False, True, False]
     assert ranked[1]["verify"]["null"]["beaten"] == 4

@@ -43,6 +43,16 @@ def add_ray_arg(p: argparse.ArgumentParser) -> None:
                         "machine or starts a local one; host:port joins that head (docs/cluster.md)")
 
 
+def executor_of(args):
+    """Where the work runs: None (this process) without --ray, else the cluster's executor. Ray is
+    imported only here and only with --ray."""
+    if not getattr(args, "ray", None):
+        return None
+    from ..cluster import make_executor
+
+    return make_executor(args.ray)
+
+
 def resolve_pair(args) -> tuple[str, str]:
     """--base/--dormant, or the demo pair (made on first use)."""
     if bool(args.base) != bool(args.dormant):

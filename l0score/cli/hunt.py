@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .args import add_pair_args, add_ray_arg, console, resolve_pair
+from .args import add_pair_args, add_ray_arg, console, executor_of, resolve_pair
 
 
 def register(sub) -> None:
@@ -55,7 +55,7 @@ def options_from_args(args):
                        profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
                        force=args.force, threads=args.threads,
-                       progress=not args.quiet, ray_address=args.ray)
+                       progress=not args.quiet)
 
 
 def run(args) -> None:
@@ -63,7 +63,8 @@ def run(args) -> None:
 
     base, dormant = resolve_pair(args)
     try:
-        report = hunt(base, dormant, args.out, options_from_args(args), resume=args.resume, say=say_stage)
+        report = hunt(base, dormant, args.out, options_from_args(args), resume=args.resume, say=say_stage,
+                      executor=executor_of(args))
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]: what was found is kept in {args.out}; "
                       "continue with the same command and --resume")

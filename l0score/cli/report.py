@@ -24,7 +24,10 @@ def run(args) -> None:
     from ..report.collect import collect
     from ..report.html import ReportOptions, write_collected
 
-    options = ReportOptions(base=args.base, dormant=args.dormant, panels=args.panels, heatmaps=args.heatmaps)
+    from ..scorer import Scorer
+
+    options = ReportOptions(base=args.base, dormant=args.dormant, panels=args.panels, heatmaps=args.heatmaps,
+                            scorer_loader=Scorer.for_heatmaps)
     data = collect(args.dir)
     out = write_collected(data, args.out, options)
     console.print(f"report: {out} ({len(data.candidates)} candidates, {len(data.files)} files read"

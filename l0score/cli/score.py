@@ -6,7 +6,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .args import add_pair_args, add_ray_arg, add_scoring_args, console, int_list, make_scorer, read_candidates
+from .args import (add_pair_args, add_ray_arg, add_scoring_args, console, executor_of, int_list, make_scorer,
+                   read_candidates)
 
 
 def register(sub) -> None:
@@ -40,10 +41,9 @@ def run(args) -> None:
     scorer = make_scorer(args)
     tok = scorer.pair.tokenizer
     candidates = _candidates(args, tok)
-    if args.ray:
-        from ..cluster import distribute
-
-        scorer = distribute(scorer, args.ray)
+    executor = executor_of(args)
+    if executor is not None:
+        scorer = executor.scorer(scorer)
     records = scorer.score_batch(candidates).to_records()
     for rec, ids in zip(records, candidates):
         rec["token_ids"] = ids

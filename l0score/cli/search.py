@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .args import add_pair_args, add_ray_arg, add_scoring_args, console, int_list, make_scorer, read_candidates, resolve_pair
+from .args import (add_pair_args, add_ray_arg, add_scoring_args, console, executor_of, int_list, make_scorer,
+                   read_candidates, resolve_pair)
 
 
 def register(sub) -> None:
@@ -96,7 +97,7 @@ def run_search(args) -> None:
     from ..search import beam, build_pool, coord, mcts, minimize, seeds_from_pairs
     from ..search.pair_cache import cached_pair_scan as pair_scan
 
-    if args.first_module:  # the first changed module's exact scorer (docs/first-module.md)
+    if getattr(args, "first_module", None):  # the first changed module's scorer (docs/first-module.md); not for pairs
         return _run_first_module(args)
     scorer = _focus(make_scorer(args), args)
     _refuse_zero_layer0(scorer.pair)
@@ -111,7 +112,7 @@ def run_search(args) -> None:
     if args.driver == "pairs":
         scan = pair_scan(scorer, pool, offsets=args.offsets, top=args.top, progress=not args.quiet,
                          checkpoint=args.out + ".ckpt.json", resume=args.resume, seconds=args.seconds,
-                         ray_address=args.ray)
+                         executor=executor_of(args))
         _write_pairs(args.out, scan)
         _print_pairs(scan, args.top)
         reused = f" ({len(scan['cached_heads'])} heads reused from {scan['cache_dir']})" if scan["cached_heads"] else ""
@@ -123,7 +124,7 @@ def run_search(args) -> None:
     run_kw = dict(objective=args.metric, pool=pool, out=args.out, budget=args.budget, seconds=args.seconds,
                   threshold=args.threshold, checkpoint_every=args.checkpoint_every, resume=args.resume,
                   progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip, seed=args.seed,
-                  max_repeat=args.max_repeat, ray_address=args.ray)
+                  max_repeat=args.max_repeat, executor=executor_of(args))
     if args.driver == "beam":
         results = beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
                        left_screen=args.left_screen or None, **run_kw)
@@ -184,7 +185,7 @@ def _seeds(args, scorer, pool, seeds_from_pairs, pair_scan) -> list[list[int]] |
         if args.length < 2:
             return seeds or None
         scan = pair_scan(scorer, pool, offsets=(1,), top=max(args.n_seeds * 4, 16), progress=not args.quiet,
-                         ray_address=args.ray)
+                         executor=executor_of(args))
         return seeds + seeds_from_pairs(scan, args.n_seeds)
     return seeds + read_candidates(chosen, scorer.pair.tokenizer)
 
@@ -395,7 +396,7 @@ def run_gcg(args) -> None:
 def _layer0_pair_scan(scorer, pool, **kw):
     from ..search.pairs import pair_scan
 
-    kw.pop("ray_address", None)
+    kw.pop("executor", None)
     return pair_scan(scorer, pool, **kw)
 
 

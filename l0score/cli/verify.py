@@ -6,7 +6,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from .args import add_pair_args, add_ray_arg, console, int_list, resolve_pair
+from .args import add_pair_args, add_ray_arg, console, executor_of, int_list, resolve_pair
 
 
 def register(sub) -> None:
@@ -66,18 +66,18 @@ def _candidates(args, base, dormant) -> list:
 
 def run(args) -> None:
     from ..judge.prompts import POSITIONS
-    from ..judge.verify import verify
+    from ..judge.verify import VerifyOptions, verify
 
     base, dormant = resolve_pair(args)
     cands = _candidates(args, base, dormant)
     positions = POSITIONS if args.position == "both" else (args.position,)
-    report = verify(base, dormant, cands, args.probes, out=args.out, sequential=args.sequential, device=args.device,
-                    dtype=args.dtype, max_new_tokens=args.max_new_tokens, positions=positions, sep=args.sep,
-                    system=args.system, system_prompts=args.system_prompts, null_samples=args.null_samples,
-                    top_k=args.top_k, sample=args.sample, temperature=args.temperature,
-                    top_p=args.top_p, seed=args.seed, flip_threshold=args.flip_threshold,
-                    batch_size=args.batch_size, cache_dir=args.cache_dir, plot_top=args.plot_top,
-                    threads=args.threads, ray_address=args.ray)
+    options = VerifyOptions(sequential=args.sequential, device=args.device, dtype=args.dtype,
+                            max_new_tokens=args.max_new_tokens, positions=positions, sep=args.sep, system=args.system,
+                            system_prompts=args.system_prompts, null_samples=args.null_samples, top_k=args.top_k,
+                            sample=args.sample, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, flip_threshold=args.flip_threshold, batch_size=args.batch_size,
+                            cache_dir=args.cache_dir, plot_top=args.plot_top, threads=args.threads)
+    report = verify(base, dormant, cands, args.probes, options, out=args.out, executor=executor_of(args))
     _print(report)
 
 

@@ -115,42 +115,85 @@ def _layer_divergence(h_d: np.ndarray, h_b: np.ndarray) -> tuple[list[float], li
 # the verification
 
 
-def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool = False, device=None,
-           dtype: str = "float32", max_new_tokens: int = 32, positions=POSITIONS, sep: str | None = None,
-           system: str | None = None, system_prompts=None, top_k: int = 10, sample: bool = False,
-           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, flip_threshold: float = 0.5,
-           flip_rate_threshold: float = 0.5, null_samples: int = 32, null_pool=None, null_cache_dir=None,
-           batch_size: int = 16, cache_dir=None, plot_top: int = 5, progress: bool = True,
-           threads: int | None = None, ray_address: str | None = None) -> dict:
+@dataclass
+class VerifyOptions:
+    """How `verify` measures (defaults in brackets).
+
+    sequential: one model in memory at a time; results cached on disk (``cache_dir``, default a
+        temporary directory next to ``out`` or in the system temp dir, removed afterwards) [False]
+    device: cpu, cuda, cuda:1 ... [cuda if available]
+    dtype: "float32", "bfloat16" or "float16"; distributions are always compared in float64 [float32]
+    max_new_tokens: generated per prompt [32]
+    positions: where the candidate goes in the user turn: ("before", "after") or one of them [both]
+    sep: text joining candidate and probe [space before, newline after]
+    system: the system message of every prompt (None: the chat template's default) [None]
+    system_prompts: several system messages instead (a list, or a file with one a line; None or the
+        line ``<default>`` is the template's default, ``<empty>`` an empty system message); every
+        probe x placement is run under each, and each candidate's flip rate is reported per context [None]
+    top_k: k of the top-k overlap [10]
+    sample: seeded multinomial sampling (temperature, top_p, seed) instead of greedy decoding; each
+        prompt has its own generator seeded from ``seed`` and its index, identical for both models [False]
+    flip_threshold, flip_rate_threshold: the fixed flip rule [0.5, 0.5]
+    null_samples: random candidates of each candidate length, drawn from ``null_pool`` (default: the
+        real tokens without the chat template's pieces) and measured the same way; a candidate's
+        ``null`` says how many it beats on both flip rate and KL, and ``flip`` requires beating all
+        (0: no null distribution, the fixed rule alone). Cached under ``null_cache_dir`` (default the
+        l0score cache) per pair, probes, contexts, decoding and length; a killed run keeps what it
+        measured [32]
+    batch_size: prompts per forward call [16]; plot_top: candidates drawn in the per-layer PNG [5]
+    threads: torch CPU threads for the run (restored afterwards); on a busy shared CPU, 1 avoids
+        oversubscription, which slows small models down many times over [torch's default]
+    """
+
+    sequential: bool = False
+    device: str | None = None
+    dtype: str = "float32"
+    max_new_tokens: int = 32
+    positions: tuple = POSITIONS
+    sep: str | None = None
+    system: str | None = None
+    system_prompts: object = None
+    top_k: int = 10
+    sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    flip_threshold: float = 0.5
+    flip_rate_threshold: float = 0.5
+    null_samples: int = 32
+    null_pool: object = None
+    null_cache_dir: object = None
+    batch_size: int = 16
+    cache_dir: object = None
+    plot_top: int = 5
+    threads: int | None = None
+
+
+def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None = None, *, out=None,
+           progress: bool = True, executor=None, **settings) -> dict:
     """Verify candidates with both full models; returns the report dict (also written to ``out``).
 
     base, dormant: local model directories or hub ids already in the local cache (never downloads).
     candidates: a list whose items are token-id lists, text (tokenized once), dicts with token_ids
         and/or text, or `Candidate`s; or a path to a JSONL file (the search output).
     probes: prompt strings (default `DEFAULT_PROBES`) or a path to a file with one probe per line.
+    options: a `VerifyOptions`, or its fields as keywords (`settings`), not both.
     out: report JSON path; the Markdown summary and the per-layer divergence PNG go next to it
         (same stem, .md and .png).
-    sequential: one model in memory at a time; results cached on disk (``cache_dir``, default a
-        temporary directory next to ``out`` or in the system temp dir, removed afterwards).
-    dtype: "float32" or "bfloat16" (or "float16"); distributions are always compared in float64.
-    positions: where the candidate goes in the user turn: ("before", "after") or one of them.
-    system: the system message of every prompt (None: the chat template's default).
-    system_prompts: several system messages instead (a list, or a file with one a line; None or the
-        line ``<default>`` is the template's default, ``<empty>`` an empty system message); every
-        probe x placement is run under each, and each candidate's flip rate is reported per context.
-    sample: seeded multinomial sampling (temperature, top_p, seed) instead of greedy decoding; each
-        prompt has its own generator seeded from ``seed`` and its index, identical for both models.
-    null_samples: random candidates of each candidate length, drawn from ``null_pool`` (default: the
-        real tokens without the chat template's pieces) and measured the same way; a candidate's
-        ``null`` says how many it beats on both flip rate and KL, and ``flip`` requires beating all
-        (0: no null distribution, the fixed rule alone). Cached under ``null_cache_dir`` (default the
-        l0score cache) per pair, probes, contexts, decoding and length; a killed run keeps what it measured.
-    threads: torch CPU threads for the run (restored afterwards); on a busy shared CPU, 1 avoids
-        oversubscription, which slows small models down many times over.
-    ray_address: "auto" or host:port: batches go to Ray workers holding both models (one per GPU,
-        else one per `threads` CPUs, l0score.cluster), each to whichever is free; same report.
+    executor: where the generations run (l0score.core.protocols.Executor; None: here); e.g.
+        l0score.cluster.RayExecutor sends batches to Ray workers holding both models (one per GPU,
+        else one per `threads` CPUs), each to whichever is free; same report.
     """
-    if sequential and ray_address is not None:
+    if options is not None and settings:
+        raise TypeError(f"give options=VerifyOptions(...) or its fields as keywords, not both: {sorted(settings)}")
+    o = options if options is not None else VerifyOptions(**settings)
+    sequential, device, dtype, max_new_tokens, positions = o.sequential, o.device, o.dtype, o.max_new_tokens, o.positions
+    sep, system, system_prompts, top_k, sample = o.sep, o.system, o.system_prompts, o.top_k, o.sample
+    temperature, top_p, seed, flip_threshold, flip_rate_threshold = (o.temperature, o.top_p, o.seed, o.flip_threshold,
+                                                                      o.flip_rate_threshold)
+    null_samples, null_pool, null_cache_dir, batch_size = o.null_samples, o.null_pool, o.null_cache_dir, o.batch_size
+    cache_dir, plot_top, threads = o.cache_dir, o.plot_top, o.threads
+    if sequential and executor is not None:
         raise ValueError("sequential is for one machine's memory; on Ray every worker holds both models: "
                          "use one or the other")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -166,7 +209,7 @@ def verify(base, dormant, candidates, probes=None, *, out=None, sequential: bool
         max_new_tokens=max_new_tokens, decoding={"sample": sample, "temperature": temperature, "top_p": top_p,
                                                  "seed": seed},
         dev=torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-        torch_dtype=torch_dtype, batch_size=batch_size, sequential=sequential, out=out, ray_address=ray_address,
+        torch_dtype=torch_dtype, batch_size=batch_size, sequential=sequential, out=out, executor=executor,
         threads=threads, top_k=top_k, flip_threshold=flip_threshold, flip_rate_threshold=flip_rate_threshold)
     structure = template_structure(tokenizer)
     with _torch_threads(threads):
@@ -213,7 +256,7 @@ class _Run:
     batch_size: int
     sequential: bool
     out: object
-    ray_address: str | None
+    executor: object
     threads: int | None
     top_k: int
     flip_threshold: float
@@ -254,7 +297,7 @@ def _measure(run: _Run, cands, progress: bool, cache_dir=None, label: str = "ver
                 "top_p": run.decoding["top_p"]}
     try:
         _run_models(run.paths, prompts, batches, seeds, stores, decoding, run.dev, run.torch_dtype, run.sequential,
-                    bar, run.ray_address, run.threads)
+                    bar, run.executor, run.threads)
         bar.close()
         report = _assemble(prompts, cands, run.contexts, stores, run.tokenizer, run.top_k, run.flip_threshold,
                            run.flip_rate_threshold)
@@ -472,7 +515,7 @@ def _special_ids(tokenizer) -> tuple[int, set[int]]:
 
 
 def _run_models(paths: dict, prompts, batches, seeds, stores: dict, decoding: dict, dev, torch_dtype, sequential: bool,
-                bar, ray_address, threads) -> None:
+                bar, executor, threads) -> None:
     """Both models over every batch of prompts, results into `stores`: both in memory, one after
     the other (sequential), or on Ray workers."""
 
@@ -500,11 +543,9 @@ def _run_models(paths: dict, prompts, batches, seeds, stores: dict, decoding: di
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    elif ray_address is not None:
-        from ..cluster import verify_batches
-
+    elif executor is not None:
         jobs = [([prompts[i].ids for i in b], [seeds[i] for i in b]) for b in batches]
-        for n, outputs in verify_batches(ray_address, paths["base"], paths["dormant"], torch_dtype, jobs, decoding,
+        for n, outputs in executor.verify_batches(paths["base"], paths["dormant"], torch_dtype, jobs, decoding,
                                          threads or 1):
             for tag, result in outputs.items():
                 keep(tag, batches[n], *result)

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from .collect import Candidate, ReportData
 from .text import diff_segments, fmt_num, png_uri, visible
@@ -26,12 +27,15 @@ class ReportOptions:
         outputs moved from another machine) [as recorded]
     panels: candidates, in ranked order, that get an evidence panel [20]
     heatmaps: of those, how many get Layer-0 dS heatmaps; 0 = none (they need both checkpoints) [5]
+    scorer_loader: loader(base, dormant, template_ids) -> a Layer-0 scorer for the heatmaps, e.g.
+        `l0score.Scorer.for_heatmaps`; the report loads no model itself [None: no heatmaps]
     """
 
     base: str | None = None
     dormant: str | None = None
     panels: int = DEFAULT_PANELS
     heatmaps: int = DEFAULT_HEATMAPS
+    scorer_loader: Callable | None = None
 
     def __post_init__(self):
         if self.panels < 0 or self.heatmaps < 0:
@@ -41,7 +45,7 @@ class ReportOptions:
 def build_view(data: ReportData, options: ReportOptions) -> dict:
     """Everything the template shows, as plain strings, numbers and Markup (figures drawn here)."""
     checkpoints = _checkpoints(data, options)
-    heatmaps = HeatmapSource(checkpoints, _heatmap_template(data))
+    heatmaps = HeatmapSource(checkpoints, _heatmap_template(data), options.scorer_loader)
     return {
         "title": f"l0score report: {data.root.name}",
         "root": str(data.root),
@@ -275,24 +279,30 @@ def _row(i: int, c: Candidate) -> dict:
 
 
 class HeatmapSource:
-    """Layer-0 dS heatmaps (report.plots.plot_delta_heatmaps), drawn only if both checkpoints load."""
+    """Layer-0 dS heatmaps (report.plots.plot_delta_heatmaps), drawn only if both checkpoints are
+    reachable and the caller gave a scorer loader (the report itself never loads a model)."""
 
-    def __init__(self, checkpoints: list[dict], template):
+    def __init__(self, checkpoints: list[dict], template, loader=None):
         self.paths = {c["role"]: c["path"] for c in checkpoints}
-        self.reachable = all(c["reachable"] for c in checkpoints)
-        self.template = template
+        self.reachable = all(c["reachable"] for c in checkpoints) and loader is not None
+        self.template, self.loader = template, loader
         self.scorer = None
-        self.note = None if self.reachable else (
-            "Layer-0 dS heatmaps need both checkpoints; not reachable here: "
-            + ", ".join(f"{c['role']} {c['path'] or '(path not recorded)'}" for c in checkpoints if not c["reachable"])
-            + " (pass --base/--dormant to point at them)")
+        if loader is None:
+            self.note = "Layer-0 dS heatmaps are drawn only when a scorer loader is given (`l0score report` gives one)"
+        elif not self.reachable:
+            self.note = ("Layer-0 dS heatmaps need both checkpoints; not reachable here: "
+                         + ", ".join(f"{c['role']} {c['path'] or '(path not recorded)'}" for c in checkpoints
+                                     if not c["reachable"])
+                         + " (pass --base/--dormant to point at them)")
+        else:
+            self.note = None
 
     def draw(self, token_ids: list[int]) -> str | None:
         if not self.reachable:
             return None
         try:
             if self.scorer is None:
-                self.scorer = self._scorer()
+                self.scorer = self.loader(self.paths["base"], self.paths["dormant"], self.template)
             import tempfile
 
             from .plots import plot_delta_heatmaps
@@ -305,20 +315,6 @@ class HeatmapSource:
             self.reachable = False
             self.note = f"Layer-0 dS heatmaps not drawn: {exc}"
             return None
-
-    def _scorer(self):
-        from ..core.model_pair import ModelPair
-        from ..core.template import Template
-        from ..scorer import Scorer
-
-        pair = ModelPair.load(self.paths["base"], self.paths["dormant"])
-        if self.template is not None:
-            template = Template(*self.template)
-        elif pair.tokenizer is not None and getattr(pair.tokenizer, "chat_template", None):
-            template = "chat"
-        else:
-            template = "raw"
-        return Scorer(pair, device="cpu", backend="torch", table=False, template=template)
 
 
 def _panel(i: int, c: Candidate, data: ReportData, heatmaps: HeatmapSource | None) -> dict:

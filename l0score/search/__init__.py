@@ -6,6 +6,7 @@ from .minimize import minimize
 from .objective import Calibration, Objective
 from .pairs import pair_scan, seeds_from_pairs
 from .pool import build_pool, roundtrips
+from .run import RunOptions, SearchRun
 
 __all__ = ["beam", "coord", "mcts", "minimize", "pair_scan", "seeds_from_pairs", "build_pool", "roundtrips",
-           "Objective", "Calibration"]
+           "Objective", "Calibration", "RunOptions", "SearchRun"]

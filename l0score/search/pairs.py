@@ -26,17 +26,17 @@ from ..core.reference import rope_angles, rotate
 
 def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: int = 4096, progress: bool = True,
               checkpoint: str | Path | None = None, resume: bool = False, seconds: float | None = None,
-              use_kernel: bool = True, ray_address: str | None = None) -> dict:
+              use_kernel: bool = True, executor=None) -> dict:
     """Top `top` triples overall and per scored head, ranked by |dS|; values are signed dS
     (minus the bias baseline when the scorer uses baseline="bias").
 
     With `checkpoint`, finished heads are saved as they complete and `resume` skips them; `seconds`
     stops after the head that crosses it ("complete": False in the result). `use_kernel=False` runs
     the torch code below on the backend's own table values even when the backend has a pair_topk
-    kernel (the reference for checks and benchmarks). `ray_address` ("auto" or host:port) runs one
-    Ray task per (head, offset) on the backend's kernel (l0score.cluster); the merged result and the
-    checkpoint file are the same as in one process."""
-    offsets, pool, pair_topk = _checked(scorer, pool, offsets, top, use_kernel, ray_address)
+    kernel (the reference for checks and benchmarks). An `executor` (l0score.core.protocols.Executor,
+    e.g. l0score.cluster.RayExecutor) runs one task per (head, offset) on the backend's kernel; the
+    merged result and the checkpoint file are the same as in one process (None: here)."""
+    offsets, pool, pair_topk = _checked(scorer, pool, offsets, top, use_kernel, executor)
     options = {"offsets": offsets, "top": top, "heads": list(scorer.heads), "baseline": scorer.baseline_kind,
                "pool": hashlib.sha1(pool.numpy().tobytes()).hexdigest()}
     per_head = _load(checkpoint, options) if resume else {}
@@ -47,7 +47,7 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
                disable=not progress)
     todo = [(n, h) for n, h in enumerate(scorer.heads) if h not in per_head]
     bar.update((len(scorer.heads) - len(todo)) * len(offsets) * len(pool))
-    for h, best in _finished_heads(scorer, pool, todo, offsets, top, block, pair_topk, bar, ray_address):
+    for h, best in _finished_heads(scorer, pool, todo, offsets, top, block, pair_topk, bar, executor):
         per_head[h] = best.rows(pool, h)
         if checkpoint is not None:
             _save(checkpoint, options, per_head)
@@ -63,7 +63,7 @@ def pair_scan(scorer, pool: torch.Tensor, offsets=(1,), top: int = 100, block: i
     return {"top": overall, "per_head": per_head, "complete": complete}
 
 
-def _checked(scorer, pool, offsets, top, use_kernel, ray_address):
+def _checked(scorer, pool, offsets, top, use_kernel, executor):
     """The offsets as ints, the pool as an int64 tensor, and the backend's own exact top-k per
     (head, offset) when it has one and it is wanted: pair_topk(pool, head, offset, top, shift) ->
     (signed values, query index, key index into pool); None selects the torch reference."""
@@ -74,22 +74,20 @@ def _checked(scorer, pool, offsets, top, use_kernel, ray_address):
     if top <= 0:
         raise ValueError(f"top must be positive, got {top}")
     pair_topk = getattr(scorer.backend, "pair_topk", None) if use_kernel else None
-    if ray_address is not None and pair_topk is None:
-        raise ValueError("a pair scan on Ray runs the backend's pair_topk kernel: use the native backend "
-                         "(and use_kernel=True), or no Ray")
+    if executor is not None and pair_topk is None:
+        raise ValueError("a pair scan through an executor runs the backend's pair_topk kernel: use the native backend "
+                         "(and use_kernel=True), or no executor")
     return offsets, torch.as_tensor(pool, dtype=torch.int64), pair_topk
 
 
-def _finished_heads(scorer, pool, todo, offsets, top, block, pair_topk, bar, ray_address):
+def _finished_heads(scorer, pool, todo, offsets, top, block, pair_topk, bar, executor):
     """(head, _TopK) as each head of `todo` finishes: here, lazily (a head starts only after the time
-    check of the one before), or from one Ray task per (head, offset)."""
-    if ray_address is None:
+    check of the one before), or from the executor's tasks, one per (head, offset)."""
+    if executor is None:
         keys = None if pair_topk is not None else _lookup(scorer, pool)  # keys at position 0: no rotation
         return ((h, _scan_head(scorer, pool, n, h, offsets, top, block, pair_topk, keys, bar)) for n, h in todo)
-    from ..cluster import pair_shards
-
     shifts = {(h, r): float(scorer._baseline[n, r]) for n, h in todo for r in offsets}
-    shards = pair_shards(scorer, pool, [h for _, h in todo], offsets, top, shifts, ray_address)
+    shards = executor.pair_shards(scorer, pool, [h for _, h in todo], offsets, top, shifts)
     return ((h, _merge_offsets(results, offsets, top, bar, len(pool))) for h, results in shards)
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,28 +26,68 @@ from .pool import roundtrips
 ROUNDTRIP_MODES = ("report", "search", "off")
 
 
+@dataclass
+class RunOptions:
+    """How every driver's run is bounded, saved and reported (defaults in brackets). Drivers take these
+    as `run=RunOptions(...)` or as the same keywords.
+
+    pool: token ids candidates are made of [the scorer's default_pool()]
+    out: results JSONL, best first, with the checkpoint OUT.ckpt.json beside it [None: memory only]
+    budget: candidates scored at most [None]; seconds: wall-clock budget [None]
+    threshold: stop once the best score reaches it [None]
+    checkpoint_every: seconds between checkpoints [30]; resume: continue from OUT.ckpt.json [False]
+    progress: a progress bar [True]; keep: results kept and written [100]
+    roundtrip: "report" drops results whose text does not re-tokenize to the same ids, "search" also
+        prunes such prefixes while searching, "off" keeps everything ["report"]
+    calibrate: random candidates whose scores give each result's z (0: no z-scores) [512]
+    seed: random seed [0]; max_repeat: occurrences of one token in a candidate (None: no cap) [1]
+    """
+
+    pool: torch.Tensor | None = None
+    out: str | Path | None = None
+    budget: int | None = None
+    seconds: float | None = None
+    threshold: float | None = None
+    checkpoint_every: float = 30.0
+    resume: bool = False
+    progress: bool = True
+    keep: int = 100
+    roundtrip: str = "report"
+    calibrate: int = 512
+    seed: int = 0
+    max_repeat: int | None = 1
+
+    def validate(self) -> None:
+        if self.roundtrip not in ROUNDTRIP_MODES:
+            raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {self.roundtrip!r}")
+        if self.max_repeat is not None and self.max_repeat <= 0:
+            raise ValueError(f"max_repeat must be positive, got {self.max_repeat}")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"keep must be a positive number of results, got {self.keep!r}")
+        if self.budget is not None and self.budget <= 0:
+            raise ValueError(f"budget must be a positive number of candidates, got {self.budget}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+        c = self.calibrate
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"calibrate must be a count of random candidates >= 0 (0: no z-scores), got {c!r}")
+
+
 class SearchRun:
     def __init__(self, scorer, objective: Objective | str, *, driver: str, options: dict, length: int | None = None,
-                 pool: torch.Tensor | None = None, out: str | Path | None = None, budget: int | None = None,
-                 seconds: float | None = None, threshold: float | None = None, checkpoint_every: float = 30.0,
-                 resume: bool = False, progress: bool = True, keep: int = 100, roundtrip: str = "report",
-                 calibrate: int = 512, seed: int = 0, max_repeat: int | None = 1, ray_address: str | None = None):
-        if roundtrip not in ROUNDTRIP_MODES:
-            raise ValueError(f"roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {roundtrip!r}")
-        if max_repeat is not None and max_repeat <= 0:
-            raise ValueError(f"max_repeat must be positive, got {max_repeat}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive number of results, got {keep!r}")
-        if budget is not None and budget <= 0:
-            raise ValueError(f"budget must be a positive number of candidates, got {budget}")
-        if seconds is not None and seconds <= 0:
-            raise ValueError(f"seconds must be positive, got {seconds}")
-        if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
-            raise ValueError(f"calibrate must be a count of random candidates >= 0 (0: no z-scores), got {calibrate!r}")
-        if ray_address is not None:  # every score / score_extensions call spread over a Ray cluster
-            from ..cluster import distribute
-
-            scorer = distribute(scorer, ray_address)
+                 run: RunOptions | None = None, executor=None, **settings):
+        """settings: RunOptions fields as keywords (or pass `run`, not both); `executor` runs every
+        score / score_extensions call (l0score.core.protocols.Executor; None: here)."""
+        if run is not None and settings:
+            raise TypeError(f"give run=RunOptions(...) or its fields as keywords, not both: {sorted(settings)}")
+        run = run if run is not None else RunOptions(**settings)
+        run.validate()
+        pool, out, budget, seconds, threshold = run.pool, run.out, run.budget, run.seconds, run.threshold
+        checkpoint_every, resume, progress, keep, roundtrip = (run.checkpoint_every, run.resume, run.progress,
+                                                               run.keep, run.roundtrip)
+        calibrate, seed, max_repeat = run.calibrate, run.seed, run.max_repeat
+        if executor is not None:  # every score / score_extensions call runs where the executor says
+            scorer = executor.scorer(scorer)
         self.scorer = scorer
         self.objective = objective if isinstance(objective, Objective) else Objective.parse(objective, scorer.metrics)
         self.driver, self.length, self.seed, self.max_repeat = driver, length, seed, max_repeat

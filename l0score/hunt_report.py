@@ -1,0 +1,72 @@
+"""What a hunt reports, decided here and written to report.json: the ranked candidates with verify's
+measures and their Layer-0 scores, the funnel, the pool. report/hunt_summary.py only renders it
+(summary.md, report.html); nothing in report/ ranks or loads a model."""
+from __future__ import annotations
+
+import time
+
+from .report.hunt_summary import read_verify_rows, write_hunt_files
+
+
+def write_hunt_report(hunt) -> dict:
+    """Rank what the hunt found, attach verify's measures, write report.json, summary.md and the HTML
+    page; returns the report."""
+    from .scorer import Scorer
+
+    return write_hunt_files(build_report(hunt), hunt.out, scorer_loader=Scorer.for_heatmaps)
+
+
+def build_report(hunt) -> dict:
+    stages = hunt.state["stages"]
+    return {
+        "format": hunt.state["format"], "version": hunt.state["version"], "created": hunt.state["created"],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "base": hunt.base, "dormant": hunt.dormant,
+        "config": hunt.state["options"], "complete": all(s in stages for s in hunt.expected_stages()),
+        "funnel": [{"stage": name, "candidates": rec.get("candidates"), "seconds": rec.get("seconds"),
+                    "note": rec.get("note", "")} for name, rec in stages.items()],
+        "results": rank_results(hunt),
+        "pool": {"size": len(stages.get("layer0", {}).get("pool", [])), "token_ids": stages.get("layer0", {}).get("pool", [])},
+    }
+
+
+def rank_results(hunt) -> list[dict]:
+    """Verified clean flips first, shortest first (a flip that contains a shorter flip adds nothing but
+    tokens), then by amplification; then the rest of the verified (a flip that holds a piece of the chat
+    template among them: it forges a turn, which says nothing about a backdoor); then by objective score."""
+    from .core.template import template_structure
+
+    rows = hunt.collect()
+    verified = read_verify_rows(hunt.out / "verify" / "report.json")
+    tok = hunt.fm().tokenizer if rows else None
+    structure = template_structure(tok)
+    for r in rows:
+        r.setdefault("text", tok.decode(r["token_ids"]))
+        r["objective"] = "full"
+        r["verify"] = verified.get(tuple(r["token_ids"]))
+        r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
+        r["template_injection"] = bool(r["template_pieces"])
+
+    def key(r):
+        v = r["verify"] or {}
+        flip = bool(v.get("flip")) and not r["template_injection"]
+        return (r["verify"] is None, not flip, len(r["token_ids"]) if flip else 0, -v.get("amplification", 0.0),
+                -r["score"])
+
+    rows.sort(key=key)
+    rows = rows[:100]
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    _add_layer0_scores(hunt, rows)
+    return rows
+
+
+def _add_layer0_scores(hunt, rows: list[dict]) -> None:
+    """Each row's Layer-0 max |dS| and KL (chat template, all heads), next to its full-model score."""
+    if not rows:
+        return
+    from .scorer import Scorer
+
+    scorer = Scorer.from_pretrained(hunt.base, hunt.dormant, template="chat")
+    scores = scorer.score_batch([r["token_ids"] for r in rows])
+    for b, r in enumerate(rows):
+        r["layer0"] = {"max_abs": float(scores.max_abs[b]), "kl": float(scores.kl[b])}
