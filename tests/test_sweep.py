@@ -153,6 +153,8 @@ def test_first_module_stage_pools_the_planted_token(planted, one_thread):
     res = first_module_stage(scorer, opts, projection=proj)
     assert res.pool[0] == token and len(res.pool) == 16
     assert set(proj.top("in", 8)) <= set(res.pool)
+    assert len(set(res.pool[:8]) & set(proj.top("in", 8))) >= 4  # a consumer cutting the pool keeps the share
+    assert scorer.evaluations >= len(scorer.default_pool())  # the sweep's views count on the scorer
     for c in res.candidates:
         again = scorer.score_batch([c["token_ids"]]).metric("mlp_cand")[0]
         assert c["score"] == pytest.approx(float(again), rel=1e-5) and c["objective"] == f"mlp@L{LAYER}"

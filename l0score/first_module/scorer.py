@@ -130,7 +130,7 @@ class FirstModuleScorer:
             self.divergence = Divergence(base_m, dorm_m, loc.layer, (o.k,), own_embeddings=loc.module == "embed")
         self.metrics = self._metric_names()
         self._prefixes: dict = {}
-        self.evaluations = 0
+        self._evaluated = [0]  # shared with with_depths() / with_template() views (one list object)
 
     @classmethod
     def from_pretrained(cls, base, dormant, **options) -> "FirstModuleScorer":
@@ -144,6 +144,11 @@ class FirstModuleScorer:
     def kind(self) -> str:
         """What search results say in `objective`."""
         return self.location.name
+
+    @property
+    def evaluations(self) -> int:
+        """Candidates scored so far by this scorer and its views."""
+        return self._evaluated[0]
 
     @property
     def tokenizer(self):
@@ -205,7 +210,7 @@ class FirstModuleScorer:
                 vals = self._evaluate(group[s:s + self.options.batch_size], template)
                 for name, v in vals.items():
                     out.setdefault(name, torch.zeros(len(cands)))[idx[s:s + len(v)]] = v
-        self.evaluations += len(cands)
+        self._evaluated[0] += len(cands)
         return FirstScores(out)
 
     def score_extensions(self, prefixes, pool=None, side: str = "right") -> FirstScores:

@@ -3,8 +3,9 @@ changed module to a token pool and ranked candidates, before the full models (do
 
 1. the vocabulary sweep (first_module/sweep.py) ranks every token at the user-message slot by
    ``ranking`` (default: the divergence ``div{k}`` at ``k``, else the module's own difference);
-2. the pool: the sweep's top tokens, with ``projection_share`` of the places given to the weight-delta
-   projection's ``in`` ranking (analysis/delta_projection.py; passed in, no forward pass) when given;
+2. the pool: the sweep's top tokens interleaved with the weight-delta projection's ``in`` ranking
+   (analysis/delta_projection.py; passed in, no forward pass), which gets ``projection_share`` of the
+   places in every prefix of the pool;
 3. beam search on the first-module scorer over that pool at every length up to ``max_length``,
    seeded with the pool's strongest tokens; results ranked by the scorer's objective.
 """
@@ -85,13 +86,22 @@ def _module_ranking(scorer) -> str:
 
 
 def _pool(swept, ranking: str, projection, o: FirstModuleStageOptions) -> list[int]:
-    """The sweep's best tokens, interleaved with the projection's (its share of the places)."""
-    ours = swept.ranking(ranking).tolist()
-    theirs = projection.ranking("in").tolist() if projection is not None and "in" in projection.values else []
-    n_proj = int(round(o.pool_size * o.projection_share)) if theirs else 0
-    pool, seen = [], set()
-    for t in theirs[:n_proj] + ours:
-        if t not in seen and len(pool) < o.pool_size:
+    """The sweep's best tokens interleaved with the projection's, so that every prefix of the pool
+    (a consumer may cut it shorter) holds about ``projection_share`` of projection picks."""
+    ours = iter(swept.ranking(ranking).tolist())
+    theirs = iter(projection.ranking("in").tolist() if projection is not None and "in" in projection.values else [])
+    share = o.projection_share if projection is not None else 0.0
+    pool, seen, taken = [], set(), 0
+    while len(pool) < o.pool_size:
+        want_theirs = taken < share * len(pool)  # the sweep's best comes first
+        t = next(theirs, None) if want_theirs else None
+        if t is None:
+            t = next(ours, None)
+            if t is None:
+                break
+        else:
+            taken += 1
+        if t not in seen:
             pool.append(t)
             seen.add(t)
-    return sorted(pool, key=lambda t: ours.index(t) if t in ours else len(ours))
+    return pool
