@@ -482,3 +482,12 @@ def test_unpairable_candidate_ranks_last(base, derived, tmp_path):
     assert last.n_tensors == 0 and not last.layer0_scores_zero
     with pytest.raises(ValueError, match="different vocabularies"):
         base_check(derived["mlp"], [other])
+
+
+def test_hard_full_finetune_is_a_finetune(trained):
+    """The tiny trained control's full fine-tune moves most tensors by 0.3-0.7 of their norm: still a
+    fine-tune (it is one, by construction), flagged as a large change."""
+    root, _ = trained
+    r = base_check(root / "dormant", [root / "base"])
+    assert r.verdict == "fine-tune" and r.chosen.n_changed == r.chosen.n_tensors
+    assert any("large for a fine-tune" in e for e in r.chosen.evidence)

@@ -48,12 +48,13 @@ class Unpairable(CheckpointError):
 @dataclass
 class BaseCheckOptions:
     """different_rel: a changed tensor whose ‖Δ‖/‖W_base‖ reaches this was re-drawn, not fine-tuned
-    (fine-tunes move weights by about 1e-3..1e-1 of their norm; two pretrained models by about 1).
+    (fine-tunes of pretrained models move weights by about 1e-4..1e-1 of their norm, a hard full
+    fine-tune of a tiny model up to about 0.4 in median; two pretrained models by about 1).
     different_share: the share of all tensors that must be changed that much for `different model`.
     chunk_elements: elements per row chunk read from each model (bounds resident memory).
     progress: called as progress(base_index, n_bases, tensor_index, n_tensors, name)."""
 
-    different_rel: float = 0.3
+    different_rel: float = 0.7
     different_share: float = 0.5
     chunk_elements: int = 1 << 22
     progress: Callable[[int, int, int, int, str], None] | None = None
@@ -469,6 +470,9 @@ def _verdict(tensors: list[TensorCheck], options: BaseCheckOptions) -> tuple[str
         return "different model", evidence
     evidence.append(f"{len(near_one)} changed tensor(s) reach relative norm {options.different_rel:g}; "
                     "the deltas are small against the weights, as a fine-tune's are")
+    if med >= 0.1:
+        evidence.append(f"a median change of {med:.2g} of the weights' norm is large for a fine-tune: if the "
+                        "search finds nothing, make sure this is the dormant's exact base")
     return "fine-tune", evidence
 
 
