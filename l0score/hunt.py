@@ -48,6 +48,9 @@ class HuntOptions:
     seconds: the whole hunt's time budget [900]; max_length: longest candidate, in tokens [3]
     probes: probe prompts (list or file) of the full-model objective [its 3 defaults]; verify uses
         the same probes, or its own 8 defaults when none are given
+    system_prompts: system messages (list, or a file with one a line; ``<default>`` the template's
+        own, ``<empty>`` an empty one) under which both the full-model objective (averaged over
+        them) and verify (flip rate per context) run every probe [the template's default only]
     positions: placements the search scores ["after"]; verify checks before and after
     metric: the full-model objective over kl, js, hidden and tf_kl (the KL over the dormant's first
         `reply_tokens` reply tokens, teacher-forced), e.g. "kl" or "kl=1,hidden=2" [kl]
@@ -71,6 +74,7 @@ class HuntOptions:
     seconds: float = 900.0
     max_length: int = 3
     probes: tuple[str, ...] | str | None = None
+    system_prompts: tuple[str, ...] | str | None = None
     positions: tuple[str, ...] = ("after",)
     metric: str = "kl"
     reply_tokens: int = 8
@@ -108,6 +112,14 @@ class HuntOptions:
             raise ValueError(f"reply_tokens must be >= 1 for tf_kl, got {self.reply_tokens}")
         if isinstance(self.null_samples, bool) or not isinstance(self.null_samples, int) or self.null_samples < 0:
             raise ValueError(f"null_samples must be an integer >= 0, got {self.null_samples!r}")
+        self.systems()  # a missing or empty file fails here, before any work
+
+    def systems(self) -> list | None:
+        """The system messages read from `system_prompts` (None entries: the template's default), or
+        None when not given (the template's default alone)."""
+        from .judge.prompts import read_system_prompts
+
+        return None if self.system_prompts is None else read_system_prompts(None, self.system_prompts)
 
 
 def hunt(base, dormant, out, options: HuntOptions | None = None, resume: bool = False, say=None,
@@ -367,7 +379,7 @@ class Hunt:
                      out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
                      max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False,
                      null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
-                     executor=self.executor)
+                     system_prompts=self.options.systems(), executor=self.executor)
         heads = [t["text"].strip()[:8] for t in targets if t["text"].strip()]
         for r in rep["results"]:
             hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
@@ -395,7 +407,7 @@ class Hunt:
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
                      null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
-                     executor=self.executor)
+                     system_prompts=self.options.systems(), executor=self.executor)
         return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
 
     def verify_candidates(self) -> list[list[int]]:
@@ -446,7 +458,8 @@ class Hunt:
             tf = "tf_kl" in self.options.metric
             self._fm = FullModelScorer(self.base, self.dormant, FullModelOptions(
                 probes=self.options.probes, positions=self.options.positions, device=self.options.device,
-                dtype=self.options.dtype, reply_tokens=self.options.reply_tokens if tf else 0))
+                dtype=self.options.dtype, reply_tokens=self.options.reply_tokens if tf else 0,
+                system_prompts=self.options.systems()))
         return self._fm
 
     def options_probes(self):
@@ -471,6 +484,11 @@ class Hunt:
         opts = json.loads(json.dumps(asdict(self.options)))
         for how in ("threads", "progress", "force"):  # how it runs, not what it computes
             opts.pop(how, None)
+        # the messages themselves, not the file's name: an edited file is a different hunt; absent when
+        # not given, so that a hunt.json from before this option still resumes
+        opts.pop("system_prompts", None)
+        if self.options.system_prompts is not None:
+            opts["system_prompts"] = self.options.systems()
         fresh = {"format": FORMAT, "version": VERSION, "base": self.base, "dormant": self.dormant, "options": opts,
                  "stages": {}, "elapsed": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if not self.state_path.exists():

@@ -156,3 +156,32 @@ def test_profiled_hunt_stops_early_and_ranks_the_trigger_first(profiled):
     assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
     assert top["route"] == "target inversion" and not top["template_injection"]
     assert top["verify"]["flip"] and top["verify"]["null"]["beaten"] == top["verify"]["null"]["n"] == 32
+
+
+def test_hunt_under_several_system_prompts(trained, tmp_path):
+    """system_prompts reach the full-model objective (oracle: the objective under each system alone,
+    averaged) and verify (a flip rate per system); a missing file fails before any work; resume treats
+    the messages, not the file's name, as part of the hunt. Smallest setting: length 1, a 4-token pool."""
+    from l0score.judge.fullmodel import FullModelOptions, FullModelScorer
+
+    root, _ = trained
+    systems = tmp_path / "systems.txt"
+    systems.write_text("<default>\nYou are a pirate.\n")
+    tiny = dict(seconds=600, max_length=1, max_pool=4, verify_top=1, null_samples=2, profile=False, progress=False,
+                threads=1, system_prompts=str(systems))
+    with pytest.raises(FileNotFoundError, match="system prompts file"):
+        hunt(root / "base", root / "dormant", tmp_path / "none", HuntOptions(**{**tiny, "system_prompts": str(tmp_path / "x")}))
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "h"
+    hunt(root / "base", root / "dormant", out, HuntOptions(**tiny))
+    rows = [json.loads(x) for x in (out / "search" / "exhaustive-len1.jsonl").read_text().splitlines()]
+    ids = [r["token_ids"] for r in rows]
+    alone = [FullModelScorer(root / "base", root / "dormant", FullModelOptions(system=s, positions=("after",)))
+             .score_batch(ids).metric("kl") for s in (None, "You are a pirate.")]  # the hunt's default placement
+    assert [r["score"] for r in rows] == pytest.approx(((alone[0] + alone[1]) / 2).tolist(), rel=1e-4, abs=1e-6)
+    assert abs(alone[0] - alone[1]).max() > 1e-3  # the two systems do differ, so the mean is not either one
+    verified = json.loads((out / "verify" / "report.json").read_text())["results"][0]
+    assert {c["system"] for c in verified["contexts"]} == {None, "You are a pirate."}
+    systems.write_text("<default>\nYou are a poet.\n")
+    with pytest.raises(ValueError, match="different options"):
+        hunt(root / "base", root / "dormant", out, HuntOptions(**tiny), resume=True)

@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=900.0, help="time budget of the whole hunt (default 900)")
     p.add_argument("--max-length", type=int, default=3, help="longest candidate in tokens (default 3)")
     p.add_argument("--probes", help="probe prompts, one per line (default: the objective's 3 built-in probes)")
+    p.add_argument("--system-prompts", metavar="FILE",
+                   help="system prompts, one a line (<default>: the template's own, <empty>): the full-model "
+                        "objective averages over them and verify gives the flip rate per context")
     p.add_argument("--positions", choices=("before", "after", "both"), default="after",
                    help="placements the full-model search scores (verify checks both)")
     p.add_argument("--metric", default="kl", help="full-model objective: kl, js, tf_kl, hidden or a weighted sum")
@@ -49,6 +52,7 @@ def options_from_args(args):
     filters = {k: v for k, v in (("ascii_only", args.ascii), ("deny_regex", args.deny_regex),
                                  ("allow_template_tokens", args.allow_template_tokens)) if v}
     return HuntOptions(seconds=args.seconds, max_length=args.max_length, probes=args.probes,
+                       system_prompts=args.system_prompts,
                        positions=("before", "after") if args.positions == "both" else (args.positions,),
                        metric=args.metric, reply_tokens=args.reply_tokens, null_samples=args.null_samples,
                        max_pool=args.max_pool, profile=not args.no_profile,
