@@ -112,7 +112,11 @@ class HuntOptions:
             raise ValueError(f"reply_tokens must be >= 1 for tf_kl, got {self.reply_tokens}")
         if isinstance(self.null_samples, bool) or not isinstance(self.null_samples, int) or self.null_samples < 0:
             raise ValueError(f"null_samples must be an integer >= 0, got {self.null_samples!r}")
-        self.systems()  # a missing or empty file fails here, before any work
+        # a missing or empty probes or system-prompts file fails here, before the base check writes hunt.json
+        from .judge.fullmodel import FullModelOptions
+
+        FullModelOptions(probes=self.probes).resolved_probes()
+        self.systems()
 
     def systems(self) -> list | None:
         """The system messages read from `system_prompts` (None entries: the template's default), or
