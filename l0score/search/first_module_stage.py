@@ -23,7 +23,8 @@ from .beam import beam
 @dataclass(frozen=True)
 class FirstModuleStageOptions:
     # divergence depth of the default ranking and of the beam's objective (0: the module's difference);
-    # 1: on the trained controls (docs/first-module.md, measured) div1 ranked the trigger's tokens higher than div2
+    # 1: on the real MLP-only control and the trained controls (docs/first-module.md) div1 ranked the
+    # trigger's tokens highest; deeper k fades
     k: int = 1
     depths: tuple[int, ...] = (1, 2, 3, 4)  # sweep depths recorded (k is always among them)
     ranking: str | None = None  # sweep ranking of the pool [f"div{k}", or the module's own when k = 0]
