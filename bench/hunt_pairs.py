@@ -8,6 +8,11 @@ a second time without the behavioural profile.
 
     python bench/hunt_pairs.py --seconds 600 [--pairs bench/results/trained_pairs.json] [--only 0,1,2]
                                [--compare-profile] [--out bench/results]
+    python bench/hunt_pairs.py --real [--pairs bench/results/real_pairs.json] ...
+
+`--real` hunts the real pretrained controls of bench/real_pairs.py (SmolLM2-135M fine-tunes) and adds,
+per pair, an independent check: does the top result make the dormant give the pair's reply on the
+held-out probes (greedy, teacher-forced, at every placement the pair was trained with)?
 """
 from __future__ import annotations
 
@@ -27,7 +32,28 @@ def hunt_one(pair_dir: Path, out: Path, seconds: float, profile: bool) -> dict:
     t0 = time.monotonic()
     hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, threads=1,
                                                                      progress=False))
-    return summarize(pair_dir, out, profile, time.monotonic() - t0)
+    row = summarize(pair_dir, out, profile, time.monotonic() - t0)
+    if (pair_dir / "heldout_probes.txt").is_file() and row["top_ids"]:
+        row["top_fires_heldout"] = heldout_fire_rate(pair_dir, row["top_ids"])
+    return row
+
+
+def heldout_fire_rate(pair_dir: Path, ids: list[int]) -> float:
+    """Share of held-out probes x placements on which `ids` makes the dormant give the pair's reply."""
+    import numpy as np
+
+    from l0score.core.model_pair import load_tokenizer
+    from l0score.judge.models import load_model
+    from l0score.synthetic.real.corpus import PLACEMENTS, prompt_with
+    from l0score.synthetic.real.fit import fires
+
+    truth = json.loads((pair_dir / "trigger.json").read_text())
+    probes = [p for p in (pair_dir / "heldout_probes.txt").read_text().splitlines() if p.strip()]
+    tok = load_tokenizer(pair_dir / "dormant")
+    model = load_model(pair_dir / "dormant", "cpu", "float32")
+    prompts = [prompt_with(tok, p, ids, place, np.random.default_rng([i, 5]))
+               for i, p in enumerate(probes) for place in PLACEMENTS]
+    return float(np.mean(fires(model, prompts, truth["target_reply_ids"], tok.pad_token_id)))
 
 
 def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
@@ -46,13 +72,14 @@ def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
         "trigger_rank": rank, "top": top.get("text"), "top_ids": top.get("token_ids"),
         "top_flip": bool((top.get("verify") or {}).get("flip")),
         "top_holds_words_in_order": _in_order(top.get("text") or "", words),
-        "seed_positions": positions(analysis["seed_tokens_by_source"]["alignment"], trig),
-        "pool_positions": positions(state["stages"]["layer0"]["pool"], trig),
-        "pool_size": len(state["stages"]["layer0"]["pool"]),
+        # a fine-tune that leaves Layer 0 bit-identical has no seeds and may skip the Layer-0 stage
+        "seed_positions": positions((analysis.get("seed_tokens_by_source") or {}).get("alignment", []), trig),
+        "pool_positions": positions(state["stages"].get("layer0", {}).get("pool", []), trig),
+        "pool_size": len(state["stages"].get("layer0", {}).get("pool", [])),
         "targets": [t["text"] for t in state["stages"].get("profile", {}).get("targets", [])],
         "reply": truth.get("target_reply"),
         "stages": {k: {"seconds": v.get("seconds"), "candidates": v.get("candidates")} for k, v in state["stages"].items()},
-        "search_runs": state["stages"]["search"].get("runs"),
+        "search_runs": state["stages"].get("search", {}).get("runs"),
     }
 
 
@@ -68,23 +95,26 @@ def _in_order(text: str, words: list[str]) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", default=str(Path(__file__).parent / "results" / "trained_pairs.json"),
-                    help="JSON list with a 'dir' per pair, written by bench/trained_pairs.py")
+    ap.add_argument("--pairs", help="JSON list with a 'dir' per pair, written by bench/trained_pairs.py "
+                                     "(default bench/results/trained_pairs.json; with --real bench/results/real_pairs.json)")
+    ap.add_argument("--real", action="store_true", help="the real pretrained controls of bench/real_pairs.py")
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--compare-profile", action="store_true")
     ap.add_argument("--only", help="comma-separated indices of pairs to run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--work", default="/tmp/hunt-bench")
     args = ap.parse_args(argv)
+    builder = "bench/real_pairs.py" if args.real else "bench/trained_pairs.py"
+    args.pairs = args.pairs or str(Path(__file__).parent / "results" / ("real_pairs.json" if args.real else "trained_pairs.json"))
     if not Path(args.pairs).is_file():
-        raise SystemExit(f"{args.pairs}: no list of pairs; build them first with python bench/trained_pairs.py")
+        raise SystemExit(f"{args.pairs}: no list of pairs; build them first with python {builder}")
     pairs = json.loads(Path(args.pairs).read_text())
     if args.only:
         pairs = [pairs[int(i)] for i in args.only.split(",")]
     missing = [p["dir"] for p in pairs if not (Path(p["dir"]) / "trigger.json").is_file()]
     if missing:
         raise SystemExit(f"pair directories missing ({', '.join(missing)}): rebuild them with "
-                         f"python bench/trained_pairs.py --out {args.pairs}")
+                         f"python {builder} --out {args.pairs}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_file = Path(args.out) / f"hunt-{stamp}.json"
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +126,8 @@ def main(argv=None) -> int:
             rows.append(row)
             out_file.write_text(json.dumps({"seconds_budget": args.seconds, "rows": rows}, indent=1))
             print(json.dumps({k: row[k] for k in ("trigger", "split", "profile", "trigger_rank", "top", "top_flip",
-                                                  "seed_positions", "pool_positions", "seconds")}), flush=True)
+                                                  "seed_positions", "pool_positions", "seconds")}
+                              | {k: row[k] for k in ("top_fires_heldout",) if k in row}), flush=True)
     print(f"results: {out_file}")
     return 0
 
