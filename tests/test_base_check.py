@@ -491,3 +491,20 @@ def test_hard_full_finetune_is_a_finetune(trained):
     r = base_check(root / "dormant", [root / "base"])
     assert r.verdict == "fine-tune" and r.chosen.n_changed == r.chosen.n_tensors
     assert any("large for a fine-tune" in e for e in r.chosen.evidence)
+
+
+def test_zero_base_tensor_trained_is_strict_json(base, tmp_path):
+    """A Llama written as Qwen2 has all-zero q/k/v biases; a fine-tune that trains them has no relative
+    norm (‖Δ‖/0): the file must stay strict JSON (null there), and the tensor still counts as changed."""
+    tensors = _load(base)
+    name = next(n for n in tensors if n.endswith("layers.1.self_attn.q_proj.bias"))
+    zeroed = dict(tensors, **{name: torch.zeros_like(tensors[name])})
+    zero_base = _write(zeroed, base, tmp_path / "zero_base")
+    trained = _write(dict(zeroed, **{name: torch.full_like(tensors[name], 0.01)}), base, tmp_path / "trained")
+    result = base_check(trained, [zero_base], BaseCheckOptions())
+    assert result.verdict == "fine-tune" and result.first_changed.label == "layer 1 attention q"
+    paths = write_base_check(result, tmp_path / "out")
+    text = paths["json"].read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    row = next(t for t in data["tensors"] if t["name"] == name)
+    assert row["identical"] is False and row["rel_norm"] is None and row["delta_norm"] > 0

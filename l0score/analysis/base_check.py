@@ -499,9 +499,22 @@ def write_base_check(result: BaseCheckResult, out_dir) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
     paths = {"json": out / "base-check.json", "md": out / "base-check.md"}
-    paths["json"].write_text(json.dumps(data, indent=1, default=_json_float), encoding="utf-8")
+    # strict JSON: a relative norm against an all-zero base tensor (a zero bias trained) is inf in memory
+    # and null in the file
+    paths["json"].write_text(json.dumps(_finite(data), indent=1, allow_nan=False, default=_json_float),
+                             encoding="utf-8")
     paths["md"].write_text(summary_md(data), encoding="utf-8")
     return paths
+
+
+def _finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _json_float(v):
