@@ -94,7 +94,7 @@ def _sequence_options(d) -> None:
 
 
 def run_search(args) -> None:
-    from ..search import beam, build_pool, coord, mcts, minimize, seeds_from_pairs
+    from ..search import build_pool, minimize, seeds_from_pairs
     from ..search.pair_cache import cached_pair_scan as pair_scan
 
     if getattr(args, "first_module", None):  # the first changed module's scorer (docs/first-module.md); not for pairs
@@ -125,15 +125,7 @@ def run_search(args) -> None:
                   threshold=args.threshold, checkpoint_every=args.checkpoint_every, resume=args.resume,
                   progress=not args.quiet, keep=args.keep, roundtrip=args.roundtrip, seed=args.seed,
                   max_repeat=args.max_repeat, executor=executor_of(args))
-    if args.driver == "beam":
-        results = beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
-                       left_screen=args.left_screen or None, **run_kw)
-    elif args.driver == "mcts":
-        results = mcts(scorer, length=args.length, branch=args.branch, batch=args.batch, c_puct=args.c_puct,
-                       rollout=args.rollout, seeds=seeds, **run_kw)
-    else:
-        results = coord(scorer, length=args.length, restarts=args.restarts, max_sweeps=args.max_sweeps,
-                        seeds=seeds, **run_kw)
+    results = _drive(args, scorer, seeds, run_kw, left_screen=getattr(args, "left_screen", None) or None)
     if args.minimize:
         for rec in results[: args.top]:
             rec["minimized"] = minimize(scorer, rec["token_ids"], args.metric)
@@ -418,7 +410,7 @@ def _print_gcg(result, args, metrics, seconds: float) -> None:
 def _run_first_module(args, gcg_options=None) -> None:
     """beam / mcts / coord / gcg on the first changed module's exact scorer (--first-module LOCATION|auto)."""
     from ..first_module import FirstModuleOptions, FirstModuleScorer
-    from ..search import beam, build_pool, coord, mcts
+    from ..search import build_pool
     from .sweep import location_of
 
     if args.length <= 0:
@@ -443,15 +435,8 @@ def _run_first_module(args, gcg_options=None) -> None:
         from ..search.gcg import gcg
 
         results = gcg(scorer, gcg_options, calibrate=args.calibrate or 0, **run_kw).results
-    elif args.driver == "beam":
-        results = beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
-                       left_screen=None, **run_kw)
-    elif args.driver == "mcts":
-        results = mcts(scorer, length=args.length, branch=args.branch, batch=args.batch, c_puct=args.c_puct,
-                       rollout=args.rollout, seeds=seeds, **run_kw)
     else:
-        results = coord(scorer, length=args.length, restarts=args.restarts, max_sweeps=args.max_sweeps,
-                        seeds=seeds, **run_kw)
+        results = _drive(args, scorer, seeds, run_kw, left_screen=None)
     table = Table(title=f"{args.driver}: top {min(args.top, len(results))} by {metric} on {scorer.kind}")
     for col in ("rank", "text", "token_ids", "score", *scorer.metrics):
         table.add_column(col)
@@ -460,3 +445,17 @@ def _run_first_module(args, gcg_options=None) -> None:
                       *(f"{r[m]:.4g}" for m in scorer.metrics))
     console.print(table)
     console.print(f"{len(results)} results in {time.perf_counter() - start:.1f} s -> {args.out}")
+
+
+def _drive(args, scorer, seeds, run_kw: dict, left_screen) -> list[dict]:
+    """beam, mcts or coord on any scorer of the protocol, with the driver's own flags."""
+    from ..search import beam, coord, mcts
+
+    if args.driver == "beam":
+        return beam(scorer, length=args.length, width=args.width, seeds=seeds, grow=args.grow,
+                    left_screen=left_screen, **run_kw)
+    if args.driver == "mcts":
+        return mcts(scorer, length=args.length, branch=args.branch, batch=args.batch, c_puct=args.c_puct,
+                    rollout=args.rollout, seeds=seeds, **run_kw)
+    return coord(scorer, length=args.length, restarts=args.restarts, max_sweeps=args.max_sweeps,
+                 seeds=seeds, **run_kw)

@@ -3,7 +3,7 @@ given (`PackedBatch`) and what the Layer-0 scorer returns (`Scores`, with the me
 interfaces that use them are in protocols.py; docs/architecture.md ("Interfaces") has the overview."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -132,3 +132,29 @@ def merge_rows(dep: RowStats, prefix: RowStats) -> RowStats:
         head_kl=dep.head_kl + prefix.head_kl,
         band=torch.maximum(dep.band, prefix.band),
     )
+
+
+@dataclass
+class MetricValues:
+    """Per-candidate values of named metrics (CPU float tensors [B]): what the full-model and the
+    first-module scorers return; subclasses name whose values they are."""
+
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.values.values())))
+
+    def __getitem__(self, idx):
+        return type(self)({k: v[idx] for k, v in self.values.items()})
+
+    def metric(self, name: str) -> torch.Tensor:
+        if name not in self.values:
+            raise ValueError(f"metric {name!r} was not computed; available: {', '.join(self.values)}")
+        return self.values[name]
+
+    def record(self, b: int) -> dict:
+        return {k: float(v[b]) for k, v in self.values.items()}
+
+    @classmethod
+    def cat(cls, parts: list):
+        return cls({k: torch.cat([p.values[k] for p in parts]) for k in parts[0].values})

@@ -17,12 +17,12 @@ depend on the candidate; region "all" adds the prefix rows, the same for every c
 from __future__ import annotations
 
 import copy
-import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from ..core.model_pair import ModelPair
+from ..core.types import MetricValues
 from ..core.reference import REGIONS
 from ..core.scores import merge_rows
 from ..core.template import Template
@@ -65,29 +65,8 @@ class FirstModuleOptions:
         return self.location if isinstance(self.location, Location) else Location.parse(self.location)
 
 
-@dataclass
-class FirstScores:
-    """Per-candidate metric values (CPU float tensors [B])."""
-
-    values: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.values.values())))
-
-    def __getitem__(self, idx) -> "FirstScores":
-        return FirstScores({k: v[idx] for k, v in self.values.items()})
-
-    def metric(self, name: str) -> torch.Tensor:
-        if name not in self.values:
-            raise ValueError(f"metric {name!r} was not computed; available: {', '.join(self.values)}")
-        return self.values[name]
-
-    def record(self, b: int) -> dict:
-        return {k: float(v[b]) for k, v in self.values.items()}
-
-    @staticmethod
-    def cat(parts: list["FirstScores"]) -> "FirstScores":
-        return FirstScores({k: torch.cat([p.values[k] for p in parts]) for k in parts[0].values})
+class FirstScores(MetricValues):
+    """Per-candidate metric values of the first-module scorer (CPU float tensors [B])."""
 
 
 class FirstModuleScorer:

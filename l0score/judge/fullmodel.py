@@ -28,11 +28,12 @@ import copy
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from ..core.model_pair import ModelPair
+from ..core.types import MetricValues
 from .models import load_model, resolve_dtype, run_model
 from .prompts import DEFAULT_PROBES, POSITIONS, placement, read_probes_file, read_system_prompts
 
@@ -118,29 +119,8 @@ class ContextRun:
     next_position: int
 
 
-@dataclass
-class FullScores:
+class FullScores(MetricValues):
     """Per-candidate values of the full-model metrics (CPU float tensors [B])."""
-
-    values: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.values.values())))
-
-    def __getitem__(self, idx) -> "FullScores":
-        return FullScores({k: v[idx] for k, v in self.values.items()})
-
-    def metric(self, name: str) -> torch.Tensor:
-        if name not in self.values:
-            raise ValueError(f"metric {name!r} was not computed; available: {', '.join(self.values)}")
-        return self.values[name]
-
-    def record(self, b: int) -> dict:
-        return {k: float(v[b]) for k, v in self.values.items()}
-
-    @staticmethod
-    def cat(parts: list["FullScores"]) -> "FullScores":
-        return FullScores({k: torch.cat([p.values[k] for p in parts]) for k in parts[0].values})
 
 
 class FullModelScorer:
