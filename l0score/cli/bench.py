@@ -42,7 +42,11 @@ def main(argv=None, prog: str = "l0score bench") -> int:
 def backends_main(argv: list, prog: str) -> int:
     from .. import benchmark
 
-    ap = argparse.ArgumentParser(prog=prog, description=benchmark.__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog=prog, description=benchmark.__doc__.split("\n\n")[0],
+        epilog="other measurements, each with its own --help: --fullmodel (the full-model objective's "
+               "cache reuse), --first-module (the first-module scorer against the full models, the sweep), "
+               "--base-check (time and memory on a full 7B-shaped pair), --ray (Ray's overhead)")
     ap.add_argument("--base", help="base model directory (default: synthetic qwen2-7b-l0 pair under the cache dir)")
     ap.add_argument("--dormant", help="dormant model directory")
     ap.add_argument("--quick", action="store_true", help="tiny pair, few candidates: a smoke run")
