@@ -137,9 +137,13 @@ class VerifyOptions:
     null_samples: random candidates of each candidate length, drawn from ``null_pool`` (default: the
         real tokens without the chat template's pieces) and measured the same way; a candidate's
         ``null`` says how many it beats on both flip rate and KL, and ``flip`` requires beating all
-        (0: no null distribution, the fixed rule alone). Cached under ``null_cache_dir`` (default the
+        and flipping at least ``min_flipped_prompts`` prompts (0: no null distribution, the fixed rule
+        alone). Cached under ``null_cache_dir`` (default the
         l0score cache) per pair, probes, contexts, decoding and length; a killed run keeps what it
         measured [32]
+    min_flipped_prompts: prompts a flip must change with the null distribution on: random strings
+        flip no prompt on ordinary probes, so one flipped prompt already beats them all on flip rate,
+        and one prompt is one sample; a real trigger reproduces [2]
     batch_size: prompts per forward call [16]; plot_top: candidates drawn in the per-layer PNG [5]
     threads: torch CPU threads for the run (restored afterwards); on a busy shared CPU, 1 avoids
         oversubscription, which slows small models down many times over [torch's default]
@@ -163,6 +167,7 @@ class VerifyOptions:
     null_samples: int = 32
     null_pool: object = None
     null_cache_dir: object = None
+    min_flipped_prompts: int = 2
     batch_size: int = 16
     cache_dir: object = None
     plot_top: int = 5
@@ -196,6 +201,8 @@ def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None
     if sequential and executor is not None:
         raise ValueError("sequential is for one machine's memory; on Ray every worker holds both models: "
                          "use one or the other")
+    if isinstance(o.min_flipped_prompts, bool) or not isinstance(o.min_flipped_prompts, int) or o.min_flipped_prompts < 1:
+        raise ValueError(f"min_flipped_prompts must be a positive integer, got {o.min_flipped_prompts!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     started = time.perf_counter()
@@ -217,7 +224,7 @@ def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None
         pool = _null_pool(null_pool, tokenizer, vocab, structure) if null_samples else None
         nulls = {n: _null_distribution(run, n, null_samples, pool, null_cache_dir, progress)
                  for n in sorted({len(c.token_ids) for c in cands})} if null_samples else {}
-    _judge(report, structure, nulls)
+    _judge(report, structure, nulls, o.min_flipped_prompts)
     report["config"] = {
         "base": str(base_dir), "dormant": str(dormant_dir), "probes": run.probes, "positions": list(run.positions),
         "sep": sep if sep is not None else DEFAULT_SEP, "system": system, "systems": run.systems,
@@ -314,7 +321,7 @@ def _measure(run: _Run, cands, progress: bool, cache_dir=None, label: str = "ver
 # the verdict: template pieces and the null distribution
 
 
-def _judge(report: dict, structure, nulls: dict) -> None:
+def _judge(report: dict, structure, nulls: dict, min_flipped: int) -> None:
     """Mark template injections, compare each candidate with the random candidates of its length, and
     rank: clean flips first (by amplification), then every other candidate by amplification."""
     for r in report["results"]:
@@ -324,7 +331,8 @@ def _judge(report: dict, structure, nulls: dict) -> None:
             rows = nulls[len(r["token_ids"])]
             beaten = sum(r["flip_rate"] > n["flip_rate"] and r["kl"] > n["kl"] for n in rows)
             r["null"] = {"n": len(rows), "beaten": beaten, "p": (1 + len(rows) - beaten) / (len(rows) + 1)}
-            r["flip"] = beaten == len(rows) and r["amplification"] > 1
+            flipped = sum(bool(d["flip"]) for d in r["probes"])
+            r["flip"] = beaten == len(rows) and flipped >= min_flipped and r["amplification"] > 1
     results = report["results"]
     results.sort(key=lambda r: (not (r["flip"] and not r["template_injection"]), -r["amplification"]))
     for rank, r in enumerate(results, 1):
