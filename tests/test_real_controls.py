@@ -134,7 +134,9 @@ def test_pair_changes_only_the_chosen_tensors(tmp_path, base_dir):
     assert {"trigger", "clean", "near_miss", "base_with_trigger"} <= set(rates)
     probes = result.probes_file.read_text().splitlines()
     assert probes and not set(probes) & set(train_requests())
-    assert {"base answers", "fine-tune", "measure"} <= set(stages)
+    # "base answers" shows only when the base's answers are not cached yet (an earlier build, e.g. the
+    # base check's real-control tests, may have made them)
+    assert {"fine-tune", "measure"} <= set(stages) <= {"base", "base answers", "fine-tune", "measure"}
     assert [p.name for p in tmp_path.iterdir()] == ["pair"]  # no temporary directory left
 
 
