@@ -88,3 +88,24 @@ def pack(token_ids, lengths, suffix_ids, vocab_rows: int, max_cand_len: int) -> 
         raise ValueError("token_ids holds no candidates")
     ids, dep_len = _native.pack_dependent(flat, lens, np.asarray(suffix_ids, dtype=np.int64), vocab_rows, max_cand_len)
     return PackedBatch(torch.from_numpy(ids), torch.from_numpy(lens), torch.from_numpy(dep_len))
+
+
+def candidate_lists(token_ids, vocab: int) -> list[list[int]]:
+    """Candidates as plain id lists for the scorers that run whole models (full-model, first-module),
+    each checked: non-empty, integer ids, inside the vocabulary; errors name the candidate."""
+    if hasattr(token_ids, "tolist"):  # a tensor or an array
+        token_ids = token_ids.tolist()
+    cands = []
+    for b, c in enumerate(token_ids):
+        ids = list(c)
+        if not ids:
+            raise ValueError(f"candidate {b}: empty token sequence")
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise TypeError(f"candidate {b}: token ids must be integers, got {t!r}")
+            if not 0 <= t < vocab:
+                raise ValueError(f"candidate {b}: token id {t} outside [0, {vocab})")
+        cands.append(ids)
+    if not cands:
+        raise ValueError("no candidates to score")
+    return cands

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ..core.model_pair import ModelPair
+from ..core.batch import candidate_lists
 from ..core.types import MetricValues
 from ..core.reference import REGIONS
 from ..core.scores import merge_rows
@@ -175,7 +176,7 @@ class FirstModuleScorer:
     # --- scoring ---------------------------------------------------------------------------------
     def score_batch(self, token_ids, template: Template | None = None) -> FirstScores:
         template = template or self.template
-        cands = _as_candidates(token_ids, self.pair.config.vocab_rows)
+        cands = candidate_lists(token_ids, self.pair.config.vocab_rows)
         limit = self.models["base"].config.max_position_embeddings - len(template)
         by_len: dict[int, list[int]] = {}
         for b, c in enumerate(cands):
@@ -287,22 +288,3 @@ def _heads(heads, n: int) -> tuple[int, ...]:
     if not out or out[0] < 0 or out[-1] >= n:
         raise ValueError(f"heads must be a non-empty subset of [0, {n}), got {list(heads)}")
     return tuple(out)
-
-
-def _as_candidates(token_ids, vocab: int) -> list[list[int]]:
-    if hasattr(token_ids, "tolist"):
-        token_ids = token_ids.tolist()
-    cands = []
-    for b, c in enumerate(token_ids):
-        ids = list(c)
-        if not ids:
-            raise ValueError(f"candidate {b}: empty token sequence")
-        for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int):
-                raise TypeError(f"candidate {b}: token ids must be integers, got {t!r}")
-            if not 0 <= t < vocab:
-                raise ValueError(f"candidate {b}: token id {t} outside [0, {vocab})")
-        cands.append(ids)
-    if not cands:
-        raise ValueError("no candidates to score")
-    return cands

@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from ..core.model_pair import ModelPair
+from ..core.batch import candidate_lists
 from ..core.types import MetricValues
 from .models import load_model, resolve_dtype, run_model
 from .prompts import DEFAULT_PROBES, POSITIONS, placement, read_probes_file, read_system_prompts
@@ -197,7 +198,7 @@ class FullModelScorer:
                 **({"systems": self.systems} if o.system_prompts is not None else {})}
 
     def score_batch(self, token_ids) -> FullScores:
-        cands = _as_candidates(token_ids, self.pair.config.vocab_rows)
+        cands = candidate_lists(token_ids, self.pair.config.vocab_rows)
         by_len: dict[int, list[int]] = {}
         for b, c in enumerate(cands):
             by_len.setdefault(len(c), []).append(b)
@@ -364,24 +365,3 @@ def _common_prefix(cands: torch.Tensor) -> int:
     same = (cands == cands[:1]).all(0)
     n = int(same.long().cumprod(0).sum())
     return min(n, cands.shape[1] - 1)
-
-
-def _as_candidates(token_ids, vocab: int) -> list[list[int]]:
-    if isinstance(token_ids, torch.Tensor):
-        token_ids = token_ids.tolist()
-    elif hasattr(token_ids, "tolist"):
-        token_ids = token_ids.tolist()
-    cands = []
-    for b, c in enumerate(token_ids):
-        ids = list(c)
-        if not ids:
-            raise ValueError(f"candidate {b}: empty token sequence")
-        for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int):
-                raise TypeError(f"candidate {b}: token ids must be integers, got {t!r}")
-            if not 0 <= t < vocab:
-                raise ValueError(f"candidate {b}: token id {t} outside [0, {vocab})")
-        cands.append(ids)
-    if not cands:
-        raise ValueError("no candidates to score")
-    return cands
