@@ -3,11 +3,9 @@ when no --base/--dormant is given, and the pairs of a size that the benchmarks u
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from ..core.cache_dir import cache_dir
+from ..core.cache_dir import build_once, cache_dir
 
 
 def demo_pair(seed: int = 0) -> Path:
@@ -15,15 +13,8 @@ def demo_pair(seed: int = 0) -> Path:
     interrupted build is redone rather than trusted)."""
     from . import make_pair
 
-    final = cache_dir() / f"demo-pair-tiny-seed{seed}"
-    if (final / "trigger.json").is_file():
-        return final
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_pair(tmp, size="tiny", seed=seed)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    return build_once(cache_dir() / f"demo-pair-tiny-seed{seed}", "trigger.json",
+                      lambda tmp: make_pair(tmp, size="tiny", seed=seed))
 
 
 def pair_is_complete(pair_dir: Path) -> bool:

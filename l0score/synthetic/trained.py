@@ -496,21 +496,11 @@ def cached_trained_pair(seed: int = 0, root=None, **overrides):
     import hashlib
     from pathlib import Path
 
-    from ..core.cache_dir import cache_dir
+    from ..core.cache_dir import build_once, cache_dir
 
     cfg = recipe(**overrides)
     version = f"{VERSION}|{SPLIT_VERSION}" if cfg["trigger_split"] else VERSION  # whole-token keys unchanged
     key = hashlib.sha256(f"{version}|{json.dumps(cfg, sort_keys=True)}".encode()).hexdigest()[:10]
     final = Path(root) if root is not None else cache_dir()
     final = final / f"trained-pair-{VERSION}-seed{seed}-{key}"
-    if (final / "trigger.json").is_file():
-        return final
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_trained_pair(tmp, seed=seed, **overrides)
-    if not (final / "trigger.json").is_file():  # another process may have finished first
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, "trigger.json", lambda tmp: make_trained_pair(tmp, seed=seed, **overrides))

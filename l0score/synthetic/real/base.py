@@ -7,8 +7,6 @@ interrupted build never leaves a directory a later call would take for a whole m
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 BASE_VERSION = "smollm2-135m-instruct-qwen2-v1"  # bump when the written base changes
@@ -115,20 +113,7 @@ def build_base(directory, gguf_path=None, root=None) -> Path:
 
 def cached_real_base(root=None, gguf_path=None) -> Path:
     """The Qwen2 base under the cache directory (L0SCORE_CACHE), converted on first use."""
-    from ...core.cache_dir import cache_dir
+    from ...core.cache_dir import build_once, cache_dir
 
     root = Path(root) if root is not None else cache_dir()
-    final = root / f"real-base-{BASE_VERSION}"
-    if (final / "config.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        build_base(tmp, gguf_path, root)
-        if not (final / "config.json").is_file():  # another process may have finished first
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(root / f"real-base-{BASE_VERSION}", "config.json", lambda tmp: build_base(tmp, gguf_path, root))
