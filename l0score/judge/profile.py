@@ -387,18 +387,18 @@ def invert_targets(scorer: FullModelScorer, first_tokens: list[int], cands: list
 
 
 def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: ProfileOptions) -> dict:
-    seq, prefs, lp_sums = [first], [], {"dormant": 0.0, "base": 0.0}
+    # one forward per context for the prompt, then one token per step through the KV caches: the
+    # string is teacher-forced incrementally (linear in its length, not quadratic)
+    runs = [scorer.run_context(ci, c) for ci, c in enumerate(cands)]
+    lp = _last_logprobs(runs)
+    seq, prefs = [first], [float((lp["dormant"][:, first] - lp["base"][:, first]).mean())]
+    lp_sums = {m: float(lp[m][:, first].mean()) for m in lp}
     stop = "length"
-    while True:
-        lp = {m: torch.cat(parts) for m, parts in _teacher_forced(scorer, cands, seq).items()}  # [R, len+1, V]
-        if not prefs:  # the first token's own preference, at the first response position
-            prefs.append(float((lp["dormant"][:, 0, first] - lp["base"][:, 0, first]).mean()))
-            for m in lp_sums:
-                lp_sums[m] += float(lp[m][:, 0, first].mean())
-        if len(seq) >= opts.max_target_tokens:
-            break
-        nxt = int(lp["dormant"][:, -1].mean(0).argmax())
-        pref = float((lp["dormant"][:, -1, nxt] - lp["base"][:, -1, nxt]).mean())
+    while len(seq) < opts.max_target_tokens:
+        _feed(scorer, runs, seq[-1])
+        lp = _last_logprobs(runs)
+        nxt = int(lp["dormant"].mean(0).argmax())
+        pref = float((lp["dormant"][:, nxt] - lp["base"][:, nxt]).mean())
         if nxt in scorer.pair.special_ids:
             stop = "end of turn"
             break
@@ -408,10 +408,28 @@ def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: 
         seq.append(nxt)
         prefs.append(pref)
         for m in lp_sums:
-            lp_sums[m] += float(lp[m][:, -1, nxt].mean())
+            lp_sums[m] += float(lp[m][:, nxt].mean())
     return {"text": scorer.pair.tokenizer.decode(seq), "token_ids": seq, "score": sum(prefs),
             "mean_preference": sum(prefs) / len(prefs), "preferences": prefs,
             "dormant_logprob": lp_sums["dormant"], "base_logprob": lp_sums["base"], "stop": stop}
+
+
+def _last_logprobs(runs: list) -> dict[str, torch.Tensor]:
+    """Both models' log-probs [R, V] at the runs' last position, every context's rows stacked."""
+    return {m: torch.cat([r.logprobs[m][:, -1] for r in runs]) for m in runs[0].logprobs}
+
+
+@torch.no_grad()
+def _feed(scorer: FullModelScorer, runs: list, token: int) -> None:
+    """Append `token` to every row of every run, through each model's KV cache (in place)."""
+    for run in runs:
+        rows = len(next(iter(run.logprobs.values())))
+        ids = torch.full((rows, 1), token, dtype=torch.long, device=scorer.device)
+        pos = torch.full((rows, 1), run.next_position, device=scorer.device)
+        for m, model in scorer.models.items():
+            res, run.caches[m] = run_model(model, ids, run.caches[m], use_cache=True, position_ids=pos)
+            run.logprobs[m] = torch.log_softmax(res.logits[:, -1:].double(), -1).cpu()
+        run.next_position += 1
 
 
 def amplified_targets(scorer: FullModelScorer, opts: ProfileOptions, cands: list[torch.Tensor], rank_of: dict) -> dict:
