@@ -37,7 +37,7 @@ from .search.pool import build_pool
 FORMAT = "l0score-hunt"
 VERSION = 1
 STAGES = ("base_check", "analyze", "profile", "layer0", "search", "minimize", "verify")
-ROUTES = ("layer0", "first-module", "profile")  # who proposes the pool; chosen by the base check
+ROUTES = ("layer0", "whole-model", "first-module", "profile")  # who proposes the pool; chosen by the base check
 HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt's objective may weigh
 
 
@@ -59,6 +59,8 @@ class HuntOptions:
         every candidate with (a flip must beat all of them; docs/verify.md) [32]
     max_pool: the most Layer-0 pool tokens the full-model search takes [64]
     profile / profile_inputs: run the behavioural profile first, over this many inputs [True, 60]
+    amplify: alphas of the profile's logit-amplified sampling (judge/amplify.py), whose payloads join its
+        targets; () = off [(4.0,): on the real MLP-only control alpha 3-5 said the reply outright]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
         puts the chat template's role names and newline back into the pool) [none]
@@ -82,6 +84,7 @@ class HuntOptions:
     max_pool: int = 64
     profile: bool = True
     profile_inputs: int = 60
+    amplify: tuple[float, ...] = (4.0,)
     verify_top: int = 8
     device: str | None = None
     dtype: str = "float32"
@@ -105,6 +108,10 @@ class HuntOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.profile and self.profile_inputs < 1:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
+        if self.profile and self.amplify:
+            from .judge.amplify import AmplifyOptions
+
+            AmplifyOptions(alphas=tuple(self.amplify)).check()
         from .search.objective import Objective
 
         names = [n for n, _ in Objective.parse(self.metric, HUNT_METRICS).weights]  # before any work
@@ -209,7 +216,7 @@ class Hunt:
     def _run_analyze(self) -> dict:
         from .analysis.weight_diff import analyze
 
-        if self.route() != "layer0":  # the Layer-0 analysis would rank noise
+        if self.route() not in ("layer0", "whole-model"):  # the Layer-0 analysis would rank noise
             why = self.state["stages"]["base_check"]["route_reason"]
             return {"candidates": 0, "note": f"skipped: {why}", "skipped": True, "focus_heads": [], "seed_tokens": [],
                     "seed_sources": {}}
@@ -222,7 +229,8 @@ class Hunt:
         from .judge.profile import ProfileOptions, profile
 
         opts = ProfileOptions(inputs=self.options.profile_inputs, seed=self.options.seed, device=self.options.device,
-                              dtype=self.options.dtype)
+                              dtype=self.options.dtype, amplify=tuple(self.options.amplify), amplify_forms=("logits",),
+                              amplify_samples=1)
         if self.options.probes is not None:
             opts.probes = self.options.probes
         # resume=True: a hunt killed inside this stage continues the profile's own checkpoint (its
@@ -241,7 +249,7 @@ class Hunt:
         from .scorer import Scorer
         from .search.layer0_stage import Layer0Options, layer0_stage
 
-        if self.route() != "layer0":
+        if self.route() not in ("layer0", "whole-model"):
             return self._other_pool()
         analysis = self.state["stages"]["analyze"]
         scorer = Scorer.from_pretrained(self.base, self.dormant, template="chat")
@@ -250,6 +258,10 @@ class Hunt:
         sources = analysis["seed_sources"]
         allowed = set(self._allowed_pool())
         ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis["seed_tokens"]])
+        swept = None
+        if self.route() == "whole-model":  # the drift of every tensor hides the trigger from Layer 0 alone
+            swept, _, swept_evaluations = self._first_module_stage()
+            ranked = rank_union([ranked, swept.pool])
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
@@ -258,9 +270,12 @@ class Hunt:
         tok = scorer.pair.tokenizer
         (layer0 / "pool.json").write_text(json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         (layer0 / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in stage.candidates))
-        return {"candidates": scorer.evaluations, "pool": pool, "sequences": [c["token_ids"] for c in stage.candidates[:10]],
-                "note": f"pool of {len(pool)} tokens; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
-                if stage.candidates else f"pool of {len(pool)} tokens"}
+        note = f"pool of {len(pool)} tokens" + (" (Layer-0 stage and embedding sweep interleaved)" if swept else "")
+        if stage.candidates:
+            note += f"; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
+        sequences = [c["token_ids"] for c in stage.candidates[:10]]
+        evaluations = scorer.evaluations + (swept_evaluations if swept else 0)
+        return {"candidates": evaluations, "pool": pool, "sequences": sequences, "note": note}
 
     def _other_pool(self) -> dict:
         """The pool when Layer 0 sees nothing. Route first-module: the first-module stage
@@ -270,22 +285,10 @@ class Hunt:
         allowed = set(self._allowed_pool())
         sequences: list[list[int]] = []
         if self.route() == "first-module":
-            from .analysis.delta_projection import DeltaProjectionOptions, delta_projection
-            from .first_module import FirstModuleOptions, FirstModuleScorer, Location
-            from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
-
-            loc = Location.from_first_changed(self.state["stages"]["base_check"]["first_changed"])
-            scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
-                location=loc, template="chat", device=self.options.device, dtype=self.options.dtype))
-            projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
-            stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3)),
-                                       projection=projection, progress=self._say)
+            stage, where, evaluations = self._first_module_stage()
             pool = [t for t in stage.pool if t in allowed][: self.options.max_pool]
             sequences = [c["token_ids"] for c in stage.candidates[:10]]
-            note, evaluations = f"pool of {len(pool)} tokens from the {loc.name} stage", scorer.evaluations
-            (self.out / "layer0").mkdir(parents=True, exist_ok=True)
-            (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
-                "".join(json.dumps(c) + "\n" for c in stage.candidates))
+            note = f"pool of {len(pool)} tokens from the {where} stage"
         else:
             prof = self.out / "profile" / "profile.json"
             tokens = [r["id"] for r in json.loads(prof.read_text())["tokens"]] if prof.is_file() else []
@@ -299,6 +302,27 @@ class Hunt:
         (self.out / "layer0" / "pool.json").write_text(
             json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         return {"candidates": evaluations, "pool": pool, "sequences": sequences, "route": self.route(), "note": note}
+
+    def _first_module_stage(self):
+        """The first-module stage (search/first_module_stage.py) at the base check's first changed
+        module ('embed' for a whole-model fine-tune): its candidates go to
+        DIR/layer0/first_module_candidates.jsonl; returns (the stage's result, the module's name, the
+        scorer's evaluations). The sweep records only the ranking's own depth: deeper ones cost layers."""
+        from .analysis.delta_projection import DeltaProjectionOptions, delta_projection
+        from .first_module import FirstModuleOptions, FirstModuleScorer, Location
+        from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
+
+        loc = Location.from_first_changed(self.state["stages"]["base_check"]["first_changed"])
+        scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
+            location=loc, template="chat", device=self.options.device, dtype=self.options.dtype))
+        projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
+        k = FirstModuleStageOptions.k
+        stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3),
+                                                                   depths=(k,)), projection=projection, progress=self._say)
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
+            "".join(json.dumps(c) + "\n" for c in stage.candidates))
+        return stage, loc.name, scorer.evaluations
 
     def _run_search(self) -> dict:
         from .search.exhaustive import exhaustive
@@ -518,6 +542,10 @@ class Hunt:
 def _route(check) -> tuple[str, str]:
     """(route, why) from the base check's chosen candidate."""
     fc = check.first_changed
+    if not check.layer0_scores_zero and fc.module == "embed" and _mlp_changed(check):
+        return "whole-model", ("every kind of tensor changed, the embeddings first: the Layer-0 engine's exact scores "
+                               "mix the trigger with the whole fine-tune's drift, so its pool is interleaved with "
+                               "the embedding sweep's (both models from their own embeddings, k layers on)")
     if not check.layer0_scores_zero:
         return "layer0", (f"Layer 0's attention logits changed (first change: {fc.label}): the exact Layer-0 "
                           "engine proposes, as before")
@@ -527,6 +555,10 @@ def _route(check) -> tuple[str, str]:
                                 "hidden states proposes")
     return "profile", (f"{zero}; the first change is {fc.label}, after every layer: the profile's tokens propose "
                        "and the full models judge")
+
+
+def _mlp_changed(check) -> bool:
+    return any(not t.identical for t in check.tensors if t.module == "mlp")
 
 
 def covered(k: int, length: int, done: int) -> int:
