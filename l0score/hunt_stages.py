@@ -30,13 +30,16 @@ def _split(cls, record: dict, renamed: dict | None = None) -> tuple[dict, dict]:
     known, extra = {}, {}
     for key, value in record.items():
         name = renamed.get(key, key)
-        (known if name in names else extra)[name if name in names else key] = value
+        if name in names:
+            known[name] = value
+        else:
+            extra[key] = value
     return known, extra
 
 
-def _build(cls, known: dict, extra: dict | None = None):
+def _build(cls, known: dict, extra: dict):
     try:
-        return cls(**known, **({"extra": extra} if extra is not None else {}))
+        return cls(**known, extra=extra)
     except TypeError as exc:  # a required key is missing
         raise ValueError(f"hunt.json: a {cls.__name__} record lacks a key ({exc})") from None
 
