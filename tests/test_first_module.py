@@ -112,13 +112,14 @@ def _layer_logits(model, layer, ids):
     return seen["S"].numpy()
 
 
+@pytest.mark.parametrize("backend", ["torch", "native", "triton"])
 @pytest.mark.parametrize("region", ["candidate", "all"])
-def test_attention_dS_matches_transformers_layer_logits(variants, region, one_thread):
-    """Per head, layer 2's dS maximum and row KLs equal those of both models' own layer-2 attention logits."""
-    from l0score.first_module.attention import AttentionDifference
-
+def test_attention_dS_matches_transformers_layer_logits(variants, region, backend, one_thread):
+    """Per head, layer 2's dS maximum and row KLs equal those of both models' own layer-2 attention
+    logits, on every backend of the layer-L path (torch reference math, fused native, Triton direct)."""
     scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], location="attn@L2",
-                                               region=region, device="cpu", offsets=(0, 1, 3))
+                                               region=region, device="cpu", offsets=(0, 1, 3), backend=backend)
+    assert (scorer.attention.kernel is None) == (backend == "torch")
     t = scorer.template
     pre = scorer._prefix(t)
     mb, md = _oracle_model(variants["base"]), _oracle_model(variants["attn@L2"])
@@ -152,6 +153,40 @@ def test_attention_dS_matches_transformers_layer_logits(variants, region, one_th
             assert np.abs(stats.head_kl[0].numpy() - np.array(head_kl)).max() <= 1e-4
         assert got.metric("max_abs")[b] == pytest.approx(head_max.max(), abs=1e-4)
         assert got.metric("kl")[b] == pytest.approx(sum(head_kl), abs=1e-4 * len(head_kl))
+
+
+@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize("region", ["candidate", "all"])
+def test_attention_kernel_backends_equal_the_torch_path(variants, region, backend, one_thread):
+    """The fused layer-L paths give the torch path's values (which equal transformers', above) and argmax
+    cells, over mixed candidate lengths (several groups, a repeated token), a head subset, band offsets
+    and both templates (raw: no prefix)."""
+    from l0score.first_module import FirstModuleOptions
+
+    kw = dict(location="attn@L2", region=region, device="cpu", offsets=(0, 2, 5), heads=(1, 2))
+    ref = FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], **kw)
+    fused = FirstModuleScorer(variants["base"], variants["attn@L2"], FirstModuleOptions(**kw, backend=backend),
+                              models=(ref.models["base"], ref.models["dormant"]))
+    cands = [[5], [40, 41, 42], [57, 99, 13], [9, 9, 9, 9, 9], [200, 7, 300, 11, 12, 13, 14, 15, 16]]
+    for template in ("chat", "raw"):
+        want, got = ref.with_template(template).score_batch(cands), fused.with_template(template).score_batch(cands)
+        for m in ref.metrics:
+            assert torch.allclose(got.metric(m), want.metric(m), rtol=1e-5, atol=1e-5), (template, m)
+        view_r, view_f = ref.with_template(template), fused.with_template(template)
+        pre_r, pre_f = view_r._prefix(view_r.template), view_f._prefix(view_f.template)
+        hidden = ref.trunk.run(torch.tensor([cands[-1] + list(view_r.template.suffix_ids)]),
+                               len(view_r.template.prefix_ids), pre_r["trunk"])
+        a, b = ref.attention.run(hidden, 9, pre_r["attn"]), fused.attention.run(hidden, 9, pre_f["attn"])
+        assert torch.equal(a.head_pos, b.head_pos.to(a.head_pos))
+
+
+def test_attention_backend_is_checked(variants, one_thread):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], location="attn@L2", device="cpu",
+                                          backend="cuda")
+    with pytest.raises(ValueError, match="backend apply to attention"):
+        FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", device="cpu",
+                                          backend="native")
 
 
 def test_full_finetune_runs_both_models_from_their_own_embeddings(pair_factory, one_thread):
