@@ -5,10 +5,10 @@ layer L for every dependent row [B, n, d] (candidate then suffix) and the prefix
 "torch" path projects and scores them with reference.score_rows; these classes give the same RowStats
 from the Layer-0 kernels, projecting on the fly instead of reading a token table:
 
-* native: the layer's RMSNorm + Q/K projection by the native blocked GEMM (the token-table builder,
-  _native.build_rows) into a per-batch table whose row b * n + t is candidate b's position t, then
-  _native.score_dependent (RoPE + dS reduction). Not score_table: it shares the suffix rows between
-  candidates, which only holds at layer 0; at layer L a suffix row's q/k depend on the candidate.
+* native: the layer's RMSNorm + Q/K projection (one float32 GEMM per model) into a per-batch table
+  whose row b * n + t is candidate b's position t, then _native.score_dependent (RoPE + dS
+  reduction). Not score_table: it shares the suffix rows between candidates, which only holds at
+  layer 0; at layer L a suffix row's q/k depend on the candidate.
 * triton: kernels/triton/direct.py with the states in place of the embedding and ids b * n + t, so
   RMSNorm, projection, RoPE and reduction run in one kernel (CUDA, or CPU under TRITON_INTERPRET=1).
 
@@ -68,9 +68,7 @@ class NativeLayerRows:
         from .. import _native
 
         self._native, self.shape = _native, shape
-        # per model: (packed cat(Wq, Wk) panels, bias, norm, eps), packed once
-        self.models = [(_native.pack_weights(w.w.contiguous().numpy()), w.bias.contiguous().numpy(),
-                        w.norm.contiguous().numpy(), w.eps) for w in weights]
+        self.models = [LayerWeights(w.norm.cpu(), w.eps, w.w.cpu(), w.bias.cpu()) for w in weights]
         cos, sin = rope_angles(torch.arange(shape.positions), shape.head_dim, shape.theta)
         self.cos, self.sin = cos.contiguous().numpy(), sin.contiguous().numpy()
 
@@ -83,15 +81,16 @@ class NativeLayerRows:
         return tile.numpy()
 
     def project(self, hidden: torch.Tensor) -> tuple[np.ndarray, ...]:
-        """(q_base, k_base, q_dorm, k_dorm) [rows, X * D] of the states [rows, d], by the native GEMM."""
-        s = self.shape
-        x = hidden.float().contiguous().numpy()
-        qd, kd = s.n_heads * s.head_dim, s.n_kv * s.head_dim
+        """(q_base, k_base, q_dorm, k_dorm) [rows, X * D] of the states [rows, d]: RMSNorm and one
+        float32 GEMM per model. torch's GEMM, as on the Layer-0 direct path: the native table builder
+        accumulates in double and is ~3x slower here (docs/first-module.md)."""
+        x = hidden.float()
+        ms = x.pow(2).mean(-1, keepdim=True)
+        qd = self.shape.n_heads * self.shape.head_dim
         out = []
-        for packed, bias, norm, eps in self.models:
-            q, k = np.empty((len(x), qd), np.float32), np.empty((len(x), kd), np.float32)
-            self._native.build_rows(x, norm, eps, packed, bias, qd + kd, qd, q, k, 0)
-            out += [q, k]
+        for w in self.models:
+            qk = torch.addmm(w.bias, w.norm * (x * torch.rsqrt(ms + w.eps)), w.w.T)
+            out += [qk[:, :qd].contiguous().numpy(), qk[:, qd:].contiguous().numpy()]
         return tuple(out)
 
     def score(self, hidden: torch.Tensor, cand_len: int, prefix: np.ndarray, p: int, heads: torch.Tensor,
