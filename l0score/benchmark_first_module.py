@@ -121,10 +121,10 @@ def run_first_module_bench(o: FirstModuleBenchOptions, progress=None) -> FirstMo
 def _attention_rates(res: FirstModuleBenchResult, first, models, cands, o: FirstModuleBenchOptions) -> None:
     """An attention location on backend native too: the whole scorer, and layer L's attention path alone
     (one batch of the same trunk states) on torch and native side by side."""
-    from .backends.native import available
+    from .backends.layer_rows import native_available
     from .first_module import FirstModuleOptions, FirstModuleScorer
 
-    if not available():
+    if not native_available():
         return
     native = FirstModuleScorer(o.base, o.dormant, FirstModuleOptions(location=first.kind, batch_size=o.batch_size,
                                                                     device="cpu", backend="native"), models=models)

@@ -189,6 +189,30 @@ def test_attention_backend_is_checked(variants, one_thread):
                                           backend="native")
 
 
+def test_sweep_and_bench_on_an_attention_location_with_the_native_backend(variants, tmp_path, one_thread):
+    """`sweep --backend native` ranks the vocabulary as the torch path does (same ids, values to 1e-5);
+    `bench --first-module` at an attention location times the layer-L path on torch and native."""
+    import json
+
+    from l0score.cli import main
+
+    pair = ["--base", str(variants["base"]), "--dormant", str(variants["attn@L2"])]
+    ranks = {}
+    for backend in ("torch", "native"):
+        assert main(["sweep", *pair, "--location", "attn@L2", "--depths", "1", "--no-projection", "--device", "cpu",
+                     "--backend", backend, "--top", "20", "--out", str(tmp_path / backend)]) == 0
+        ranks[backend] = json.loads((tmp_path / backend / "sweep.json").read_text())["rankings"]
+    for name in ("max_abs", "kl", "head_max_sum"):
+        want, got = ranks["torch"][name], ranks["native"][name]
+        assert [r["id"] for r in got] == [r["id"] for r in want]
+        assert [r["value"] for r in got] == pytest.approx([r["value"] for r in want], rel=1e-5, abs=1e-6)
+    assert main(["bench", "--first-module", *pair, "--location", "attn@L2", "--candidates", "16",
+                 "--full-candidates", "1", "--sweep-tokens", "8", "--reps", "1", "--k", "0",
+                 "--out", str(tmp_path / "b")]) == 0
+    row = json.loads(next((tmp_path / "b").glob("first_module_*.json")).read_text())
+    assert set(row["rates"]) >= {"first_module", "first_module_native", "attn_layer_torch", "attn_layer_native"}
+
+
 def test_full_finetune_runs_both_models_from_their_own_embeddings(pair_factory, one_thread):
     """Location "embed" (every tensor changed, no shared trunk): div after k layers equals 1 - cos of
     the two models' own hidden_states[k]."""

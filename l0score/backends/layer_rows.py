@@ -55,18 +55,23 @@ def create(backend: str, weights: tuple[LayerWeights, LayerWeights], shape: Head
     return (NativeLayerRows if backend == "native" else TritonLayerRows)(weights, shape, torch.device(device))
 
 
+def native_available() -> bool:
+    """Whether the compiled module has the layer-L kernel (score_dependent)."""
+    from .native import _native, available
+
+    return available() and hasattr(_native, "score_dependent")
+
+
 class NativeLayerRows:
     name = "native"
 
     def __init__(self, weights, shape: HeadShape, device: torch.device):
-        from .native import available
+        from .native import _native  # through backends.native: the one module importing the extension
 
         if device.type != "cpu":
             raise ValueError(f"layer-L backend 'native' runs on the CPU, not {device}")
-        if not available():
-            raise RuntimeError("l0score._native has no scorer: rebuild with `pip install -e .`")
-        from .. import _native
-
+        if not native_available():
+            raise RuntimeError("l0score._native has no score_dependent: rebuild with `pip install -e .`")
         self._native, self.shape = _native, shape
         self.models = [LayerWeights(w.norm.cpu(), w.eps, w.w.cpu(), w.bias.cpu()) for w in weights]
         cos, sin = rope_angles(torch.arange(shape.positions), shape.head_dim, shape.theta)

@@ -89,7 +89,8 @@ def _sequence_options(d) -> None:
     d.add_argument("--minimize", action="store_true", help="also report each top result with tokens dropped while the score holds")
     d.add_argument("--first-module", metavar="LOCATION|auto",
                    help="score on the first changed module instead of Layer 0: mlp@L0, attn@L3, embed, or auto (the "
-                        "base check) (docs/first-module.md)")
+                        "base check); --backend native|triton runs an attention location's dS on the fused kernels "
+                        "(auto: torch) (docs/first-module.md)")
     d.add_argument("--first-module-k", type=int, default=0, help="with --first-module: also run both models k layers on [0]")
 
 
