@@ -22,18 +22,20 @@ CANDS = [[40, 41, 42], [57, 99, 13], [200, 7, 300]]
 def _perturb(model, layer, names, gen, scale=0.3):
     for name in names:
         w = model.get_submodule(f"model.layers.{layer}.{name}").weight
-        w += scale * w.std() * torch.randn(w.shape, generator=gen)
+        size = w.std() if w.std() > 0 else w.abs().mean()  # a norm's weights may all be equal
+        w += scale * size * torch.randn(w.shape, generator=gen)
 
 
 @pytest.fixture(scope="module")
 def variants(pair_factory, tmp_path_factory):
-    """{"base": dir, "mlp@L1": dir, "attn@L2": dir, "same": dir}: dormant copies of a 4-layer base."""
+    """{"base": dir, "mlp@L1": dir, "attn@L2": dir, "attn@L1": dir, "same": dir}: dormant copies of a
+    4-layer base (attn@L1: also layer 1's input norm, so the two models normalise the states differently)."""
     from transformers import AutoModelForCausalLM
 
     src = pair_factory(seed=3, num_hidden_layers=4) / "base"
     out = {"base": src}
     edits = {"mlp@L1": (1, ("mlp.gate_proj", "mlp.down_proj")), "attn@L2": (2, ("self_attn.q_proj", "self_attn.k_proj")),
-             "same": (0, ())}
+             "attn@L1": (1, ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj")), "same": (0, ())}
     for name, (layer, names) in edits.items():
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
         with torch.no_grad():
@@ -113,21 +115,23 @@ def _layer_logits(model, layer, ids):
 
 
 @pytest.mark.parametrize("backend", ["torch", "native", "triton"])
-@pytest.mark.parametrize("region", ["candidate", "all"])
-def test_attention_dS_matches_transformers_layer_logits(variants, region, backend, one_thread):
-    """Per head, layer 2's dS maximum and row KLs equal those of both models' own layer-2 attention
+@pytest.mark.parametrize("region,location", [("candidate", "attn@L2"), ("all", "attn@L2"), ("candidate", "attn@L1"),
+                                             ("all", "attn@L1")])
+def test_attention_dS_matches_transformers_layer_logits(variants, region, location, backend, one_thread):
+    """Per head, layer L's dS maximum and row KLs equal those of both models' own layer-L attention
     logits, on every backend of the layer-L path (torch reference math, fused native, Triton direct)."""
-    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], location="attn@L2",
+    layer = Location.parse(location).layer
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants[location], location=location,
                                                region=region, device="cpu", offsets=(0, 1, 3), backend=backend)
     assert (scorer.attention.kernel is None) == (backend == "torch")
     t = scorer.template
     pre = scorer._prefix(t)
-    mb, md = _oracle_model(variants["base"]), _oracle_model(variants["attn@L2"])
+    mb, md = _oracle_model(variants["base"]), _oracle_model(variants[location])
     got = scorer.score_batch(CANDS)
     for b, cand in enumerate(CANDS):
         ids = list(t.prefix_ids) + cand + list(t.suffix_ids)
         p, c, n = len(t.prefix_ids), len(cand), len(ids)
-        sb, sd = _layer_logits(mb, 2, ids), _layer_logits(md, 2, ids)
+        sb, sd = _layer_logits(mb, layer, ids), _layer_logits(md, layer, ids)
         i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
         inside = lambda x: (x >= p) & (x < p + c)
         scored = (j <= i) & ((inside(i) | inside(j)) if region == "candidate" else True)
