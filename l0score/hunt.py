@@ -321,10 +321,10 @@ class Hunt:
         from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
 
         loc = Location.from_first_changed(self.stages["base_check"].first_changed)
+        k = FirstModuleStageOptions.k  # the embedding has no module difference of its own: k >= 1 there
         scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
-            location=loc, template="chat", device=self.options.device, dtype=self.options.dtype))
+            location=loc, template="chat", device=self.options.device, dtype=self.options.dtype, k=k))
         projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
-        k = FirstModuleStageOptions.k
         stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3),
                                                                    depths=(k,)), projection=projection, progress=self._say)
         (self.out / "layer0").mkdir(parents=True, exist_ok=True)
