@@ -29,8 +29,11 @@ def run(args) -> None:
     options = ReportOptions(base=args.base, dormant=args.dormant, panels=args.panels, heatmaps=args.heatmaps)
     data = collect(args.dir)
     if options.heatmaps and options.panels:  # computed here, drawn by the page from DIR/heatmaps.npz
-        write_heatmaps(data, HeatmapOptions(base=args.base, dormant=args.dormant,
-                                            count=min(options.heatmaps, options.panels)))
+        try:
+            write_heatmaps(data, HeatmapOptions(base=args.base, dormant=args.dormant,
+                                                count=min(options.heatmaps, options.panels)))
+        except OSError as exc:  # e.g. a read-only DIR: the page still renders, drawing what DIR holds
+            console.print(f"heatmaps not written: {exc}")
     out = write_collected(data, args.out, options)
     console.print(f"report: {out} ({len(data.candidates)} candidates, {len(data.files)} files read"
                   + (f", {len(data.problems)} problem(s) listed on the page" if data.problems else "") + ")")
