@@ -1,21 +1,27 @@
 """What a hunt reports, decided here and written to report.json: the ranked candidates with verify's
-measures and their Layer-0 scores, the funnel, the pool, the route and every stage's result.
-report/hunt_summary.py only renders it (summary.md, report.html); nothing in report/ ranks or loads
+measures and their Layer-0 scores, the funnel, the pool, the route and every stage's result, and the
+Layer-0 dS heatmaps of the candidates the page shows (heatmaps.npz, analysis/heatmaps.py).
+report/hunt_summary.py only renders them (summary.md, report.html); nothing in report/ ranks or loads
 a model."""
 from __future__ import annotations
 
 import time
 
+from .analysis.heatmaps import HeatmapOptions, write_heatmaps
 from .hunt_stages import stages_to_json
-from .report.hunt_summary import read_verify_rows, write_hunt_files
+from .report.collect import collect
+from .report.hunt_summary import read_verify_rows, write_hunt_files, write_hunt_page
 
 
 def write_hunt_report(hunt) -> dict:
-    """Rank what the hunt found, attach verify's measures, write report.json, summary.md and the HTML
-    page; returns the report."""
-    from .scorer import Scorer
-
-    return write_hunt_files(build_report(hunt), hunt.out, scorer_loader=Scorer.for_heatmaps)
+    """Rank what the hunt found, attach verify's measures, write report.json and summary.md, the
+    heatmaps of the page's first candidates, and the HTML page; returns the report."""
+    report = write_hunt_files(build_report(hunt), hunt.out)
+    try:  # on the files just written, so the heatmaps are of the candidates the page shows
+        write_heatmaps(collect(hunt.out), HeatmapOptions(base=str(hunt.base), dormant=str(hunt.dormant)))
+    except Exception as exc:  # noqa: BLE001 - a convenience like the page: report.json and summary.md stand
+        report["heatmaps_error"] = f"{type(exc).__name__}: {exc}"
+    return write_hunt_page(report, hunt.out)
 
 
 def build_report(hunt) -> dict:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from l0score.hunt import HuntOptions, hunt
+from l0score.report.view import DEFAULT_HEATMAPS
 
 # Small settings that still prove the point: a 48-token pool, lengths 1-3, 4 candidates verified. The
 # budget is an upper bound (the search ends when every candidate of the pool is scored: ~104k at length 3)
@@ -46,6 +47,16 @@ def test_hunt_ranks_the_trigger_first_and_verify_flags_it(hunted):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["results"][0]["token_ids"] == trigger["trigger_ids"]
     assert "kettle field borrow" in (out / "summary.md").read_text() or trigger["trigger_text"] in (out / "summary.md").read_text()
+
+
+def test_hunt_writes_the_heatmaps_its_page_draws(hunted):
+    """The hunt computes the Layer-0 dS of the page's first candidates (heatmaps.npz); the page draws
+    each of them from that file (tests/test_report.py checks the matrices against transformers)."""
+    report, _, out = hunted
+    index = json.loads((out / "heatmaps.json").read_text())
+    assert index["note"] is None and report["files"]["heatmaps"] == "heatmaps.json"
+    assert [c["token_ids"] for c in index["candidates"]] == [r["token_ids"] for r in report["results"][:DEFAULT_HEATMAPS]]
+    assert (out / "report.html").read_text().count('alt="Layer-0 dS heatmaps"') == len(index["candidates"]) > 0
 
 
 def test_hunt_pool_holds_every_trigger_token(hunted):
