@@ -37,7 +37,7 @@ import torch
 from .hunt_stages import (AnalyzeStage, BaseCheckStage, DriverRun, Fired, MinimizeStage, PoolStage, ProfileStage,
                           ProfileTarget, SearchStage, Shortened, StageResult, VerifyStage, stages_from_json,
                           stages_to_json)
-from .search.pool import build_pool
+from .search.pool import build_pool, interleave
 
 FORMAT = "l0score-hunt"
 VERSION = 1
@@ -66,6 +66,8 @@ class HuntOptions:
     profile / profile_inputs: run the behavioural profile first, over this many inputs [True, 60]
     amplify: alphas of the profile's logit-amplified sampling (judge/amplify.py), whose payloads join its
         targets; () = off [(4.0,): on the real MLP-only control alpha 3-5 said the reply outright]
+    sweep_share: on the whole-model route, the share of the pool's places (in every prefix) that the
+        embedding sweep takes from the Layer-0 pool [0.25]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
         puts the chat template's role names and newline back into the pool) [none]
@@ -90,6 +92,7 @@ class HuntOptions:
     profile: bool = True
     profile_inputs: int = 60
     amplify: tuple[float, ...] = (4.0,)
+    sweep_share: float = 0.25
     verify_top: int = 8
     device: str | None = None
     dtype: str = "float32"
@@ -113,6 +116,8 @@ class HuntOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.profile and self.profile_inputs < 1:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
+        if not 0 <= self.sweep_share <= 1:
+            raise ValueError(f"sweep_share must be in [0, 1], got {self.sweep_share}")
         if self.profile and self.amplify:
             from .judge.amplify import AmplifyOptions
 
@@ -269,7 +274,7 @@ class Hunt:
         swept = None
         if self.route() == "whole-model":  # the drift of every tensor hides the trigger from Layer 0 alone
             swept, _, swept_evaluations = self._first_module_stage()
-            ranked = rank_union([ranked, swept.pool])
+            ranked = interleave(ranked, swept.pool, self.options.sweep_share, len(ranked) + len(swept.pool))
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
