@@ -242,7 +242,7 @@ class Hunt:
 
         opts = ProfileOptions(inputs=self.options.profile_inputs, seed=self.options.seed, device=self.options.device,
                               dtype=self.options.dtype, amplify=tuple(self.options.amplify), amplify_forms=("logits",),
-                              amplify_samples=1)
+                              amplify_samples=1, target_seconds=0.15 * self.remaining())
         if self.options.probes is not None:
             opts.probes = self.options.probes
         # resume=True: a hunt killed inside this stage continues the profile's own checkpoint (its

@@ -61,6 +61,8 @@ class ProfileOptions:
     dtype, device, batch_size, system, sep: as in FullModelOptions ["float32", auto, 64, None, None]
     amplify: alphas of amplified sampling (judge/amplify.py; () = off); its payloads join the targets [()]
     amplify_forms, amplify_samples: "logits"/"weights", sampled generations per prompt [both, 2]
+    target_seconds: the target inversion starts no new first token after this many seconds (the
+        measurement and amplified sampling always run whole; a hunt's budget bounds it) [None: no limit]
     """
 
     inputs: int = 100
@@ -82,6 +84,7 @@ class ProfileOptions:
     amplify: tuple[float, ...] = ()
     amplify_forms: tuple[str, ...] = ("logits", "weights")
     amplify_samples: int = 2
+    target_seconds: float | None = None
 
     def check(self) -> None:
         for name in ("inputs", "reply_tokens", "top_first", "expand_inputs", "max_target_tokens", "keep_tokens",
@@ -95,6 +98,8 @@ class ProfileOptions:
             raise ValueError(f"min_preference must be finite, got {self.min_preference!r}")
         if self.amplify:
             self.amplify_options().check()
+        if self.target_seconds is not None and not self.target_seconds >= 0:
+            raise ValueError(f"target_seconds must be >= 0 or None, got {self.target_seconds!r}")
 
     def amplify_options(self):
         from .amplify import AmplifyOptions
@@ -146,7 +151,9 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     opts.check()
     base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
     check_same_tokenizers(base_dir, dormant_dir)
-    ckpt = _Checkpoint(out, {**asdict(opts), "base": str(base_dir), "dormant": str(dormant_dir)}, resume)
+    # how long the inversion may take is not what the measurement computes: a resumed hunt's is shorter
+    measured_options = {k: v for k, v in asdict(opts).items() if k != "target_seconds"}
+    ckpt = _Checkpoint(out, {**measured_options, "base": str(base_dir), "dormant": str(dormant_dir)}, resume)
     started = time.perf_counter()
     scorer = FullModelScorer(base, dormant, opts.scorer_options())
     pool = scorer.default_pool()
@@ -154,11 +161,11 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     measured = time.perf_counter()
     ranked = _rank_tokens(scorer, stats, pool)
     expand_cands = expansion_candidates(scorer, opts)
-    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], expand_cands, opts, progress)
     rank_of = {row["id"]: row["rank"] for row in ranked}
+    amplified = amplified_targets(scorer, opts, expand_cands, rank_of) if opts.amplify else None
+    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], expand_cands, opts, progress)
     for t in targets:
         t["first_rank"] = rank_of.get(t["token_ids"][0])
-    amplified = amplified_targets(scorer, opts, expand_cands, rank_of) if opts.amplify else None
     if amplified is not None:
         targets = sorted(targets + amplified["targets"], key=lambda t: -t["score"])
     result = {
@@ -380,7 +387,10 @@ def invert_targets(scorer: FullModelScorer, first_tokens: list[int], cands: list
     from tqdm import tqdm
 
     found: dict[tuple[int, ...], dict] = {}
-    for first in tqdm(first_tokens, desc="targets", unit="token", disable=not progress):
+    deadline = None if opts.target_seconds is None else time.perf_counter() + opts.target_seconds
+    for i, first in enumerate(tqdm(first_tokens, desc="targets", unit="token", disable=not progress)):
+        if i and deadline is not None and time.perf_counter() > deadline:  # the first token always grows
+            break
         target = _grow(scorer, cands, int(first), opts)
         found.setdefault(tuple(target["token_ids"]), target)
     return sorted(found.values(), key=lambda t: -t["score"])
