@@ -18,14 +18,6 @@ namespace {
 
 using namespace rows;
 
-struct Work {
-  AlignedBuf q, k, sb, sd, tmp;
-  std::vector<KeyVec> vecs;
-  std::vector<Soft> st;
-  std::vector<Best> best;
-  std::vector<KlAcc> kl;
-};
-
 // The key positions of row t (absolute position p + t) and which of them the max-type metrics see.
 inline int row_ranges(int p, int t, int c, int cand_start, bool region_all, Range* out) {
   if (t < c || region_all) {
@@ -39,7 +31,7 @@ inline int row_ranges(int p, int t, int c, int cand_start, bool region_all, Rang
 }
 
 template <typename T>
-void score_rows_of(const Problem<T>& P, const int64_t* ids, int c, int d, Work& ws, float* out_max,
+void score_rows_of(const Problem<T>& P, const int64_t* ids, int c, int d, RowScratch& ws, float* out_max,
                    int64_t* out_pos, float* out_kl, float* out_band) {
   const int D = int(P.D), Hs = P.Hs, ng = int(P.groups.size()), p = P.p;
   const int dpad = ceil_to(d, NARROW);
@@ -124,7 +116,7 @@ py::tuple score_dependent(py::array q_base, py::array k_base, py::array q_dorm, 
                rev_baseline, offsets, region_all, max_dep, [&](const auto& P) {
 #pragma omp parallel
                  {
-                   Work ws;
+                   RowScratch ws;
 #pragma omp for schedule(dynamic, 1)
                    for (int64_t b = 0; b < B; ++b)
                      score_rows_of(P, idp + b * W, int(cl[b]), int(dl[b]), ws, out.max + b * Hs,

@@ -314,6 +314,16 @@ struct KlAcc {
   double value() const { return lin + std::log(prod); }
 };
 
+// Per-thread scratch of a candidate's scoring: rotated q/k, both models' logits, softmax states,
+// best cells, KL accumulators (score_table's and score_dependent's workspaces extend it).
+struct RowScratch {
+  AlignedBuf q, k, sb, sd, tmp;
+  std::vector<KeyVec> vecs;
+  std::vector<Soft> st;
+  std::vector<Best> best;
+  std::vector<KlAcc> kl;
+};
+
 inline float tof(float x) { return x; }
 inline float tof(uint16_t x) { return bf16_to_f32(x); }
 

@@ -22,12 +22,7 @@ namespace {
 
 using namespace rows;
 
-struct Workspace {
-  AlignedBuf q, k, sb, sd, tmp;
-  std::vector<KeyVec> vecs;
-  std::vector<Soft> st;
-  std::vector<Best> best;
-  std::vector<KlAcc> kl;
+struct Workspace : RowScratch {
   int sink = 0;
   // 0: no software prefetch; 1: next row's lines, one request per 128 bytes; 2: per 64 bytes;
   // 3 (default): 1 plus one load per 4 KiB page of the next candidate's rows at its start.
