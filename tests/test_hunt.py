@@ -146,8 +146,11 @@ def test_hunt_rejects_pairs_whose_tokenizers_differ(trained, tmp_path):
 # (measured on this pool: 1 of seeds 0-5, seed 1); the test fixes seed 1 so that it checks the path
 # the profile opens (the fire check, the skipped exhaustive stage, the ranking), not coord's hit rate.
 # force: the trained controls are full fine-tunes, which the base check calls a different model.
+# The seed was measured on the Layer-0 pool and the inverted targets alone: the whole-model route's
+# embedding sweep (sweep_share) and the amplified targets change coord's pool and objective, and with
+# them seed 1 did not reach the trigger (measured 2026-12-02), so this test keeps them out.
 PROFILED = dict(seconds=1500, max_length=3, max_pool=64, verify_top=4, profile=True, profile_inputs=60,
-                progress=False, threads=1, seed=1, force=True)
+                progress=False, threads=1, seed=1, force=True, sweep_share=0.0, amplify=())
 
 
 @pytest.fixture(scope="module")
