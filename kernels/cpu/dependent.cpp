@@ -57,15 +57,7 @@ void score_rows_of(const Problem<T>& P, const int64_t* ids, int c, int d, RowScr
     const int nr = row_ranges(p, t, c, P.cand_start, P.region_all, ranges);
     for (int gi = 0; gi < ng; ++gi) {
       const Group& gr = P.groups[gi];
-      for (int h = 0; h < gr.nh; ++h) {
-        const int64_t head = P.heads[gr.h0 + h];
-        rope(P.qrow(0, ids[t], head), P.cs(pos), P.sn(pos), D, qb + size_t(h) * D);
-        rope(P.qrow(1, ids[t], head), P.cs(pos), P.sn(pos), D, qd + size_t(h) * D);
-      }
-      const float* kb = K + (size_t(0) * ng + gi) * D * dpad;
-      const float* kd = K + (size_t(1) * ng + gi) * D * dpad;
-      int nv = P.prefix_vecs(gr.g, vecs);
-      for (int v = 0; v * NARROW <= t; ++v) vecs[nv++] = {kb + v * NARROW, kd + v * NARROW, dpad, p + v * NARROW, NARROW};
+      const int nv = P.row_inputs(gi, ids[t], pos, t, K, ng, dpad, qb, qd, vecs);
       row_logits(qb, qd, gr.nh, D, vecs, nv, P.scale, Sb, Sd, sstride);
       std::fill_n(ws.st.data(), gr.nh, SOFT_EMPTY);
       reduce_row(Sb, Sd, sstride, gr.nh, ranges, nr, pos, P.rb_group(gr), P.rbstride, P.M, ws.st.data(),
