@@ -457,12 +457,18 @@ class Hunt:
         return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
 
     def verify_candidates(self) -> list[list[int]]:
-        """The minimised best first, then the best by score, skipping any candidate that contains one
-        already chosen (a trigger plus a spare token would crowd out other hypotheses)."""
+        """The target route's fired candidate, the minimised best, then the best by score, skipping any
+        candidate that contains one already chosen without scoring at least twice as high: a trigger
+        plus a spare token would crowd out other hypotheses, but a minimised fragment must not hide the
+        whole trigger (on the real MLP-only control ' hollow', KL 1.5, hid ' hollow piano', KL 16.0)."""
+        search = self.stages.get("search")
+        fired = [search.fired.token_ids] if search is not None and search.fired is not None else []
+        score = {tuple(r["token_ids"]): r["score"] for r in self.collect()}
         shortened = [s.token_ids for s in self._shortened()]
         chosen: list[list[int]] = []
-        for ids in shortened + [r["token_ids"] for r in self.collect()]:
-            if not any(_contains(ids, c) for c in chosen):
+        for ids in fired + shortened + [r["token_ids"] for r in self.collect()]:
+            mine = score.get(tuple(ids), 0.0)
+            if not any(ids == c or (_contains(ids, c) and mine < 2 * score.get(tuple(c), 0.0)) for c in chosen):
                 chosen.append(ids)
             if len(chosen) == self.options.verify_top:
                 break
