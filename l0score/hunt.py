@@ -271,10 +271,11 @@ class Hunt:
         sources = analysis.seed_sources
         allowed = set(self._allowed_pool())
         ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis.seed_tokens])
-        swept = None
-        if self.route() == "whole-model":  # the drift of every tensor hides the trigger from Layer 0 alone
+        evaluations, whole_model = scorer.evaluations, self.route() == "whole-model"
+        if whole_model:  # the drift of every tensor hides the trigger from Layer 0 alone
             swept, _, swept_evaluations = self._first_module_stage()
             ranked = interleave(ranked, swept.pool, self.options.sweep_share, len(ranked) + len(swept.pool))
+            evaluations += swept_evaluations
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
@@ -283,10 +284,9 @@ class Hunt:
         tok = scorer.pair.tokenizer
         (layer0 / "pool.json").write_text(json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         (layer0 / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in stage.candidates))
-        note = f"pool of {len(pool)} tokens" + (" (Layer-0 stage and embedding sweep interleaved)" if swept else "")
+        note = f"pool of {len(pool)} tokens" + (" (Layer-0 stage and embedding sweep interleaved)" if whole_model else "")
         if stage.candidates:
             note += f"; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
-        evaluations = scorer.evaluations + (swept_evaluations if swept else 0)
         return PoolStage(candidates=evaluations, pool=pool, note=note,
                          sequences=[c["token_ids"] for c in stage.candidates[:10]])
 
@@ -463,10 +463,11 @@ class Hunt:
         whole trigger (on the real MLP-only control ' hollow', KL 1.5, hid ' hollow piano', KL 16.0)."""
         search = self.stages.get("search")
         fired = [search.fired.token_ids] if search is not None and search.fired is not None else []
-        score = {tuple(r["token_ids"]): r["score"] for r in self.collect()}
+        rows = self.collect()  # reads every search file: once
+        score = {tuple(r["token_ids"]): r["score"] for r in rows}
         shortened = [s.token_ids for s in self._shortened()]
         chosen: list[list[int]] = []
-        for ids in fired + shortened + [r["token_ids"] for r in self.collect()]:
+        for ids in fired + shortened + [r["token_ids"] for r in rows]:
             mine = score.get(tuple(ids), 0.0)
             if not any(ids == c or (_contains(ids, c) and mine < 2 * score.get(tuple(c), 0.0)) for c in chosen):
                 chosen.append(ids)
