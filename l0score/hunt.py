@@ -46,6 +46,9 @@ ROUTES = ("layer0", "whole-model", "first-module", "profile")  # who proposes th
 HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt's objective may weigh
 
 
+# the search budget's share of the target route: on the real controls it was the route that found a
+# trigger (docs/hunt.md); a fifth left it one coord length before the fire check ran out of time
+TARGET_SHARE = 0.4
 # options added after hunt.json's format was fixed (_load_state)
 LATER_OPTIONS = ("interactions", "interaction_share")
 
@@ -378,7 +381,7 @@ class Hunt:
         pool = self.stages["layer0"].pool
         budget = self.remaining() - self._verify_reserve()
         t0 = time.monotonic()
-        runs, fired = self._target_search(pool, 0.2 * budget)
+        runs, fired = self._target_search(pool, TARGET_SHARE * budget)
         used = sum(r.candidates for r in runs)
         if fired is not None:
             return SearchStage(candidates=used, runs=runs, fired=fired,
@@ -441,9 +444,11 @@ class Hunt:
         return runs, None
 
     def _target_fired(self, runs: list[DriverRun]) -> Fired | None:
-        """The best target-route candidate that flips in verify *and* makes the dormant's reply start
-        like one of the profiled targets (their first 8 characters) on at least half of the prompts
-        (None when none does): then the target was reached and the exhaustive search is skipped."""
+        """The best target-route candidate that makes the dormant's reply start like one of the profiled
+        targets (their first 8 characters) on at least half of the prompts *and* flips in verify against
+        its null (None when none does): then the target was reached and the exhaustive search is skipped.
+        The first test generates for the route's three best candidates only; the null's random
+        candidates (minutes with two real models) are generated only for one that passes it."""
         from .judge.verify import verify
 
         rows = sorted((json.loads(x) for r in runs for x in (self.out / r.file).read_text().splitlines()),
@@ -451,17 +456,22 @@ class Hunt:
         if not rows:
             return None
         targets = self._targets()
-        rep = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
-                     out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
-                     max_new_tokens=max(len(t.token_ids) for t in targets) + 2, progress=False,
-                     null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
-                     system_prompts=self.options.systems(), executor=self.executor)
         heads = [t.text.strip()[:8] for t in targets if t.text.strip()]
-        for r in rep["results"]:
-            hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
-            if r["flip"] and not r["template_injection"] and sum(hits) >= len(hits) / 2:
-                return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"])
-        return None
+        kw = dict(device=self.options.device, dtype=self.options.dtype, progress=False,
+                  max_new_tokens=max(len(t.token_ids) for t in targets) + 2, system_prompts=self.options.systems(),
+                  executor=self.executor)
+        say = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
+                     out=self.out / "search" / "target-says.json", null_samples=0, **kw)
+        reached = [r["token_ids"] for r in say["results"] if not r["template_injection"]
+                   and sum(any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"])
+                   >= len(r["probes"]) / 2]
+        if not reached:
+            return None
+        rep = verify(self.base, self.dormant, reached[:1], self.options_probes(),
+                     out=self.out / "search" / "target-check.json", null_samples=self.options.null_samples,
+                     null_pool=self.stages["layer0"].pool, **kw)
+        r = rep["results"][0]
+        return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r["flip"] else None
 
     def _targets(self) -> list[ProfileTarget]:
         """The profile's top targets ([] when the profile did not run)."""
