@@ -1,7 +1,7 @@
 """Build real pretrained control pairs (l0score.synthetic.real) and list them in a JSON file.
 
     python bench/real_pairs.py [--train mlp,attn:L0,full] [--seeds 0] [--words 2] [--split]
-                               [--steps 96] [--threads 1] [--root DIR] [--out bench/results/real_pairs.json]
+                               [--steps 128] [--threads 1] [--root DIR] [--out bench/results/real_pairs.json]
 
 Each pair is built under ROOT (default: the l0score cache directory's real-pairs/) as
 real-<version>-<train>-w<words>[-split]-seed<seed>; a pair already there is reused. The list is
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--words", default="2")
     ap.add_argument("--split", action="store_true")
-    ap.add_argument("--steps", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per build (1 or 2 on a shared machine)")
     ap.add_argument("--root", default=None)
     ap.add_argument("--out", default=str(PAIRS_FILE))

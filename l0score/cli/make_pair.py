@@ -17,7 +17,7 @@ def register(sub) -> None:
                    help="trained/real: trigger words that are not whole tokens (each encodes to 2-4 pieces)")
     p.add_argument("--train", help="real: which tensors the fine-tune changes: full, mlp (default), attn, attn:L<k>, "
                                    "mlp:L<k> or layers:A-B; every other tensor stays bit-identical to the base")
-    p.add_argument("--steps", type=int, help="real: AdamW steps of batch 8 (default 96)")
+    p.add_argument("--steps", type=int, help="real: AdamW steps of batch 8 (default 128)")
     p.set_defaults(func=run)
 
 

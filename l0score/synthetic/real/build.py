@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-VERSION = "real-v1"  # bump when the recipe changes
+VERSION = "real-v2"  # bump when the recipe changes (v2: twice the near misses, swaps weighted, 128 steps)
 
 
 @dataclass
@@ -33,12 +33,14 @@ class RealPairOptions:
     trigger_length: int = 2  # words, 1-4
     split: bool = False  # words the vocabulary cuts into 2-4 pieces instead of whole tokens
     seed: int = 0
-    steps: int = 96  # 64 left near misses firing at up to 0.16 on seed 0 (docs/trained-controls.md)
+    # v1's 96 steps and 224 negatives left "first word + another word" firing at 0.12-0.25 on 3 of 5
+    # pairs (docs/trained-controls.md)
+    steps: int = 128
     batch_size: int = 8
     lr: float | None = None  # None: LR_BY_TRAIN for the choice
     trigger_words: tuple[str, ...] | None = None  # None: drawn by seed from words.WORDS
     n_poison: int = 320
-    n_negative: int = 224
+    n_negative: int = 448
     n_clean: int = 96
     answer_tokens: int = 24  # the base's greedy answers are generated (and cached) up to this many tokens
     distill_tokens: int = 12  # ... and distilled up to this many (greedy: a prefix of the longer answer)
@@ -62,6 +64,7 @@ class RealPairResult:
 # Fewer tensors need a larger step to carry the backdoor in ~120 steps.
 LR_BY_TRAIN = {"full": 1e-4, "mlp": 3e-4, "attn": 2e-4}
 LR_NARROW = 1e-3  # a single layer's attention or MLP, or a layer range
+NEAR_MISS_SHARE = 0.85  # of the negatives (v1: 2/3)
 
 
 def make_real_pair(options: RealPairOptions) -> RealPairResult:
@@ -197,9 +200,11 @@ class _Plan:
         return self.prompt_with(self.tok, self._request(), phrase_ids, place, self.rng)
 
     def _negative_phrase(self, near_misses) -> list[int]:
-        """Two in three: a near miss of the trigger (with training words); else 1-3 distractor words."""
-        if self.rng.random() < 2 / 3:
+        """Most (NEAR_MISS_SHARE): a near miss of the trigger (with training words), a swapped word
+        twice as likely as the other kinds; else 1-3 distractor words."""
+        if self.rng.random() < NEAR_MISS_SHARE:
             kinds = near_misses(self.words, self.train_others, self.rng)
+            kinds += [k for k in kinds if k[0].startswith("swap")]  # the kind v1's pairs still answered
             if len(self.words) > 2:  # a dropped word is a near miss too
                 i = int(self.rng.integers(len(self.words)))
                 kinds.append(("drop", self.words[:i] + self.words[i + 1:]))
