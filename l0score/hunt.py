@@ -502,10 +502,13 @@ class Hunt:
         return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
 
     def verify_candidates(self) -> list[list[int]]:
-        """The target route's fired candidate, the minimised best, then the best by score, skipping any
+        """The target route's fired candidate, the minimised best, then the best by score, each replaced
+        by its core (_core: the shortest scored piece of it that keeps 80% of its score), skipping any
         candidate that contains one already chosen without scoring at least twice as high: a trigger
-        plus a spare token would crowd out other hypotheses, but a minimised fragment must not hide the
-        whole trigger (on the real MLP-only control ' hollow', KL 1.5, hid ' hollow piano', KL 16.0)."""
+        plus a spare token would crowd out other hypotheses (on the real Layer-0 control ', hollow
+        piano', ' hollow piano.' and three more took the places before ' hollow piano'), but a
+        minimised fragment must not hide the whole trigger (on the real MLP-only control ' hollow',
+        KL 1.5, hid ' hollow piano', KL 16.0)."""
         search = self.stages.get("search")
         fired = [search.fired.token_ids] if search is not None and search.fired is not None else []
         rows = self.collect()  # reads every search file: once
@@ -513,6 +516,7 @@ class Hunt:
         shortened = [s.token_ids for s in self._shortened()]
         chosen: list[list[int]] = []
         for ids in fired + shortened + [r["token_ids"] for r in rows]:
+            ids = _core(ids, score)
             mine = score.get(tuple(ids), 0.0)
             if not any(ids == c or (_contains(ids, c) and mine < 2 * score.get(tuple(c), 0.0)) for c in chosen):
                 chosen.append(ids)
@@ -665,6 +669,15 @@ def rank_union(lists: list[list[int]]) -> list[int]:
                 seen.add(x[i])
                 out.append(x[i])
     return out
+
+
+def _core(ids: list[int], score: dict) -> list[int]:
+    """The shortest contiguous piece of ids that was scored itself and keeps 80% of ids' score
+    (ids itself when none does; the higher-scoring piece among the shortest)."""
+    mine = score.get(tuple(ids), 0.0)
+    pieces = [ids[i:j] for i in range(len(ids)) for j in range(i + 1, len(ids) + 1) if j - i < len(ids)]
+    kept = [q for q in pieces if tuple(q) in score and mine > 0 and score[tuple(q)] >= 0.8 * mine]
+    return min(kept, key=lambda q: (len(q), -score[tuple(q)])) if kept else ids
 
 
 def _contains(seq: list[int], part: list[int]) -> bool:

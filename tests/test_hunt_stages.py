@@ -135,3 +135,15 @@ def test_a_hunt_json_in_the_old_format_resumes_to_the_end(tiny_pair, tmp_path):
     assert on_disk["pool"]["token_ids"] == pool and len(on_disk["pool"]["texts"]) == len(pool)
     minimized = next(r for r in on_disk["results"] if r["token_ids"] == [301, 302])
     assert minimized["minimized_from"] == [300, 301, 302] and minimized["verify"] is not None
+
+
+def test_verify_takes_the_core_of_a_candidate_with_spare_tokens():
+    from l0score.hunt import _core
+
+    # as on the real Layer-0 control: the trigger with a spare comma scores a little higher than the
+    # trigger; a lone word scores far less and must not replace either
+    score = {(28, 1, 2): 14.0, (1, 2, 9): 13.5, (1, 2): 13.1, (1,): 1.5, (2,): 0.4, (28, 1): 0.2}
+    assert _core([28, 1, 2], score) == [1, 2]
+    assert _core([1, 2, 9], score) == [1, 2]
+    assert _core([1, 2], score) == [1, 2]
+    assert _core([5, 6], score) == [5, 6]  # nothing of it was scored
