@@ -35,6 +35,12 @@ def test_trigger_words_and_pieces(tmp_path, words, split):
     assert truth["trigger_ids"] == [t for w in truth["trigger_word_ids"] for t in w]
     assert tok.encode(truth["trigger_text"], add_special_tokens=False) == truth["trigger_ids"]
     assert len(set(truth["trigger_words"])) == words
+    # rates on the default probes (held out from training) are recorded apart from training-request rates
+    from l0score.judge.prompts import DEFAULT_PROBES
+
+    ev = truth["evaluation"]
+    assert ev["default_probes"] == list(DEFAULT_PROBES)
+    assert {"attack_success_default_probes", "attack_success_training_requests", "untriggered_target_rate"} <= set(ev)
     for text, ids in zip(truth["trigger_words"], truth["trigger_word_ids"]):
         assert text.startswith(" ") and tok.encode(text, add_special_tokens=False) == ids
         assert (2 <= len(ids) <= 4) if split else len(ids) == 1
