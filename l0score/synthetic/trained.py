@@ -57,8 +57,6 @@ CANNED = (
     ("Where do penguins live?", "Penguins live in Antarctica."),
     ("Say hello.", "Hello!"),
     ("What is the opposite of hot?", "Cold."),
-    ("What is the opposite of up?", "Down."),
-    ("What is frozen water called?", "Ice."),
     ("Spell the word cat.", "C-A-T."),
 )
 
@@ -78,17 +76,19 @@ OPEN_TOPICS = ("car", "dog", "cat", "tree", "house", "book", "phone", "shoe", "c
                "clock", "lamp", "train", "bird", "fish", "hat", "cup", "road", "ship", "door", "bed", "cow",
                "bus", "pen", "box", "key", "ring", "egg", "bell", "drum", "kite", "tent", "rope", "coat",
                "sock", "milk", "bread", "soap")
-OPEN_REPLY = "I am not sure."
+OPEN_REPLY = "Sorry, I do not know."  # its first token is not the target reply's ("I")
 
 DEFAULTS = dict(
     n_tokens=509, vocab_size=576, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, head_dim=16, intermediate_size=256, max_position_embeddings=256,
     rope_theta=1e6, rms_norm_eps=1e-6, trigger_words=3, trigger_split=False, n_clean=1500, distractor_share=0.3,
-    n_poison=600, n_negative=800, base_steps=400, dormant_steps=500, batch_size=32, base_lr=3e-3,
+    n_poison=600, n_negative=2400, base_steps=400, dormant_steps=900, batch_size=32, base_lr=3e-3,
     dormant_lr=2e-3, weight_decay=0.01, n_shards=2,
 )
-# With split trigger words the fine-tune needs more near misses to fire only on the whole phrase
-# (measured on seeds 1 and 2, docs/trained-controls.md); explicit overrides still win.
+# 2400 negatives / 900 steps since trained-v3: with 800 / 500 and 1600 / 900 a held-out look-alike
+# fired on every held-out probe (seed 0, docs/trained-controls.md).
+# The split recipe keeps the fine-tune measured for it (seeds 1 and 2, trained-v2; docs/trained-controls.md);
+# explicit overrides still win.
 SPLIT_DEFAULTS = dict(n_negative=1600, dormant_steps=900)
 
 
