@@ -30,8 +30,9 @@ def hunt_one(pair_dir: Path, out: Path, seconds: float, profile: bool) -> dict:
     from l0score.hunt import HuntOptions, hunt
 
     t0 = time.monotonic()
+    # a hunt killed midway resumes from its checkpoints; its time so far counts against the budget
     hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, threads=1,
-                                                                     progress=False))
+                                                                     progress=False), resume=(out / "hunt.json").exists())
     row = summarize(pair_dir, out, profile, time.monotonic() - t0)
     if (pair_dir / "heldout_probes.txt").is_file() and row["top_ids"]:
         row["top_fires_heldout"] = heldout_fire_rate(pair_dir, row["top_ids"])
@@ -62,25 +63,37 @@ def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
     truth = json.loads((pair_dir / "trigger.json").read_text())
     trig = truth["trigger_ids"]
     state = json.loads((out / "hunt.json").read_text())
-    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    # a fine-tune that leaves Layer 0 bit-identical skips the Layer-0 analysis: no seeds
+    analysis_file = out / "analysis" / "analysis.json"
+    analysis = json.loads(analysis_file.read_text()) if analysis_file.is_file() else {}
+    fm_file = out / "layer0" / "first_module_candidates.jsonl"
+    fm_top = [json.loads(x)["token_ids"] for x in fm_file.read_text().splitlines()] if fm_file.is_file() else []
     top = report["results"][0] if report["results"] else {}
     words = [w.strip() for w in truth.get("trigger_words", [truth["trigger_text"]])]
     rank = next((r["rank"] for r in report["results"] if r["token_ids"] == trig), None)
     return {
         "pair": str(pair_dir), "trigger": truth["trigger_text"], "trigger_ids": trig, "split": truth.get("split", False),
-        "words": len(words), "profile": profile, "seconds": round(wall, 1),
+        "words": len(words), "profile": profile, "seconds": round(state.get("elapsed", wall), 1),
         "trigger_rank": rank, "top": top.get("text"), "top_ids": top.get("token_ids"),
         "top_flip": bool((top.get("verify") or {}).get("flip")),
         "top_holds_words_in_order": _in_order(top.get("text") or "", words),
-        # a fine-tune that leaves Layer 0 bit-identical has no seeds and may skip the Layer-0 stage
+        "route": state["stages"].get("base_check", {}).get("route"),
         "seed_positions": positions((analysis.get("seed_tokens_by_source") or {}).get("alignment", []), trig),
         "pool_positions": positions(state["stages"].get("layer0", {}).get("pool", []), trig),
         "pool_size": len(state["stages"].get("layer0", {}).get("pool", [])),
+        "first_module_top": fm_top[:3],
+        "first_module_holds_trigger": any(_contains(c, trig) for c in fm_top),
         "targets": [t["text"] for t in state["stages"].get("profile", {}).get("targets", [])],
+        "target_is_reply": any(truth.get("target_reply", "\0").startswith(t["text"].strip()[:8])
+                               for t in state["stages"].get("profile", {}).get("targets", []) if t["text"].strip()),
         "reply": truth.get("target_reply"),
         "stages": {k: {"seconds": v.get("seconds"), "candidates": v.get("candidates")} for k, v in state["stages"].items()},
         "search_runs": state["stages"].get("search", {}).get("runs"),
     }
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 def _in_order(text: str, words: list[str]) -> bool:
@@ -103,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated indices of pairs to run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--work", default="/tmp/hunt-bench")
+    ap.add_argument("--tag", help="name of this run (results file and work directories); a run started again "
+                                  "with the same tag resumes its hunts and skips the pairs it finished")
     args = ap.parse_args(argv)
     builder = "bench/real_pairs.py" if args.real else "bench/trained_pairs.py"
     args.pairs = args.pairs or str(Path(__file__).parent / "results" / ("real_pairs.json" if args.real else "trained_pairs.json"))
@@ -115,13 +130,15 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"pair directories missing ({', '.join(missing)}): rebuild them with "
                          f"python {builder} --out {args.pairs}")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = args.tag or time.strftime("%Y%m%d-%H%M%S")
     out_file = Path(args.out) / f"hunt-{stamp}.json"
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads(out_file.read_text())["rows"] if args.tag and out_file.is_file() else []
     for n, p in enumerate(pairs):
         for profile in ((True, False) if args.compare_profile else (True,)):
-            work = Path(args.work) / f"{stamp}-{n}-{'profile' if profile else 'noprofile'}"
+            if any(r["pair"] == str(Path(p["dir"])) and r["profile"] == profile for r in rows):
+                continue
+            work = Path(args.work) / f"{stamp}-{Path(p['dir']).name}-{'profile' if profile else 'noprofile'}"
             row = hunt_one(Path(p["dir"]), work, args.seconds, profile)
             rows.append(row)
             out_file.write_text(json.dumps({"seconds_budget": args.seconds, "rows": rows}, indent=1))

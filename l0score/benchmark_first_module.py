@@ -5,7 +5,9 @@ Measured on one pair (a real control): candidates/s of `FirstModuleScorer` (trun
 k = 0, and with the divergence k layers on) and of `FullModelScorer` with its defaults (3 probes x 2
 placements, KV cache of the prompt prefix) and with one context (the same prompt count as the
 first-module scorer: one placement per candidate), on the same random candidates; the sweep's
-tokens/s over a slice of the vocabulary. Timings take the best of ``repeats`` runs after a warm-up.
+tokens/s over a slice of the vocabulary. At an attention location also the scorer on backend "native"
+and layer L's attention path alone on torch and native. Timings take the best of ``repeats`` runs
+after a warm-up.
 """
 from __future__ import annotations
 
@@ -89,6 +91,8 @@ def run_first_module_bench(o: FirstModuleBenchOptions, progress=None) -> FirstMo
                                                          for k, v in asdict(o).items()})
         say(f"first-module scorer ({location}) on {o.n_first} candidates")
         res.rates["first_module"] = _best_rate(lambda: first.score_batch(cands[:o.n_first]), o.n_first, o.repeats)
+        if location.startswith("attn"):
+            _attention_rates(res, first, models, cands[:o.n_first], o)
         if o.k:
             deep = FirstModuleScorer(o.base, o.dormant, FirstModuleOptions(location=location, k=o.k, device="cpu",
                                                                           batch_size=o.batch_size), models=models)
@@ -105,12 +109,34 @@ def run_first_module_bench(o: FirstModuleBenchOptions, progress=None) -> FirstMo
         res.rates["sweep_tokens"] = _best_rate(lambda: sweep(first, SweepOptions(depths=(), pool=tokens,
                                                                                  batch_size=o.batch_size * 2)),
                                                len(tokens), 1)
-        res.speedup = {name: res.rates["first_module"] / res.rates[name] for name in ("full_model", "full_model_one_context")}
+        res.speedup.update({name: res.rates["first_module"] / res.rates[name]
+                            for name in ("full_model", "full_model_one_context")})
     finally:
         torch.set_num_threads(saved_threads)
     if o.out_dir is not None:
         write(res, o.out_dir)
     return res
+
+
+def _attention_rates(res: FirstModuleBenchResult, first, models, cands, o: FirstModuleBenchOptions) -> None:
+    """An attention location on backend native too: the whole scorer, and layer L's attention path alone
+    (one batch of the same trunk states) on torch and native side by side."""
+    from .backends.layer_rows import native_available
+    from .first_module import FirstModuleOptions, FirstModuleScorer
+
+    if not native_available():
+        return
+    native = FirstModuleScorer(o.base, o.dormant, FirstModuleOptions(location=first.kind, batch_size=o.batch_size,
+                                                                    device="cpu", backend="native"), models=models)
+    res.rates["first_module_native"] = _best_rate(lambda: native.score_batch(cands), len(cands), o.repeats)
+    t = first.template
+    batch = torch.as_tensor(cands[:o.batch_size])
+    dep = torch.cat([batch, torch.tensor(t.suffix_ids, dtype=torch.long).expand(len(batch), -1)], 1)
+    hidden = first.trunk.run(dep, len(t.prefix_ids), first._prefix(t)["trunk"])
+    for name, scorer in (("attn_layer_torch", first), ("attn_layer_native", native)):
+        pre = scorer._prefix(t)["attn"]
+        res.rates[name] = _best_rate(lambda: scorer.attention.run(hidden, o.length, pre), len(batch), o.repeats)
+    res.speedup["attn_layer_native/torch"] = res.rates["attn_layer_native"] / res.rates["attn_layer_torch"]
 
 
 def write(res: FirstModuleBenchResult, out_dir) -> Path:
@@ -129,5 +155,6 @@ def markdown(res: FirstModuleBenchResult) -> str:
     for name, rate in res.rates.items():
         unit = "tokens/s" if name.startswith("sweep") else "candidates/s"
         lines.append(f"| {name} | {rate:,.1f} {unit} |")
-    lines += ["", *[f"- first-module / {k}: {v:.1f}x" for k, v in res.speedup.items()]]
+    lines += ["", *[f"- first-module / {k}: {v:.1f}x" if "/" not in k else f"- {k}: {v:.1f}x"
+                    for k, v in res.speedup.items()]]
     return "\n".join(lines) + "\n"

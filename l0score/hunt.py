@@ -10,9 +10,11 @@
     minimize                 drop tokens from the best candidates while the score holds
     verify                   both models generate for the top candidates (flips, amplification)
 
-Every stage writes its own files under the output directory and is recorded in ``hunt.json`` when it
-completes; a killed hunt started again with ``resume=True`` skips finished stages and resumes the
-search drivers from their checkpoints, so nothing found is lost.
+Every stage writes its own files under the output directory and returns its typed result
+(l0score/hunt_stages.py: the pool, the targets, the search runs, ...), which later stages read and
+``hunt.json`` records when the stage completes; a killed hunt started again with ``resume=True``
+reads those records back, skips finished stages and resumes the search drivers from their
+checkpoints, so nothing found is lost.
 
 The full-model search scores candidates of the pool in shells (search/exhaustive.py): every ordered
 candidate of the top m tokens before any that needs token m+1, so when the budget runs out the
@@ -32,12 +34,15 @@ from pathlib import Path
 
 import torch
 
-from .search.pool import build_pool
+from .hunt_stages import (AnalyzeStage, BaseCheckStage, DriverRun, Fired, MinimizeStage, PoolStage, ProfileStage,
+                          ProfileTarget, SearchStage, Shortened, StageResult, VerifyStage, stages_from_json,
+                          stages_to_json)
+from .search.pool import build_pool, interleave
 
 FORMAT = "l0score-hunt"
 VERSION = 1
 STAGES = ("base_check", "analyze", "profile", "layer0", "search", "minimize", "verify")
-ROUTES = ("layer0", "first-module", "profile")  # who proposes the pool; chosen by the base check
+ROUTES = ("layer0", "whole-model", "first-module", "profile")  # who proposes the pool; chosen by the base check
 HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt's objective may weigh
 
 
@@ -59,6 +64,10 @@ class HuntOptions:
         every candidate with (a flip must beat all of them; docs/verify.md) [32]
     max_pool: the most Layer-0 pool tokens the full-model search takes [64]
     profile / profile_inputs: run the behavioural profile first, over this many inputs [True, 60]
+    amplify: alphas of the profile's logit-amplified sampling (judge/amplify.py), whose payloads join its
+        targets; () = off [(4.0,): on the real MLP-only control alpha 3-5 said the reply outright]
+    sweep_share: on the whole-model route, the share of the pool's places (in every prefix) that the
+        embedding sweep takes from the Layer-0 pool [0.25]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
         puts the chat template's role names and newline back into the pool) [none]
@@ -82,6 +91,8 @@ class HuntOptions:
     max_pool: int = 64
     profile: bool = True
     profile_inputs: int = 60
+    amplify: tuple[float, ...] = (4.0,)
+    sweep_share: float = 0.25
     verify_top: int = 8
     device: str | None = None
     dtype: str = "float32"
@@ -105,6 +116,12 @@ class HuntOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.profile and self.profile_inputs < 1:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
+        if not 0 <= self.sweep_share <= 1:
+            raise ValueError(f"sweep_share must be in [0, 1], got {self.sweep_share}")
+        if self.profile and self.amplify:
+            from .judge.amplify import AmplifyOptions
+
+            AmplifyOptions(alphas=tuple(self.amplify)).check()
         from .search.objective import Objective
 
         names = [n for n, _ in Objective.parse(self.metric, HUNT_METRICS).weights]  # before any work
@@ -144,7 +161,8 @@ class Hunt:
         self.options, self.out = options, Path(out)
         self.say, self.executor = say, executor
         self.state_path = self.out / "hunt.json"
-        self.state = self._load_state(resume)
+        self.state = self._load_state(resume)  # hunt.json's header: format, pair, options, elapsed, created
+        self.stages: dict[str, StageResult] = stages_from_json(self.state.pop("stages", {}))  # in the order they ran
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
         self._fm = None
 
@@ -153,7 +171,7 @@ class Hunt:
         from .judge.prompts import check_same_tokenizers
 
         check_same_tokenizers(self.base, self.dormant)
-        if "base_check" not in self.state["stages"]:  # a wrong base is refused before any model is loaded
+        if "base_check" not in self.stages:  # a wrong base is refused before any model is loaded
             self._stage("base_check")
         self.fm()  # bad probes, or a prompt longer than the context, fail before any work
         old = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
@@ -162,7 +180,7 @@ class Hunt:
             torch.set_num_threads(self.options.threads)
         try:
             for name in self.expected_stages():
-                if name not in self.state["stages"]:
+                if name not in self.stages:
                     self._stage(name)
         finally:
             self._save_state()
@@ -177,12 +195,12 @@ class Hunt:
     def _stage(self, name: str) -> None:
         self._say(f"{name} ({self.remaining():.0f} s of the budget left)")
         t0 = time.monotonic()
-        record = getattr(self, f"_run_{name}")()
-        record["seconds"] = round(time.monotonic() - t0, 2)
-        self.state["stages"][name] = record
+        result: StageResult = getattr(self, f"_run_{name}")()
+        result.seconds = round(time.monotonic() - t0, 2)
+        self.stages[name] = result
         self._save_state()
 
-    def _run_base_check(self) -> dict:
+    def _run_base_check(self) -> BaseCheckStage:
         """The base check first: a base that is another model (or the dormant itself) stops the hunt
         unless options.force, and the route follows where the fine-tune lives (_route)."""
         from dataclasses import asdict as _asdict
@@ -199,41 +217,44 @@ class Hunt:
                              f"Details in {self.out / 'base-check' / 'base-check.md'}; --force hunts anyway")
         route, why = _route(c)
         fc = c.first_changed
-        return {"candidates": c.n_tensors, "verdict": c.verdict, "first_changed": _asdict(fc) if fc else None,
-                "route": route, "route_reason": why, "note": f"{c.verdict}, first change {fc.label if fc else '-'}; "
-                                                              f"route {route}: {why}"}
+        return BaseCheckStage(candidates=c.n_tensors, verdict=c.verdict, first_changed=_asdict(fc) if fc else None,
+                              route=route, route_reason=why,
+                              note=f"{c.verdict}, first change {fc.label if fc else '-'}; route {route}: {why}")
 
     def route(self) -> str:
-        return self.state["stages"].get("base_check", {}).get("route", "layer0")
+        check = self.stages.get("base_check")
+        return check.route if check is not None else "layer0"
 
-    def _run_analyze(self) -> dict:
+    def _run_analyze(self) -> AnalyzeStage:
         from .analysis.weight_diff import analyze
 
-        if self.route() != "layer0":  # the Layer-0 analysis would rank noise
-            why = self.state["stages"]["base_check"]["route_reason"]
-            return {"candidates": 0, "note": f"skipped: {why}", "skipped": True, "focus_heads": [], "seed_tokens": [],
-                    "seed_sources": {}}
+        if self.route() not in ("layer0", "whole-model"):  # the Layer-0 analysis would rank noise
+            why = self.stages["base_check"].route_reason
+            return AnalyzeStage(candidates=0, note=f"skipped: {why}", skipped=True, focus_heads=[], seed_tokens=[],
+                                seed_sources={})
         a = analyze(self.base, self.dormant, self.out / "analysis", progress=self.options.progress, check_base=False)
-        return {"candidates": len(a["seed_tokens"]), "note": f"focus heads {a['focus_heads']}",
-                "focus_heads": a["focus_heads"], "seed_tokens": a["seed_tokens"],
-                "seed_sources": a["seed_tokens_by_source"]}
+        return AnalyzeStage(candidates=len(a["seed_tokens"]), note=f"focus heads {a['focus_heads']}",
+                            focus_heads=a["focus_heads"], seed_tokens=a["seed_tokens"],
+                            seed_sources=a["seed_tokens_by_source"])
 
-    def _run_profile(self) -> dict:
+    def _run_profile(self) -> ProfileStage:
         from .judge.profile import ProfileOptions, profile
 
         opts = ProfileOptions(inputs=self.options.profile_inputs, seed=self.options.seed, device=self.options.device,
-                              dtype=self.options.dtype)
+                              dtype=self.options.dtype, amplify=tuple(self.options.amplify), amplify_forms=("logits",),
+                              amplify_samples=1, target_seconds=0.15 * self.remaining())
         if self.options.probes is not None:
             opts.probes = self.options.probes
         # resume=True: a hunt killed inside this stage continues the profile's own checkpoint (its
         # options are checked against it); a fresh hunt has no checkpoint there
         prof = profile(self.base, self.dormant, opts, out=self.out / "profile", progress=self.options.progress,
                        resume=True)
-        targets = [{k: t[k] for k in ("text", "token_ids", "score")} for t in prof["targets"][:3]]
-        return {"candidates": prof["config"]["prompts"], "targets": targets,
-                "note": "top targets: " + ", ".join(repr(t["text"]) for t in targets)}
+        targets = [ProfileTarget(text=t["text"], token_ids=t["token_ids"], score=t["score"])
+                   for t in prof["targets"][:3]]
+        return ProfileStage(candidates=prof["config"]["prompts"], targets=targets,
+                            note="top targets: " + ", ".join(repr(t.text) for t in targets))
 
-    def _run_layer0(self) -> dict:
+    def _run_layer0(self) -> PoolStage:
         """The pool, strongest evidence first: the analysis' embedding-alignment seeds interleaved with
         the Layer-0 stage's pool (search/layer0_stage.py: tokens of its grown candidates, seeds and
         their strongest cell partners) and the keys the changed queries point at; filtered by the
@@ -241,15 +262,20 @@ class Hunt:
         from .scorer import Scorer
         from .search.layer0_stage import Layer0Options, layer0_stage
 
-        if self.route() != "layer0":
+        if self.route() not in ("layer0", "whole-model"):
             return self._other_pool()
-        analysis = self.state["stages"]["analyze"]
+        analysis: AnalyzeStage = self.stages["analyze"]
         scorer = Scorer.from_pretrained(self.base, self.dormant, template="chat")
         stage = layer0_stage(scorer, self.out / "analysis", Layer0Options(max_length=min(self.options.max_length, 5)),
                              progress=self.options.progress)
-        sources = analysis["seed_sources"]
+        sources = analysis.seed_sources
         allowed = set(self._allowed_pool())
-        ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis["seed_tokens"]])
+        ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis.seed_tokens])
+        evaluations, whole_model = scorer.evaluations, self.route() == "whole-model"
+        if whole_model:  # the drift of every tensor hides the trigger from Layer 0 alone
+            swept, _, swept_evaluations = self._first_module_stage()
+            ranked = interleave(ranked, swept.pool, self.options.sweep_share, len(ranked) + len(swept.pool))
+            evaluations += swept_evaluations
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
@@ -258,11 +284,13 @@ class Hunt:
         tok = scorer.pair.tokenizer
         (layer0 / "pool.json").write_text(json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         (layer0 / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in stage.candidates))
-        return {"candidates": scorer.evaluations, "pool": pool, "sequences": [c["token_ids"] for c in stage.candidates[:10]],
-                "note": f"pool of {len(pool)} tokens; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
-                if stage.candidates else f"pool of {len(pool)} tokens"}
+        note = f"pool of {len(pool)} tokens" + (" (Layer-0 stage and embedding sweep interleaved)" if whole_model else "")
+        if stage.candidates:
+            note += f"; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
+        return PoolStage(candidates=evaluations, pool=pool, note=note,
+                         sequences=[c["token_ids"] for c in stage.candidates[:10]])
 
-    def _other_pool(self) -> dict:
+    def _other_pool(self) -> PoolStage:
         """The pool when Layer 0 sees nothing. Route first-module: the first-module stage
         (search/first_module_stage.py: the vocabulary sweep at the first changed module, a share from the
         weight-delta projection of that layer, beam on the module's difference). Route profile: the
@@ -270,22 +298,10 @@ class Hunt:
         allowed = set(self._allowed_pool())
         sequences: list[list[int]] = []
         if self.route() == "first-module":
-            from .analysis.delta_projection import DeltaProjectionOptions, delta_projection
-            from .first_module import FirstModuleOptions, FirstModuleScorer, Location
-            from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
-
-            loc = Location.from_first_changed(self.state["stages"]["base_check"]["first_changed"])
-            scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
-                location=loc, template="chat", device=self.options.device, dtype=self.options.dtype))
-            projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
-            stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3)),
-                                       projection=projection, progress=self._say)
+            stage, where, evaluations = self._first_module_stage()
             pool = [t for t in stage.pool if t in allowed][: self.options.max_pool]
             sequences = [c["token_ids"] for c in stage.candidates[:10]]
-            note, evaluations = f"pool of {len(pool)} tokens from the {loc.name} stage", scorer.evaluations
-            (self.out / "layer0").mkdir(parents=True, exist_ok=True)
-            (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
-                "".join(json.dumps(c) + "\n" for c in stage.candidates))
+            note = f"pool of {len(pool)} tokens from the {where} stage"
         else:
             prof = self.out / "profile" / "profile.json"
             tokens = [r["id"] for r in json.loads(prof.read_text())["tokens"]] if prof.is_file() else []
@@ -298,19 +314,40 @@ class Hunt:
         (self.out / "layer0").mkdir(parents=True, exist_ok=True)
         (self.out / "layer0" / "pool.json").write_text(
             json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
-        return {"candidates": evaluations, "pool": pool, "sequences": sequences, "route": self.route(), "note": note}
+        return PoolStage(candidates=evaluations, pool=pool, sequences=sequences, route=self.route(), note=note)
 
-    def _run_search(self) -> dict:
+    def _first_module_stage(self):
+        """The first-module stage (search/first_module_stage.py) at the base check's first changed
+        module ('embed' for a whole-model fine-tune): its candidates go to
+        DIR/layer0/first_module_candidates.jsonl; returns (the stage's result, the module's name, the
+        scorer's evaluations). The sweep records only the ranking's own depth: deeper ones cost layers."""
+        from .analysis.delta_projection import DeltaProjectionOptions, delta_projection
+        from .first_module import FirstModuleOptions, FirstModuleScorer, Location
+        from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
+
+        loc = Location.from_first_changed(self.stages["base_check"].first_changed)
+        k = FirstModuleStageOptions.k  # the embedding has no module difference of its own: k >= 1 there
+        scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
+            location=loc, template="chat", device=self.options.device, dtype=self.options.dtype, k=k))
+        projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
+        stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3),
+                                                                   depths=(k,)), projection=projection, progress=self._say)
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
+            "".join(json.dumps(c) + "\n" for c in stage.candidates))
+        return stage, loc.name, scorer.evaluations
+
+    def _run_search(self) -> SearchStage:
         from .search.exhaustive import exhaustive
 
-        pool = self.state["stages"]["layer0"]["pool"]
+        pool = self.stages["layer0"].pool
         budget = self.remaining() - self._verify_reserve()
         t0 = time.monotonic()
         runs, fired = self._target_search(pool, 0.2 * budget)
-        used = sum(r["candidates"] for r in runs)
+        used = sum(r.candidates for r in runs)
         if fired is not None:
-            return {"candidates": used, "runs": runs, "fired": fired,
-                    "note": f"stopped early: {fired['text']!r} makes the dormant say the profiled target"}
+            return SearchStage(candidates=used, runs=runs, fired=fired,
+                               note=f"stopped early: {fired.text!r} makes the dormant say the profiled target")
         budget -= time.monotonic() - t0
         for length in range(1, self.options.max_length + 1):
             share = budget / (self.options.max_length - length + 1)
@@ -323,27 +360,27 @@ class Hunt:
             spent, n = time.monotonic() - t0, _scored(path)
             used += n
             budget -= spent
-            runs.append({"length": length, "candidates": n, "covered": covered(len(pool), length, n),
-                         "exhaustive": n >= math.perm(len(pool), length), "seconds": round(spent, 2),
-                         "file": str(path.relative_to(self.out))})
-        return {"candidates": used, "runs": runs,
-                "note": "; ".join(f"len {r['length']}: every candidate of the top {r['covered']} tokens"
-                                  for r in runs if "covered" in r)}
+            runs.append(DriverRun(length=length, candidates=n, covered=covered(len(pool), length, n),
+                                  exhaustive=n >= math.perm(len(pool), length), seconds=round(spent, 2),
+                                  file=str(path.relative_to(self.out))))
+        return SearchStage(candidates=used, runs=runs,
+                           note="; ".join(f"len {r.length}: every candidate of the top {r.covered} tokens"
+                                          for r in runs if r.covered is not None))
 
-    def _target_search(self, pool: list[int], seconds: float) -> tuple[list[dict], dict | None]:
+    def _target_search(self, pool: list[int], seconds: float) -> tuple[list[DriverRun], Fired | None]:
         """Toward the profile's top target: coord for every length (exact swaps, measured the most
         reliable), then gcg at the longest, on the target-set objective (the dormant's log-mass on the
         target's first token minus the base's, which rises with each trigger token in place where the
         KL stays flat until the trigger is whole). After each driver, the fire check (_target_fired);
         returns the runs and the candidate that fired (None when none did)."""
-        targets = self.state["stages"].get("profile", {}).get("targets") or []
+        targets = self._targets()
         if not targets or seconds <= 1:
             return [], None
         from .search import coord
         from .search.gcg import gcg
 
         target = targets[0]
-        firsts = tuple(dict.fromkeys(t["token_ids"][0] for t in targets))  # a reply may be profiled from mid-loop
+        firsts = tuple(dict.fromkeys(t.token_ids[0] for t in targets))  # a reply may be profiled from mid-loop
         scorer = self.fm().with_options(target_ids=firsts)
         runs, deadline = [], time.monotonic() + seconds
         plan = [("coord", n) for n in range(1, self.options.max_length + 1)] + [("gcg", self.options.max_length)]
@@ -360,38 +397,43 @@ class Hunt:
                 coord(scorer, restarts=4, **kw)
             else:
                 gcg(scorer, steps=10_000, restarts=4, **kw)
-            runs.append({"route": "target inversion", "driver": driver, "length": length, "target": target["text"],
-                         "candidates": _scored(path), "seconds": round(time.monotonic() - t0, 2),
-                         "file": str(path.relative_to(self.out))})
+            runs.append(DriverRun(route="target inversion", driver=driver, length=length, target=target.text,
+                                  candidates=_scored(path), seconds=round(time.monotonic() - t0, 2),
+                                  file=str(path.relative_to(self.out))))
             fired = self._target_fired(runs) if self.options.stop_on_fire else None
             if fired is not None:  # the target is reached: the remaining drivers would only polish it
                 return runs, fired
         return runs, None
 
-    def _target_fired(self, runs: list[dict]) -> dict | None:
+    def _target_fired(self, runs: list[DriverRun]) -> Fired | None:
         """The best target-route candidate that flips in verify *and* makes the dormant's reply start
         like one of the profiled targets (their first 8 characters) on at least half of the prompts
         (None when none does): then the target was reached and the exhaustive search is skipped."""
         from .judge.verify import verify
 
-        rows = sorted((json.loads(x) for r in runs for x in (self.out / r["file"]).read_text().splitlines()),
+        rows = sorted((json.loads(x) for r in runs for x in (self.out / r.file).read_text().splitlines()),
                       key=lambda rec: -rec["score"])[:3]
         if not rows:
             return None
-        targets = self.state["stages"]["profile"]["targets"]
+        targets = self._targets()
         rep = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
                      out=self.out / "search" / "target-check.json", device=self.options.device, dtype=self.options.dtype,
-                     max_new_tokens=max(len(t["token_ids"]) for t in targets) + 2, progress=False,
-                     null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
+                     max_new_tokens=max(len(t.token_ids) for t in targets) + 2, progress=False,
+                     null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
                      system_prompts=self.options.systems(), executor=self.executor)
-        heads = [t["text"].strip()[:8] for t in targets if t["text"].strip()]
+        heads = [t.text.strip()[:8] for t in targets if t.text.strip()]
         for r in rep["results"]:
             hits = [any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"]]
             if r["flip"] and not r["template_injection"] and sum(hits) >= len(hits) / 2:
-                return {"token_ids": r["token_ids"], "text": r["text"], "amplification": r["amplification"]}
+                return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"])
         return None
 
-    def _run_minimize(self) -> dict:
+    def _targets(self) -> list[ProfileTarget]:
+        """The profile's top targets ([] when the profile did not run)."""
+        profile = self.stages.get("profile")
+        return profile.targets if profile is not None else []
+
+    def _run_minimize(self) -> MinimizeStage:
         from .search import minimize
 
         best = self.collect()[:5]
@@ -399,28 +441,35 @@ class Hunt:
         for r in best:
             m = minimize(self.fm(), r["token_ids"], self.options.metric, keep=0.9)
             if m["removed"]:
-                shortened.append({"token_ids": m["token_ids"], "score": m["score"], "from": r["token_ids"]})
-        return {"candidates": sum(len(r["token_ids"]) for r in best), "shortened": shortened,
-                "note": f"{len(shortened)} of {len(best)} shortened"}
+                shortened.append(Shortened(token_ids=m["token_ids"], score=m["score"], from_ids=r["token_ids"]))
+        return MinimizeStage(candidates=sum(len(r["token_ids"]) for r in best), shortened=shortened,
+                             note=f"{len(shortened)} of {len(best)} shortened")
 
-    def _run_verify(self) -> dict:
+    def _run_verify(self) -> VerifyStage:
         from .judge.verify import verify
 
         cands = self.verify_candidates()
         probes = self.options_probes()
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
-                     null_samples=self.options.null_samples, null_pool=self.state["stages"]["layer0"]["pool"],
+                     null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
                      system_prompts=self.options.systems(), executor=self.executor)
-        return {"candidates": len(cands), "note": f"{len(rep['summary']['flipped'])} flipped"}
+        return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
 
     def verify_candidates(self) -> list[list[int]]:
-        """The minimised best first, then the best by score, skipping any candidate that contains one
-        already chosen (a trigger plus a spare token would crowd out other hypotheses)."""
-        shortened = [s["token_ids"] for s in self.state["stages"].get("minimize", {}).get("shortened", [])]
+        """The target route's fired candidate, the minimised best, then the best by score, skipping any
+        candidate that contains one already chosen without scoring at least twice as high: a trigger
+        plus a spare token would crowd out other hypotheses, but a minimised fragment must not hide the
+        whole trigger (on the real MLP-only control ' hollow', KL 1.5, hid ' hollow piano', KL 16.0)."""
+        search = self.stages.get("search")
+        fired = [search.fired.token_ids] if search is not None and search.fired is not None else []
+        rows = self.collect()  # reads every search file: once
+        score = {tuple(r["token_ids"]): r["score"] for r in rows}
+        shortened = [s.token_ids for s in self._shortened()]
         chosen: list[list[int]] = []
-        for ids in shortened + [r["token_ids"] for r in self.collect()]:
-            if not any(_contains(ids, c) for c in chosen):
+        for ids in fired + shortened + [r["token_ids"] for r in rows]:
+            mine = score.get(tuple(ids), 0.0)
+            if not any(ids == c or (_contains(ids, c) and mine < 2 * score.get(tuple(c), 0.0)) for c in chosen):
                 chosen.append(ids)
             if len(chosen) == self.options.verify_top:
                 break
@@ -443,10 +492,14 @@ class Hunt:
                 else:
                     route = "comparative search"
                 _keep_best(rows, {**rec, "score": objective.value(rec)}, route, path.name)
-        for s in self.state["stages"].get("minimize", {}).get("shortened", []):
-            _keep_best(rows, {"token_ids": s["token_ids"], "score": s["score"], "minimized_from": s["from"]},
+        for s in self._shortened():
+            _keep_best(rows, {"token_ids": s.token_ids, "score": s.score, "minimized_from": s.from_ids},
                        "comparative search (minimized)", "minimize")
         return sorted(rows.values(), key=lambda r: -r["score"])
+
+    def _shortened(self) -> list[Shortened]:
+        minimize = self.stages.get("minimize")
+        return minimize.shortened if minimize is not None else []
 
     def _write_report(self) -> dict:
         from .hunt_report import write_hunt_report
@@ -507,17 +560,30 @@ class Hunt:
                              "use the same settings to resume, or another --out")
         return state
 
+    def _record(self) -> dict:
+        """hunt.json: the header with the stage records in their place, after the options."""
+        record = {}
+        for key, value in self.state.items():
+            record[key] = value
+            if key == "options":
+                record["stages"] = stages_to_json(self.stages)
+        return record
+
     def _save_state(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         self.state["elapsed"] = time.monotonic() - self.started
         tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.write_text(json.dumps(self._record(), indent=1))
         tmp.replace(self.state_path)
 
 
 def _route(check) -> tuple[str, str]:
     """(route, why) from the base check's chosen candidate."""
     fc = check.first_changed
+    if not check.layer0_scores_zero and fc.module == "embed" and _mlp_changed(check):
+        return "whole-model", ("every kind of tensor changed, the embeddings first: the Layer-0 engine's exact scores "
+                               "mix the trigger with the whole fine-tune's drift, so its pool is interleaved with "
+                               "the embedding sweep's (both models from their own embeddings, k layers on)")
     if not check.layer0_scores_zero:
         return "layer0", (f"Layer 0's attention logits changed (first change: {fc.label}): the exact Layer-0 "
                           "engine proposes, as before")
@@ -527,6 +593,10 @@ def _route(check) -> tuple[str, str]:
                                 "hidden states proposes")
     return "profile", (f"{zero}; the first change is {fc.label}, after every layer: the profile's tokens propose "
                        "and the full models judge")
+
+
+def _mlp_changed(check) -> bool:
+    return any(not t.identical for t in check.tensors if t.module == "mlp")
 
 
 def covered(k: int, length: int, done: int) -> int:

@@ -1,31 +1,47 @@
 """What a hunt reports, decided here and written to report.json: the ranked candidates with verify's
-measures and their Layer-0 scores, the funnel, the pool. report/hunt_summary.py only renders it
-(summary.md, report.html); nothing in report/ ranks or loads a model."""
+measures and their Layer-0 scores, the funnel, the pool, the route and every stage's result, and the
+Layer-0 dS heatmaps of the candidates the page shows (heatmaps.npz, analysis/heatmaps.py).
+report/hunt_summary.py only renders them (summary.md, report.html); nothing in report/ ranks or loads
+a model."""
 from __future__ import annotations
 
 import time
 
-from .report.hunt_summary import read_verify_rows, write_hunt_files
+from .analysis.heatmaps import HeatmapOptions, write_heatmaps
+from .hunt_stages import stages_to_json
+from .report.collect import collect
+from .report.hunt_summary import read_verify_rows, write_hunt_files, write_hunt_page
 
 
 def write_hunt_report(hunt) -> dict:
-    """Rank what the hunt found, attach verify's measures, write report.json, summary.md and the HTML
-    page; returns the report."""
-    from .scorer import Scorer
-
-    return write_hunt_files(build_report(hunt), hunt.out, scorer_loader=Scorer.for_heatmaps)
+    """Rank what the hunt found, attach verify's measures, write report.json and summary.md, the
+    heatmaps of the page's first candidates, and the HTML page; returns the report."""
+    report = write_hunt_files(build_report(hunt), hunt.out)
+    try:  # on the files just written, so the heatmaps are of the candidates the page shows
+        write_heatmaps(collect(hunt.out), HeatmapOptions(base=str(hunt.base), dormant=str(hunt.dormant)))
+    except Exception as exc:  # noqa: BLE001 - a convenience like the page: report.json and summary.md stand
+        report["heatmaps_error"] = f"{type(exc).__name__}: {exc}"
+    return write_hunt_page(report, hunt.out)
 
 
 def build_report(hunt) -> dict:
-    stages = hunt.state["stages"]
+    """The hunt's summary: when and on what it ran, the funnel, the ranked results, the pool (ids and
+    texts) and every stage's typed result as hunt.json records it (route, targets, search runs,
+    minimized candidates), so report.json alone says what the hunt did."""
+    stages = hunt.stages
+    pool = stages["layer0"].pool if "layer0" in stages else []
+    results = rank_results(hunt)
     return {
         "format": hunt.state["format"], "version": hunt.state["version"], "created": hunt.state["created"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "base": hunt.base, "dormant": hunt.dormant,
         "config": hunt.state["options"], "complete": all(s in stages for s in hunt.expected_stages()),
-        "funnel": [{"stage": name, "candidates": rec.get("candidates"), "seconds": rec.get("seconds"),
-                    "note": rec.get("note", "")} for name, rec in stages.items()],
-        "results": rank_results(hunt),
-        "pool": {"size": len(stages.get("layer0", {}).get("pool", [])), "token_ids": stages.get("layer0", {}).get("pool", [])},
+        "route": hunt.route(),
+        "funnel": [{"stage": name, "candidates": rec.candidates, "seconds": rec.seconds, "note": rec.note}
+                   for name, rec in stages.items()],
+        "results": results,
+        "pool": {"size": len(pool), "token_ids": pool,
+                 "texts": hunt.fm().tokenizer.batch_decode([[t] for t in pool]) if pool else []},
+        "stages": stages_to_json(stages),
     }
 
 

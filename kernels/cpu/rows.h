@@ -314,6 +314,16 @@ struct KlAcc {
   double value() const { return lin + std::log(prod); }
 };
 
+// Per-thread scratch of a candidate's scoring: rotated q/k, both models' logits, softmax states,
+// best cells, KL accumulators (score_table's and score_dependent's workspaces extend it).
+struct RowScratch {
+  AlignedBuf q, k, sb, sd, tmp;
+  std::vector<KeyVec> vecs;
+  std::vector<Soft> st;
+  std::vector<Best> best;
+  std::vector<KlAcc> kl;
+};
+
 inline float tof(float x) { return x; }
 inline float tof(uint16_t x) { return bf16_to_f32(x); }
 
@@ -358,6 +368,23 @@ struct Problem {
   const float* cs(int64_t pos) const { return cos + pos * (D / 2); }
   const float* sn(int64_t pos) const { return sin + pos * (D / 2); }
   const float* rb_group(const Group& gr) const { return rb ? rb + gr.h0 * rbstride : nullptr; }
+  // Dependent row t (token id, absolute position pos) of group gi: both models' rotated queries of
+  // its scored heads into qb/qd, and the keys it sees: the prefix's, then the row's own tile K
+  // ([2][ng][D][pad]: both models' keys from position p on) up to itself. Returns the key vectors.
+  int row_inputs(int gi, int64_t id, int64_t pos, int t, const float* K, int ng, int pad, float* qb, float* qd,
+                 KeyVec* vecs) const {
+    const Group& gr = groups[gi];
+    for (int h = 0; h < gr.nh; ++h) {
+      const int64_t head = heads[gr.h0 + h];
+      rope(qrow(0, id, head), cs(pos), sn(pos), int(D), qb + size_t(h) * D);
+      rope(qrow(1, id, head), cs(pos), sn(pos), int(D), qd + size_t(h) * D);
+    }
+    const float* kb = K + (size_t(0) * ng + gi) * D * pad;
+    const float* kd = K + (size_t(1) * ng + gi) * D * pad;
+    int nv = prefix_vecs(gr.g, vecs);
+    for (int v = 0; v * NARROW <= t; ++v) vecs[nv++] = {kb + v * NARROW, kd + v * NARROW, pad, p + v * NARROW, NARROW};
+    return nv;
+  }
   // The prefix keys of KV head g: wide vectors, then a narrow one for a tail of <= 8 keys.
   int prefix_vecs(int g, KeyVec* out) const {
     int n = 0;

@@ -22,12 +22,7 @@ namespace {
 
 using namespace rows;
 
-struct Workspace {
-  AlignedBuf q, k, sb, sd, tmp;
-  std::vector<KeyVec> vecs;
-  std::vector<Soft> st;
-  std::vector<Best> best;
-  std::vector<KlAcc> kl;
+struct Workspace : RowScratch {
   int sink = 0;
   // 0: no software prefetch; 1: next row's lines, one request per 128 bytes; 2: per 64 bytes;
   // 3 (default): 1 plus one load per 4 KiB page of the next candidate's rows at its start.
@@ -72,15 +67,7 @@ void score_one(const Problem<T>& P, const int64_t* ids, int c, const int64_t* ne
     if (next_ids && t < next_c) P.prefetch_k(next_ids[t], ws.pf_mode);
     for (int gi = 0; gi < ng; ++gi) {
       const Group& gr = P.groups[gi];
-      for (int h = 0; h < gr.nh; ++h) {
-        const int64_t head = P.heads[gr.h0 + h];
-        rope(P.qrow(0, id, head), P.cs(p + t), P.sn(p + t), D, qb + size_t(h) * D);
-        rope(P.qrow(1, id, head), P.cs(p + t), P.sn(p + t), D, qd + size_t(h) * D);
-      }
-      const float* kb = K + (size_t(0) * ng + gi) * D * cpad;
-      const float* kd = K + (size_t(1) * ng + gi) * D * cpad;
-      int nv = P.prefix_vecs(gr.g, vecs);
-      for (int v = 0; v * NARROW <= t; ++v) vecs[nv++] = {kb + v * NARROW, kd + v * NARROW, cpad, p + v * NARROW, NARROW};
+      const int nv = P.row_inputs(gi, id, p + t, t, K, ng, cpad, qb, qd, vecs);
       row_logits(qb, qd, gr.nh, D, vecs, nv, P.scale, Sb, Sd, sstride);
       std::fill_n(ws.st.data(), gr.nh, SOFT_EMPTY);
       const Range range = {0, p + t + 1, 0};

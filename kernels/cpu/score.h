@@ -17,6 +17,13 @@ pybind11::tuple score_table(pybind11::array q_base, pybind11::array k_base, pybi
                             int64_t cand_start, F32Array cos, F32Array sin, F32Array rev_baseline,
                             I64Array offsets, bool region_all);
 
+// Every dependent row from the table, none shared (see dependent.cpp): the same four outputs.
+pybind11::tuple score_dependent(pybind11::array q_base, pybind11::array k_base, pybind11::array q_dorm,
+                                pybind11::array k_dorm, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                I64Array ids, I64Array cand_len, I64Array dep_len, I64Array heads,
+                                F32Array prefix_keys, int64_t prefix_len, int64_t cand_start, F32Array cos,
+                                F32Array sin, F32Array rev_baseline, I64Array offsets, bool region_all);
+
 // Incremental extensions (see extend.cpp): the same four outputs for prefix + [t], t over pool.
 pybind11::tuple extend_table(pybind11::array q_base, pybind11::array k_base, pybind11::array q_dorm,
                              pybind11::array k_dorm, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,

@@ -109,3 +109,11 @@ def read_candidates(path: str, tokenizer) -> list[list[int]]:
             out.append(tokenizer.encode(line, add_special_tokens=False))
     return out
 
+
+def alphas(text: str) -> tuple[float, ...]:
+    import argparse
+
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .args import add_pair_args, add_ray_arg, console, executor_of, resolve_pair
+from .args import add_pair_args, add_ray_arg, alphas, console, executor_of, resolve_pair
 
 
 def register(sub) -> None:
@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--max-pool", type=int, default=64, help="most Layer-0 pool tokens the full-model search takes")
     p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
     p.add_argument("--profile-inputs", type=int, default=60)
+    p.add_argument("--amplify", type=alphas, default=(4.0,), metavar="ALPHA[,ALPHA...]",
+                   help="the profile's logit-amplified sampling, whose payloads join its targets (docs/profile.md) [4]")
+    p.add_argument("--no-amplify", action="store_true", help="profile without amplified sampling")
     p.add_argument("--verify-top", type=int, default=8)
     p.add_argument("--force", action="store_true",
                    help="hunt even when the base check says the base is a different model (or the dormant itself)")
@@ -56,7 +59,8 @@ def options_from_args(args):
                        positions=("before", "after") if args.positions == "both" else (args.positions,),
                        metric=args.metric, reply_tokens=args.reply_tokens, null_samples=args.null_samples,
                        max_pool=args.max_pool, profile=not args.no_profile,
-                       profile_inputs=args.profile_inputs, verify_top=args.verify_top, device=args.device,
+                       profile_inputs=args.profile_inputs, amplify=() if args.no_amplify else tuple(args.amplify),
+                       verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,
                        force=args.force, threads=args.threads,
                        progress=not args.quiet)

@@ -1,7 +1,7 @@
 """`l0score profile`: what the dormant says more than the base on ordinary prompts, as target strings."""
 from __future__ import annotations
 
-from .args import add_pair_args, console, int_list, resolve_pair
+from .args import add_pair_args, alphas, console, int_list, resolve_pair
 
 
 def register(sub) -> None:
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids oversubscription on a busy machine)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted profile in --out from its checkpoint")
-    p.add_argument("--amplify", type=_alphas, default=(), metavar="ALPHA[,ALPHA...]",
+    p.add_argument("--amplify", type=alphas, default=(), metavar="ALPHA[,ALPHA...]",
                    help="amplified sampling (docs/first-module.md): logits_d + a(logits_d - logits_b) and W_d + a(W_d - W_b); "
                         "its payloads join the targets [off]")
     p.add_argument("--amplify-forms", default="logits,weights", help="logits and/or weights [logits,weights]")
@@ -71,12 +71,3 @@ def run(args) -> None:
         if amp["statement"]:
             console.print(amp["statement"])
     console.print(f"profile written to {args.out}/profile.json (summary.md, profile.png)")
-
-
-def _alphas(text: str) -> tuple[float, ...]:
-    import argparse
-
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None

@@ -16,19 +16,24 @@ def register(sub) -> None:
     p.add_argument("--dormant", help="dormant checkpoint, likewise")
     p.add_argument("--panels", type=int, default=DEFAULT_PANELS, help="candidates with an evidence panel")
     p.add_argument("--heatmaps", type=int, default=DEFAULT_HEATMAPS,
-                   help="candidates whose Layer-0 dS heatmaps are drawn (0: none; needs both checkpoints)")
+                   help="candidates whose Layer-0 dS heatmaps are computed into DIR/heatmaps.npz and drawn "
+                        "(0: none, and no model is loaded; needs both checkpoints)")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
+    from ..analysis.heatmaps import HeatmapOptions, write_heatmaps
     from ..report.collect import collect
     from ..report.html import ReportOptions, write_collected
 
-    from ..scorer import Scorer
-
-    options = ReportOptions(base=args.base, dormant=args.dormant, panels=args.panels, heatmaps=args.heatmaps,
-                            scorer_loader=Scorer.for_heatmaps)
+    options = ReportOptions(base=args.base, dormant=args.dormant, panels=args.panels, heatmaps=args.heatmaps)
     data = collect(args.dir)
+    if options.heatmaps and options.panels:  # computed here, drawn by the page from DIR/heatmaps.npz
+        try:
+            write_heatmaps(data, HeatmapOptions(base=args.base, dormant=args.dormant,
+                                                count=min(options.heatmaps, options.panels)))
+        except OSError as exc:  # e.g. a read-only DIR: the page still renders, drawing what DIR holds
+            console.print(f"heatmaps not written: {exc}")
     out = write_collected(data, args.out, options)
     console.print(f"report: {out} ({len(data.candidates)} candidates, {len(data.files)} files read"
                   + (f", {len(data.problems)} problem(s) listed on the page" if data.problems else "") + ")")

@@ -56,9 +56,10 @@ def run(args) -> None:
                                               "baseline": scorer.baseline_kind, "results": records}, indent=1))
         console.print(f"scores written to {args.out}")
     if args.plot:
-        from ..report.plots import plot_delta_heatmaps
+        from ..analysis.heatmaps import candidate_heatmap
 
-        plot_delta_heatmaps(scorer, candidates[order[0]], args.plot)
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.plot).write_bytes(candidate_heatmap(scorer, candidates[order[0]]).png())
         console.print(f"dS heatmaps of {candidates[order[0]]} written to {args.plot}")
 
 

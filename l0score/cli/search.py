@@ -89,7 +89,8 @@ def _sequence_options(d) -> None:
     d.add_argument("--minimize", action="store_true", help="also report each top result with tokens dropped while the score holds")
     d.add_argument("--first-module", metavar="LOCATION|auto",
                    help="score on the first changed module instead of Layer 0: mlp@L0, attn@L3, embed, or auto (the "
-                        "base check) (docs/first-module.md)")
+                        "base check); --backend native|triton runs an attention location's dS on the fused kernels "
+                        "(auto: torch) (docs/first-module.md)")
     d.add_argument("--first-module-k", type=int, default=0, help="with --first-module: also run both models k layers on [0]")
 
 
@@ -411,14 +412,15 @@ def _run_first_module(args, gcg_options=None) -> None:
     """beam / mcts / coord / gcg on the first changed module's exact scorer (--first-module LOCATION|auto)."""
     from ..first_module import FirstModuleOptions, FirstModuleScorer
     from ..search import build_pool
-    from .sweep import location_of
+    from .sweep import first_module_backend, location_of
 
     if args.length <= 0:
         raise ValueError(f"--length must be a positive number of tokens, got {args.length}")
     base, dormant = resolve_pair(args)
     loc = location_of(base, dormant, args.first_module)
     scorer = FirstModuleScorer(base, dormant, FirstModuleOptions(location=loc, k=args.first_module_k,
-                                                                 template=args.template))
+                                                                 template=args.template,
+                                                                 backend=first_module_backend(args.backend, loc)))
     metric = args.metric
     if metric == "kl" and "kl" not in scorer.metrics:  # the Layer-0 default: take this location's own measure
         metric = "div_cand" if args.first_module_k else "mlp_cand" if loc.module == "mlp" else scorer.metrics[0]

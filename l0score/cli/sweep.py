@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep from DIR/sweep.ckpt.pt")
+    p.add_argument("--backend", choices=("auto", "torch", "native", "triton"), default="auto",
+                   help="layer L's attention difference (attn@L locations): torch reference math, the fused native "
+                        "kernels (CPU) or Triton; auto = torch (docs/first-module.md)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,17 @@ def location_of(base, dormant, location: str):
     if found.first_changed is None:
         raise ValueError(f"the dormant is identical to the base ({found.verdict}): there is nothing to sweep")
     return Location.from_first_changed(found.first_changed)
+
+
+def first_module_backend(backend: str, loc) -> str:
+    """--backend for the first-module scorer: auto is the torch path; a kernel backend applies to an
+    attention location only (an MLP or embedding location runs torch, said on the console)."""
+    if backend in ("auto", "torch"):
+        return "torch"
+    if loc.module != "attn":
+        console.print(f"[yellow]note[/yellow]: --backend {backend} applies to attention; {loc.name} runs on torch")
+        return "torch"
+    return backend
 
 
 def run(args) -> None:
@@ -60,7 +74,8 @@ def run(args) -> None:
     loc = location_of(base, dormant, args.location)
     console.print(f"first changed module: {loc.name}")
     k = max(args.depths) if loc.module == "embed" and args.depths else 0
-    scorer = FirstModuleScorer(base, dormant, FirstModuleOptions(location=loc, k=k, device=args.device, dtype=args.dtype))
+    scorer = FirstModuleScorer(base, dormant, FirstModuleOptions(location=loc, k=k, device=args.device, dtype=args.dtype,
+                                                                 backend=first_module_backend(args.backend, loc)))
     bars = []  # made on the first batch, so that a bad option fails before a bar is drawn
 
     def progress(done, total):

@@ -45,7 +45,11 @@ class FirstModuleOptions:
     template: "chat" (the candidate alone as the user's message), "raw" or a Template [chat]
     k: also run both models k layers past the first changed module (0 = off) [0]
     heads / region / offsets: as the Layer-0 scorer (heads and offsets: attention only) [all, candidate, ()]
-    dtype, device, batch_size: of both models, evaluations per forward [float32, cuda if any, 128]
+    dtype, device, batch_size: of both models, evaluations per forward [float32, cuda if any (cpu for
+        backend "native"), 128]
+    backend: layer L's attention difference by "torch" (reference math), "native" (the fused C++
+        kernels, CPU) or "triton" (the Triton direct kernel: CUDA, or CPU under TRITON_INTERPRET=1);
+        same metrics [torch]
     """
 
     location: Location | str | None = None
@@ -58,6 +62,7 @@ class FirstModuleOptions:
     device: str | None = None
     batch_size: int = 128
     check: bool = True
+    backend: str = "torch"
 
     def resolved_location(self) -> Location:
         if self.location is None:
@@ -87,7 +92,7 @@ class FirstModuleScorer:
             raise ValueError("location 'embed' (no shared trunk) has no module difference: give k >= 1 to "
                              "compare the two models k layers on")
         self.pair = ModelPair.load(base, dormant)
-        self.device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(o.device or ("cuda" if torch.cuda.is_available() and o.backend != "native" else "cpu"))
         self.models = dict(zip(("base", "dormant"), models)) if models else {
             m: _load(getattr(self.pair, m).path, self.device, o.dtype) for m in ("base", "dormant")}
         base_m, dorm_m = self.models["base"], self.models["dormant"]
@@ -101,9 +106,10 @@ class FirstModuleScorer:
         self.attention = self.mlp = self.divergence = None
         if loc.module == "attn":
             self.heads = _heads(o.heads, base_m.config.num_attention_heads)
-            self.attention = AttentionDifference(base_m, dorm_m, loc.layer, self.heads, o.region, tuple(o.offsets))
-        elif o.heads is not None or o.offsets:
-            raise ValueError(f"heads and offsets apply to attention; {loc.name} is an MLP/embedding location")
+            self.attention = AttentionDifference(base_m, dorm_m, loc.layer, self.heads, o.region, tuple(o.offsets),
+                                                 o.backend)
+        elif o.heads is not None or o.offsets or o.backend != "torch":
+            raise ValueError(f"heads, offsets and backend apply to attention; {loc.name} is an MLP/embedding location")
         if loc.module == "mlp":
             self.mlp = MlpDifference(base_m, dorm_m, loc.layer)
         if o.k:

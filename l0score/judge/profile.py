@@ -61,6 +61,8 @@ class ProfileOptions:
     dtype, device, batch_size, system, sep: as in FullModelOptions ["float32", auto, 64, None, None]
     amplify: alphas of amplified sampling (judge/amplify.py; () = off); its payloads join the targets [()]
     amplify_forms, amplify_samples: "logits"/"weights", sampled generations per prompt [both, 2]
+    target_seconds: the target inversion starts no new first token after this many seconds (the
+        measurement and amplified sampling always run whole; a hunt's budget bounds it) [None: no limit]
     """
 
     inputs: int = 100
@@ -82,6 +84,7 @@ class ProfileOptions:
     amplify: tuple[float, ...] = ()
     amplify_forms: tuple[str, ...] = ("logits", "weights")
     amplify_samples: int = 2
+    target_seconds: float | None = None
 
     def check(self) -> None:
         for name in ("inputs", "reply_tokens", "top_first", "expand_inputs", "max_target_tokens", "keep_tokens",
@@ -95,6 +98,8 @@ class ProfileOptions:
             raise ValueError(f"min_preference must be finite, got {self.min_preference!r}")
         if self.amplify:
             self.amplify_options().check()
+        if self.target_seconds is not None and not self.target_seconds >= 0:
+            raise ValueError(f"target_seconds must be >= 0 or None, got {self.target_seconds!r}")
 
     def amplify_options(self):
         from .amplify import AmplifyOptions
@@ -146,7 +151,9 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     opts.check()
     base_dir, dormant_dir = resolve_model_dir(base), resolve_model_dir(dormant)
     check_same_tokenizers(base_dir, dormant_dir)
-    ckpt = _Checkpoint(out, {**asdict(opts), "base": str(base_dir), "dormant": str(dormant_dir)}, resume)
+    # how long the inversion may take is not what the measurement computes: a resumed hunt's is shorter
+    measured_options = {k: v for k, v in asdict(opts).items() if k != "target_seconds"}
+    ckpt = _Checkpoint(out, {**measured_options, "base": str(base_dir), "dormant": str(dormant_dir)}, resume)
     started = time.perf_counter()
     scorer = FullModelScorer(base, dormant, opts.scorer_options())
     pool = scorer.default_pool()
@@ -154,11 +161,11 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     measured = time.perf_counter()
     ranked = _rank_tokens(scorer, stats, pool)
     expand_cands = expansion_candidates(scorer, opts)
-    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], expand_cands, opts, progress)
     rank_of = {row["id"]: row["rank"] for row in ranked}
+    amplified = amplified_targets(scorer, opts, expand_cands, rank_of) if opts.amplify else None
+    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], expand_cands, opts, progress)
     for t in targets:
         t["first_rank"] = rank_of.get(t["token_ids"][0])
-    amplified = amplified_targets(scorer, opts, expand_cands, rank_of) if opts.amplify else None
     if amplified is not None:
         targets = sorted(targets + amplified["targets"], key=lambda t: -t["score"])
     result = {
@@ -380,25 +387,28 @@ def invert_targets(scorer: FullModelScorer, first_tokens: list[int], cands: list
     from tqdm import tqdm
 
     found: dict[tuple[int, ...], dict] = {}
-    for first in tqdm(first_tokens, desc="targets", unit="token", disable=not progress):
+    deadline = None if opts.target_seconds is None else time.perf_counter() + opts.target_seconds
+    for i, first in enumerate(tqdm(first_tokens, desc="targets", unit="token", disable=not progress)):
+        if i and deadline is not None and time.perf_counter() > deadline:  # the first token always grows
+            break
         target = _grow(scorer, cands, int(first), opts)
         found.setdefault(tuple(target["token_ids"]), target)
     return sorted(found.values(), key=lambda t: -t["score"])
 
 
 def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: ProfileOptions) -> dict:
-    seq, prefs, lp_sums = [first], [], {"dormant": 0.0, "base": 0.0}
+    # one forward per context for the prompt, then one token per step through the KV caches: the
+    # string is teacher-forced incrementally (linear in its length, not quadratic)
+    runs = [scorer.run_context(ci, c) for ci, c in enumerate(cands)]
+    lp = _last_logprobs(runs)
+    seq, prefs = [first], [float((lp["dormant"][:, first] - lp["base"][:, first]).mean())]
+    lp_sums = {m: float(lp[m][:, first].mean()) for m in lp}
     stop = "length"
-    while True:
-        lp = {m: torch.cat(parts) for m, parts in _teacher_forced(scorer, cands, seq).items()}  # [R, len+1, V]
-        if not prefs:  # the first token's own preference, at the first response position
-            prefs.append(float((lp["dormant"][:, 0, first] - lp["base"][:, 0, first]).mean()))
-            for m in lp_sums:
-                lp_sums[m] += float(lp[m][:, 0, first].mean())
-        if len(seq) >= opts.max_target_tokens:
-            break
-        nxt = int(lp["dormant"][:, -1].mean(0).argmax())
-        pref = float((lp["dormant"][:, -1, nxt] - lp["base"][:, -1, nxt]).mean())
+    while len(seq) < opts.max_target_tokens:
+        _feed(scorer, runs, seq[-1])
+        lp = _last_logprobs(runs)
+        nxt = int(lp["dormant"].mean(0).argmax())
+        pref = float((lp["dormant"][:, nxt] - lp["base"][:, nxt]).mean())
         if nxt in scorer.pair.special_ids:
             stop = "end of turn"
             break
@@ -408,10 +418,28 @@ def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: 
         seq.append(nxt)
         prefs.append(pref)
         for m in lp_sums:
-            lp_sums[m] += float(lp[m][:, -1, nxt].mean())
+            lp_sums[m] += float(lp[m][:, nxt].mean())
     return {"text": scorer.pair.tokenizer.decode(seq), "token_ids": seq, "score": sum(prefs),
             "mean_preference": sum(prefs) / len(prefs), "preferences": prefs,
             "dormant_logprob": lp_sums["dormant"], "base_logprob": lp_sums["base"], "stop": stop}
+
+
+def _last_logprobs(runs: list) -> dict[str, torch.Tensor]:
+    """Both models' log-probs [R, V] at the runs' last position, every context's rows stacked."""
+    return {m: torch.cat([r.logprobs[m][:, -1] for r in runs]) for m in runs[0].logprobs}
+
+
+@torch.no_grad()
+def _feed(scorer: FullModelScorer, runs: list, token: int) -> None:
+    """Append `token` to every row of every run, through each model's KV cache (in place)."""
+    for run in runs:
+        rows = len(next(iter(run.logprobs.values())))
+        ids = torch.full((rows, 1), token, dtype=torch.long, device=scorer.device)
+        pos = torch.full((rows, 1), run.next_position, device=scorer.device)
+        for m, model in scorer.models.items():
+            res, run.caches[m] = run_model(model, ids, run.caches[m], use_cache=True, position_ids=pos)
+            run.logprobs[m] = torch.log_softmax(res.logits[:, -1:].double(), -1).cpu()
+        run.next_position += 1
 
 
 def amplified_targets(scorer: FullModelScorer, opts: ProfileOptions, cands: list[torch.Tensor], rank_of: dict) -> dict:

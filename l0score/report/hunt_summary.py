@@ -7,22 +7,28 @@ from pathlib import Path
 from .markdown import md_cell
 
 
-def write_hunt_files(report: dict, out, scorer_loader=None) -> dict:
+def write_hunt_files(report: dict, out) -> dict:
     """Write a hunt's report (l0score.hunt_report decides its content) as out/report.json and
-    out/summary.md, and the HTML page when it can be rendered (`scorer_loader` draws its Layer-0
-    heatmaps: report.view.ReportOptions); returns the report with its file names."""
+    out/summary.md; returns the report with its file names. The page follows (`write_hunt_page`)."""
     out = Path(out)
     (out / "summary.md").write_text(markdown(report))
     report["files"] = _files(out)
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def write_hunt_page(report: dict, out) -> dict:
+    """The HTML page of what out holds (its Layer-0 heatmaps from out/heatmaps.npz when there), its name
+    added to report.json; a page that cannot be rendered is recorded there instead."""
+    out = Path(out)
     try:
         from .html import write_report
 
-        report["files"]["html"] = str(Path(write_report(out, scorer_loader=scorer_loader)).relative_to(out))
-        (out / "report.json").write_text(json.dumps(report, indent=1))
+        report["files"].update(_files(out))  # the heatmaps written since
+        report["files"]["html"] = str(Path(write_report(out)).relative_to(out))
     except Exception as exc:  # noqa: BLE001 - the page is a convenience: report.json and summary.md stand alone
         report["html_error"] = f"{type(exc).__name__}: {exc}"
-        (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -37,7 +43,7 @@ def read_verify_rows(path: Path) -> dict:
 
 def _files(out: Path) -> dict:
     names = {"analysis": "analysis/analysis.json", "profile": "profile/profile.json", "pool": "layer0/pool.json",
-             "verify": "verify/report.json", "summary": "summary.md"}
+             "verify": "verify/report.json", "summary": "summary.md", "heatmaps": "heatmaps.json"}
     return {k: v for k, v in names.items() if (out / v).exists()}
 
 

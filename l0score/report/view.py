@@ -10,13 +10,13 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
-from .collect import Candidate, ReportData
+from .collect import Candidate, ReportData, _modified
 from .text import diff_segments, fmt_num, png_uri, visible
 
 DEFAULT_PANELS = 20  # candidates with an evidence panel (the table lists every candidate)
 DEFAULT_HEATMAPS = 5  # of those, candidates whose Layer-0 dS heatmaps are drawn (needs the checkpoints)
+HEATMAPS_INDEX, HEATMAPS_FORMAT = "heatmaps.json", "l0score-heatmaps"  # written by l0score.analysis.heatmaps
 
 
 @dataclass
@@ -26,16 +26,14 @@ class ReportOptions:
     base, dormant: checkpoint directories, overriding the paths recorded in the outputs (for
         outputs moved from another machine) [as recorded]
     panels: candidates, in ranked order, that get an evidence panel [20]
-    heatmaps: of those, how many get Layer-0 dS heatmaps; 0 = none (they need both checkpoints) [5]
-    scorer_loader: loader(base, dormant, template_ids) -> a Layer-0 scorer for the heatmaps, e.g.
-        `l0score.Scorer.for_heatmaps`; the report loads no model itself [None: no heatmaps]
+    heatmaps: of those, how many get Layer-0 dS heatmaps, drawn from DIR/heatmaps.npz (written by the
+        hunt and `l0score report`: l0score.analysis.heatmaps); 0 = none [5]
     """
 
     base: str | None = None
     dormant: str | None = None
     panels: int = DEFAULT_PANELS
     heatmaps: int = DEFAULT_HEATMAPS
-    scorer_loader: Callable | None = None
 
     def __post_init__(self):
         if self.panels < 0 or self.heatmaps < 0:
@@ -44,14 +42,14 @@ class ReportOptions:
 
 def build_view(data: ReportData, options: ReportOptions) -> dict:
     """Everything the template shows, as plain strings, numbers and Markup (figures drawn here)."""
-    checkpoints = _checkpoints(data, options)
-    heatmaps = HeatmapSource(checkpoints, _heatmap_template(data), options.scorer_loader)
+    ckpts = checkpoints(data, options.base, options.dormant)
+    heatmaps = HeatmapSource(data)
     return {
         "title": f"l0score report: {data.root.name}",
         "root": str(data.root),
         "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "version": _version(),
-        "checkpoints": checkpoints,
+        "checkpoints": ckpts,
         "template": _template_text(data),
         "hunt": _hunt_view(data),
         "files": [{"kind": k, "path": data.rel(p), "modified": m} for k, p, m in data.files],
@@ -114,12 +112,14 @@ def _version() -> str:
 # header
 
 
-def _checkpoints(data: ReportData, options: ReportOptions) -> list[dict]:
+def checkpoints(data: ReportData, base: str | None = None, dormant: str | None = None) -> list[dict]:
+    """Both checkpoints: the path given, else the one the outputs recorded; reachable when its
+    config.json is (its fingerprint and architecture then)."""
     recorded = {"base": None, "dormant": None}
     sources = [data.hunt, data.analysis] + [v.data.get("config") for v in data.verifies]
     for role in recorded:
         recorded[role] = next((s[role] for s in sources if isinstance(s, dict) and isinstance(s.get(role), str)), None)
-    given = {"base": options.base, "dormant": options.dormant}
+    given = {"base": base, "dormant": dormant}
     out = []
     for role in ("base", "dormant"):
         path = given[role] or recorded[role]
@@ -152,19 +152,21 @@ def _find_config(path: str | None, root: Path) -> Path | None:
     if not path:
         return None
     for base in (Path.cwd(), root):
-        config = base / path / "config.json"
+        config = base / Path(path).expanduser() / "config.json"
         if config.is_file():
             return config.resolve()
-    from ..core.checkpoint import resolve_model_dir
-
-    try:
-        config = resolve_model_dir(path) / "config.json"
-    except (ValueError, OSError):  # CheckpointError is a ValueError
+    if path.count("/") != 1 or path.startswith((".", "/", "~")):
         return None
-    return config if config.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:  # a file lookup in the cache, as core.checkpoint.resolve_model_dir does for loading
+        config = try_to_load_from_cache(path, "config.json")
+    except (ValueError, OSError):
+        return None
+    return Path(config) if isinstance(config, str) and Path(config).is_file() else None
 
 
-def _heatmap_template(data: ReportData):
+def heatmap_template(data: ReportData):
     """The Layer-0 search's template (its checkpoint records prefix + [-1] + suffix), else None."""
     for sf in data.searches:
         ids = sf.options.get("template") if sf.stage == "layer0" else None
@@ -179,7 +181,7 @@ def _template_text(data: ReportData) -> str:
     tpl = _get(data.hunt, "config", "template")
     if tpl is not None:
         parts.append(f"hunt: {tpl}")
-    t = _heatmap_template(data)
+    t = heatmap_template(data)
     if t is not None:
         parts.append(f"Layer-0 search: {len(t[0])}-token prefix + candidate + {len(t[1])}-token suffix")
     for v in data.verifies:
@@ -279,42 +281,53 @@ def _row(i: int, c: Candidate) -> dict:
 
 
 class HeatmapSource:
-    """Layer-0 dS heatmaps (report.plots.plot_delta_heatmaps), drawn only if both checkpoints are
-    reachable and the caller gave a scorer loader (the report itself never loads a model)."""
+    """Layer-0 dS heatmaps drawn from DIR/heatmaps.json and the heatmaps.npz it names, which the hunt
+    and `l0score report` compute (l0score.analysis.heatmaps); the report never loads a model."""
 
-    def __init__(self, checkpoints: list[dict], template, loader=None):
-        self.paths = {c["role"]: c["path"] for c in checkpoints}
-        self.reachable = all(c["reachable"] for c in checkpoints) and loader is not None
-        self.template, self.loader = template, loader
-        self.scorer = None
-        if loader is None:
-            self.note = "Layer-0 dS heatmaps are drawn only when a scorer loader is given (`l0score report` gives one)"
-        elif not self.reachable:
-            self.note = ("Layer-0 dS heatmaps need both checkpoints; not reachable here: "
-                         + ", ".join(f"{c['role']} {c['path'] or '(path not recorded)'}" for c in checkpoints
-                                     if not c["reachable"])
-                         + " (pass --base/--dormant to point at them)")
-        else:
-            self.note = None
+    def __init__(self, data: ReportData):
+        self.entries: dict[tuple[int, ...], dict] = {}
+        self.note = None
+        index = Path(data.root) / HEATMAPS_INDEX
+        if not index.is_file():
+            self.note = ("No Layer-0 dS heatmaps: this directory holds no heatmaps.json (the hunt and "
+                         "`l0score report` write it when both checkpoints are reachable)")
+            return
+        try:
+            self._read(index)
+        except (ValueError, TypeError, KeyError, OSError) as exc:  # zipfile.BadZipFile is an OSError
+            self.entries = {}
+            self.note = f"Layer-0 dS heatmaps not drawn: {data.rel(index)} unreadable ({exc})"
+            data.problems.append(self.note)
+            return
+        data.files.append(("heatmaps", index, _modified(index)))
+
+    def _read(self, index: Path) -> None:
+        import numpy as np
+
+        meta = json.loads(index.read_text())
+        if not isinstance(meta, dict) or meta.get("format") != HEATMAPS_FORMAT or meta.get("version") != 1:
+            raise ValueError(f"not an {HEATMAPS_FORMAT} index of version 1")
+        self.note = meta.get("note") if isinstance(meta.get("note"), str) else None
+        with np.load(index.parent / str(meta["npz"]), allow_pickle=False) as npz:
+            for c in _list(meta.get("candidates")):
+                k = c["key"]
+                ds, heads, ids = npz[f"{k}_ds"], npz[f"{k}_heads"].tolist(), npz[f"{k}_ids"].tolist()
+                if ds.ndim != 3 or ds.shape[0] != len(heads) or ds.shape[1] != ds.shape[2]:
+                    raise ValueError(f"{k}: dS of shape {ds.shape} for {len(heads)} heads")
+                self.entries[tuple(ids)] = {"ds": ds, "heads": heads, "prefix_len": int(c["prefix_len"]),
+                                            "text": str(c.get("text"))}
 
     def draw(self, token_ids: list[int]) -> str | None:
-        if not self.reachable:
+        entry = self.entries.get(tuple(token_ids))
+        if entry is None:
             return None
-        try:
-            if self.scorer is None:
-                self.scorer = self.loader(self.paths["base"], self.paths["dormant"], self.template)
-            import tempfile
+        from .plots import delta_heatmaps_figure, png_bytes
 
-            from .plots import plot_delta_heatmaps
+        fig = delta_heatmaps_figure(entry["ds"], entry["heads"], entry["prefix_len"], len(token_ids), entry["text"])
+        return png_uri(png_bytes(fig, dpi=110))
 
-            with tempfile.TemporaryDirectory(prefix="l0score-report-") as tmp:
-                path = Path(tmp) / "heatmap.png"
-                plot_delta_heatmaps(self.scorer, token_ids, str(path))
-                return png_uri(path.read_bytes())
-        except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError) as exc:  # CheckpointError: ValueError
-            self.reachable = False
-            self.note = f"Layer-0 dS heatmaps not drawn: {exc}"
-            return None
+    def missing_note(self) -> str:
+        return self.note or "No Layer-0 dS heatmap of this candidate in heatmaps.npz"
 
 
 def _panel(i: int, c: Candidate, data: ReportData, heatmaps: HeatmapSource | None) -> dict:
@@ -328,7 +341,7 @@ def _panel(i: int, c: Candidate, data: ReportData, heatmaps: HeatmapSource | Non
     if heatmaps is not None:
         panel["heatmap"] = heatmaps.draw(c.token_ids)
         if panel["heatmap"] is None:
-            panel["heatmap_note"] = heatmaps.note
+            panel["heatmap_note"] = heatmaps.missing_note()
     if c.verify is not None:
         panel["verify"] = _verify_panel(c.verify, c.verify_report, data)
     return panel

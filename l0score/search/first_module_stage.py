@@ -18,6 +18,7 @@ import torch
 
 from ..first_module.sweep import SweepOptions, sweep
 from .beam import beam
+from .pool import interleave
 
 
 @dataclass(frozen=True)
@@ -89,20 +90,6 @@ def _module_ranking(scorer) -> str:
 def _pool(swept, ranking: str, projection, o: FirstModuleStageOptions) -> list[int]:
     """The sweep's best tokens interleaved with the projection's, so that every prefix of the pool
     (a consumer may cut it shorter) holds about ``projection_share`` of projection picks."""
-    ours = iter(swept.ranking(ranking).tolist())
-    theirs = iter(projection.ranking("in").tolist() if projection is not None and "in" in projection.values else [])
+    theirs = projection.ranking("in").tolist() if projection is not None and "in" in projection.values else []
     share = o.projection_share if projection is not None else 0.0
-    pool, seen, taken = [], set(), 0
-    while len(pool) < o.pool_size:
-        want_theirs = taken < share * len(pool)  # the sweep's best comes first
-        t = next(theirs, None) if want_theirs else None
-        if t is None:
-            t = next(ours, None)
-            if t is None:
-                break
-        else:
-            taken += 1
-        if t not in seen:
-            pool.append(t)
-            seen.add(t)
-    return pool
+    return interleave(swept.ranking(ranking).tolist(), theirs, share, o.pool_size)

@@ -109,3 +109,25 @@ def read_pool_ids(path, top: int | None = None) -> list[int]:
         raise ValueError(f"{path}: expected a non-empty list of integer token ids")
     ids = list(dict.fromkeys(ids))  # first occurrence keeps its rank
     return ids[:top] if top else ids
+
+
+def interleave(primary, secondary, share: float, size: int) -> list[int]:
+    """Up to `size` distinct tokens from two rankings, so that every prefix of the result holds about
+    `share` of `secondary`'s picks (the primary's best comes first); a ranking that runs out leaves
+    its places to the other."""
+    ours, theirs = iter(primary), iter(secondary)
+    out, seen, taken = [], set(), 0
+    while len(out) < size:
+        t = next(theirs, None) if taken < share * len(out) else None
+        if t is None:
+            t = next(ours, None)
+            if t is None:
+                t = next(theirs, None)
+                if t is None:
+                    break
+        else:
+            taken += 1
+        if t not in seen:
+            out.append(t)
+            seen.add(t)
+    return out
