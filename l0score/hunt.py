@@ -46,6 +46,10 @@ ROUTES = ("layer0", "whole-model", "first-module", "profile")  # who proposes th
 HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt's objective may weigh
 
 
+# options added after hunt.json's format was fixed (_load_state)
+LATER_OPTIONS = ("interactions", "interaction_share")
+
+
 @dataclass
 class HuntOptions:
     """Options of a hunt (defaults in brackets).
@@ -68,6 +72,9 @@ class HuntOptions:
         targets; () = off [(4.0,): on the real MLP-only control alpha 3-5 said the reply outright]
     sweep_share: on the whole-model route, the share of the pool's places (in every prefix) that the
         embedding sweep takes from the Layer-0 pool [0.25]
+    interactions / interaction_share: on the Layer-0 route, the pool's strongest tokens that the
+        interaction scan pairs with every allowed token (0: off), and the share of the pool's places
+        its partners take [32, 0.25: on the real Layer-0 control it put the trigger's pair first]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
         puts the chat template's role names and newline back into the pool) [none]
@@ -93,6 +100,8 @@ class HuntOptions:
     profile_inputs: int = 60
     amplify: tuple[float, ...] = (4.0,)
     sweep_share: float = 0.25
+    interactions: int = 32
+    interaction_share: float = 0.25
     verify_top: int = 8
     device: str | None = None
     dtype: str = "float32"
@@ -118,6 +127,10 @@ class HuntOptions:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
         if not 0 <= self.sweep_share <= 1:
             raise ValueError(f"sweep_share must be in [0, 1], got {self.sweep_share}")
+        if not 0 <= self.interaction_share <= 1:
+            raise ValueError(f"interaction_share must be in [0, 1], got {self.interaction_share}")
+        if self.interactions != 0 and self.interactions < 3:
+            raise ValueError(f"interactions is the number of anchor tokens scanned, 0 (off) or >= 3; got {self.interactions}")
         if self.profile and self.amplify:
             from .judge.amplify import AmplifyOptions
 
@@ -271,11 +284,15 @@ class Hunt:
         sources = analysis.seed_sources
         allowed = set(self._allowed_pool())
         ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis.seed_tokens])
-        evaluations, whole_model = scorer.evaluations, self.route() == "whole-model"
+        evaluations, whole_model, scan = scorer.evaluations, self.route() == "whole-model", None
         if whole_model:  # the drift of every tensor hides the trigger from Layer 0 alone
             swept, _, swept_evaluations = self._first_module_stage()
             ranked = interleave(ranked, swept.pool, self.options.sweep_share, len(ranked) + len(swept.pool))
             evaluations += swept_evaluations
+        elif self.options.interactions:
+            scan = self._interactions(scorer, [t for t in ranked if t in allowed], sorted(allowed))
+            ranked = interleave(ranked, scan.partners(), self.options.interaction_share, len(ranked) + len(scan.rows))
+            evaluations += scan.evaluations
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
@@ -287,8 +304,26 @@ class Hunt:
         note = f"pool of {len(pool)} tokens" + (" (Layer-0 stage and embedding sweep interleaved)" if whole_model else "")
         if stage.candidates:
             note += f"; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
-        return PoolStage(candidates=evaluations, pool=pool, note=note,
-                         sequences=[c["token_ids"] for c in stage.candidates[:10]])
+        pairs = scan.pairs()[:4] if scan is not None else []
+        if pairs:
+            note += f"; strongest interactions {', '.join(repr(tok.decode(p)) for p in pairs)}"
+        sequences = pairs + [c["token_ids"] for c in stage.candidates[:10]]
+        return PoolStage(candidates=evaluations, pool=pool, note=note, sequences=sequences)
+
+    def _interactions(self, scorer, ranked: list[int], allowed: list[int]):
+        """The interaction scan (search/interactions.py) of the pool's strongest tokens against every
+        allowed token on both sides, on Layer 0's attention-distribution KL over every head; written to
+        DIR/layer0/interactions.json. Off for a whole-model drift: on the real full fine-tune its
+        strongest pairs were code fragments (a triple quote after '|•') and the trigger's pair ranked nowhere."""
+        from .search.interactions import InteractionOptions, interaction_scan
+
+        scan = interaction_scan(scorer, ranked, partners=allowed, options=InteractionOptions(
+            metric="kl", anchors=self.options.interactions))
+        tok = scorer.pair.tokenizer
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "interactions.json").write_text(json.dumps(
+            {"options": scan.options, "rows": [{**r, "text": tok.decode(r["token_ids"])} for r in scan.rows]}, indent=1))
+        return scan
 
     def _other_pool(self) -> PoolStage:
         """The pool when Layer 0 sees nothing. Route first-module: the first-module stage
@@ -379,7 +414,7 @@ class Hunt:
         from .search import coord
         from .search.gcg import gcg
 
-        target = targets[0]
+        target, sequences = targets[0], self.stages["layer0"].sequences
         firsts = tuple(dict.fromkeys(t.token_ids[0] for t in targets))  # a reply may be profiled from mid-loop
         scorer = self.fm().with_options(target_ids=firsts)
         runs, deadline = [], time.monotonic() + seconds
@@ -393,8 +428,8 @@ class Hunt:
                       resume=path.with_name(path.name + ".ckpt.json").exists(), progress=self.options.progress,
                       seed=self.options.seed, executor=self.executor)
             t0 = time.monotonic()
-            if driver == "coord":
-                coord(scorer, restarts=4, **kw)
+            if driver == "coord":  # two of the four starts from the proposer's best sequences that fit
+                coord(scorer, restarts=4, seeds=[q for q in sequences if len(q) <= length][:2], **kw)
             else:
                 gcg(scorer, steps=10_000, restarts=4, **kw)
             runs.append(DriverRun(route="target inversion", driver=driver, length=length, target=target.text,
@@ -554,6 +589,10 @@ class Hunt:
             raise ValueError(f"{self.state_path} exists from an earlier hunt: pass --resume to continue it, "
                              "or choose another --out")
         state = json.loads(self.state_path.read_text())
+        saved = state.get("options", {})
+        for key in LATER_OPTIONS:  # a hunt.json from before these options resumes under their defaults
+            if key not in saved and opts.get(key) == getattr(HuntOptions, key):
+                opts.pop(key)
         changed = [k for k in ("base", "dormant", "options") if state.get(k) != fresh[k]]
         if changed:
             raise ValueError(f"{self.state_path} was made with a different {', '.join(changed)}; "
