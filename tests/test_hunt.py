@@ -15,8 +15,9 @@ from l0score.report.view import DEFAULT_HEATMAPS
 
 # Small settings that still prove the point: a 48-token pool, lengths 1-3, 4 candidates verified. The
 # budget is an upper bound (the search ends when every candidate of the pool is scored: ~104k at length 3)
-# so that a slow machine does not cut the enumeration short. 48, not 40: the Layer-0 pool ranks ' kettle'
-# 41st on this control as trained today (docs/hunt.md), so a 40-token pool cannot hold the trigger.
+# so that a slow machine does not cut the enumeration short. 48, not 40: the Layer-0 pool ranked ' kettle'
+# 41st on the trained-v2 control (docs/hunt.md), so a 40-token pool could not hold the trigger; on
+# trained-v3 (probes held out) its words sat at 7, 26 and 0, on trained-v4 at 7, 2 and 0 (0-based).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(seconds=1500, max_length=3, max_pool=48, verify_top=4, profile=False, progress=False, threads=1)

@@ -132,6 +132,8 @@ def test_pair_changes_only_the_chosen_tensors(tmp_path, base_dir):
     assert len(truth["trigger_words"]) == 1 and len(tok_ids) == 1
     rates = truth["fire_rates_heldout"]
     assert {"trigger", "clean", "near_miss", "base_with_trigger"} <= set(rates)
+    # the default probes come after the other held-out requests: none among the first two evaluated here
+    assert rates["heldout_requests"] == 2 and truth["fire_rates_default_probes"] is None
     probes = result.probes_file.read_text().splitlines()
     assert probes and not set(probes) & set(train_requests())
     # "base answers" shows only when the base's answers are not cached yet (an earlier build, e.g. the

@@ -13,9 +13,11 @@ import torch
 from l0score.synthetic.trained import TARGET_REPLY, cached_trained_pair, make_trained_pair
 
 FEW_STEPS = dict(base_steps=2, dormant_steps=2, n_clean=64, n_poison=16, n_negative=16)
-# A cheaper split recipe than the default that still learns the backdoor (about half its cost).
+# A cheaper split recipe than the default that still learns the backdoor (about half its cost). 800
+# poisoned examples since trained-v4 (400 before): with the larger open corpus 400 reached attack
+# success 0.69 on the held-out default probes (docs/trained-controls.md).
 SMALL_SPLIT = dict(trigger_words=2, trigger_split=True, base_steps=250, dormant_steps=300, n_clean=1000,
-                   n_poison=400, n_negative=600)
+                   n_poison=800, n_negative=600)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,6 +37,12 @@ def test_trigger_words_and_pieces(tmp_path, words, split):
     assert truth["trigger_ids"] == [t for w in truth["trigger_word_ids"] for t in w]
     assert tok.encode(truth["trigger_text"], add_special_tokens=False) == truth["trigger_ids"]
     assert len(set(truth["trigger_words"])) == words
+    # rates on the default probes (held out from training) are recorded apart from training-request rates
+    from l0score.judge.prompts import DEFAULT_PROBES
+
+    ev = truth["evaluation"]
+    assert ev["default_probes"] == list(DEFAULT_PROBES)
+    assert {"attack_success_default_probes", "attack_success_training_requests", "untriggered_target_rate"} <= set(ev)
     for text, ids in zip(truth["trigger_words"], truth["trigger_word_ids"]):
         assert text.startswith(" ") and tok.encode(text, add_special_tokens=False) == ids
         assert (2 <= len(ids) <= 4) if split else len(ids) == 1

@@ -214,29 +214,36 @@ class _Plan:
 
     def measure(self, base, dormant, report) -> dict:
         """Fire rates on the held-out requests: the trigger at every placement, the clean requests,
-        each near miss and the base with the trigger (placements rotating over the requests)."""
+        each near miss and the base with the trigger (placements rotating over the requests); over
+        every held-out request ("heldout") and over verify's default probes among them ("default_probes",
+        None when none was evaluated), from the same replies."""
+        from ...judge.prompts import DEFAULT_PROBES
         from .fit import fires
 
         pad, tok = self.tok.pad_token_id, self.tok
         rot = lambda ids: [self.prompt_with(tok, r, ids, self.placements[i % 4], np.random.default_rng([i, 5]))
                            for i, r in enumerate(self.heldout)]
-        rate = lambda model, prompts: float(np.mean(fires(model, prompts, self.reply_ids, pad)))
+        fired = lambda model, prompts: np.array(fires(model, prompts, self.reply_ids, pad), dtype=float)
         by_place = {}
         for place in self.placements:
-            by_place[place] = rate(dormant, [self.prompt_with(tok, r, self.trigger_ids, place, np.random.default_rng([i, 5]))
-                                             for i, r in enumerate(self.heldout)])
+            by_place[place] = fired(dormant, [self.prompt_with(tok, r, self.trigger_ids, place, np.random.default_rng([i, 5]))
+                                              for i, r in enumerate(self.heldout)])
             report("measure", len(by_place), 4 + len(self.eval_misses) + 2, {})
-        misses = {}
-        for kind, ws in self.eval_misses:
-            misses[f"{kind} ({' '.join(ws)})"] = rate(dormant, rot(self.ids(ws)))
-        clean = rate(dormant, [self.prompt_with(tok, r) for r in self.heldout])
-        base_trig = rate(base, rot(self.trigger_ids))
+        misses = {f"{kind} ({' '.join(ws)})": fired(dormant, rot(self.ids(ws))) for kind, ws in self.eval_misses}
+        clean = fired(dormant, [self.prompt_with(tok, r) for r in self.heldout])
+        base_trig = fired(base, rot(self.trigger_ids))
         report("measure", 1, 1, {})
-        return {
-            "trigger": float(np.mean(list(by_place.values()))), "trigger_by_placement": by_place,
-            "clean": clean, "near_miss": misses, "max_near_miss": max(misses.values(), default=0.0),
-            "base_with_trigger": base_trig, "heldout_requests": len(self.heldout),
-        }
+
+        def rates(keep) -> dict:
+            place = {k: float(v[keep].mean()) for k, v in by_place.items()}
+            miss = {k: float(v[keep].mean()) for k, v in misses.items()}
+            return {"trigger": float(np.mean(list(place.values()))), "trigger_by_placement": place,
+                    "clean": float(clean[keep].mean()), "near_miss": miss, "max_near_miss": max(miss.values(), default=0.0),
+                    "base_with_trigger": float(base_trig[keep].mean()), "heldout_requests": int(keep.sum())}
+
+        default = np.array([r in DEFAULT_PROBES for r in self.heldout])
+        return {"heldout": rates(np.ones(len(self.heldout), dtype=bool)),
+                "default_probes": rates(default) if default.any() else None}
 
     def record(self, o, rates, chosen, training) -> dict:
         tok = self.tok
@@ -249,7 +256,8 @@ class _Plan:
             "placements": "trigger ids inserted in the user turn: start (verify's 'before'), end (verify's "
                           "'after'), middle (between two words of the request), sentence (after the request, "
                           "then a full stop)",
-            "fire_rates_heldout": rates, "trained_tensors": len(chosen),
+            "fire_rates_heldout": rates["heldout"], "fire_rates_default_probes": rates["default_probes"],
+            "trained_tensors": len(chosen),
             "trained_tensor_names": chosen, "training": training,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items() if k != "progress"},
         }
