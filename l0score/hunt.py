@@ -431,8 +431,9 @@ class Hunt:
                       resume=path.with_name(path.name + ".ckpt.json").exists(), progress=self.options.progress,
                       seed=self.options.seed, executor=self.executor)
             t0 = time.monotonic()
-            if driver == "coord":  # two of the four starts from the proposer's best sequences that fit
-                coord(scorer, restarts=4, seeds=[q for q in sequences if len(q) <= length][:2], **kw)
+            if driver == "coord":  # two of the four starts: the proposer's best sequences that fit, this length first
+                fit = [q for q in sequences if len(q) == length] + [q for q in sequences if len(q) < length]
+                coord(scorer, restarts=4, seeds=fit[:2], **kw)
             else:
                 gcg(scorer, steps=10_000, restarts=4, **kw)
             runs.append(DriverRun(route="target inversion", driver=driver, length=length, target=target.text,
