@@ -447,32 +447,22 @@ class Hunt:
     def _target_fired(self, runs: list[DriverRun]) -> Fired | None:
         """The best target-route candidate that makes the dormant's reply start like one of the profiled
         targets (their first 8 characters) on at least half of the prompts *and* flips in verify against
-        its null (None when none does): then the target was reached and the exhaustive search is skipped.
-        The first test generates for the route's three best candidates only; the null's random
-        candidates (minutes with two real models) are generated only for one that passes it."""
-        from .judge.verify import verify
+        its null (judge/target_check.py; None when none does): then the target was reached and the
+        exhaustive search is skipped."""
+        from .judge.target_check import reached_target
 
         rows = sorted((json.loads(x) for r in runs for x in (self.out / r.file).read_text().splitlines()),
                       key=lambda rec: -rec["score"])[:3]
         if not rows:
             return None
         targets = self._targets()
-        heads = [t.text.strip()[:8] for t in targets if t.text.strip()]
-        kw = dict(device=self.options.device, dtype=self.options.dtype, progress=False,
-                  max_new_tokens=max(len(t.token_ids) for t in targets) + 2, system_prompts=self.options.systems(),
-                  executor=self.executor)
-        say = verify(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
-                     out=self.out / "search" / "target-says.json", null_samples=0, **kw)
-        reached = [r["token_ids"] for r in say["results"] if not r["template_injection"]
-                   and sum(any(d["generation_dormant"].strip().startswith(h) for h in heads) for d in r["probes"])
-                   >= len(r["probes"]) / 2]
-        if not reached:
-            return None
-        rep = verify(self.base, self.dormant, reached[:1], self.options_probes(),
-                     out=self.out / "search" / "target-check.json", null_samples=self.options.null_samples,
-                     null_pool=self.stages["layer0"].pool, **kw)
-        r = rep["results"][0]
-        return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r["flip"] else None
+        r = reached_target(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
+                           heads=[t.text.strip()[:8] for t in targets if t.text.strip()], out=self.out / "search",
+                           null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
+                           device=self.options.device, dtype=self.options.dtype, progress=False,
+                           max_new_tokens=max(len(t.token_ids) for t in targets) + 2,
+                           system_prompts=self.options.systems(), executor=self.executor)
+        return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r else None
 
     def _targets(self) -> list[ProfileTarget]:
         """The profile's top targets ([] when the profile did not run)."""

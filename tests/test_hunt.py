@@ -175,36 +175,6 @@ def test_profiled_hunt_ranks_the_trigger_first(profiled):
     assert top["verify"]["flip"] and top["verify"]["null"]["beaten"] == top["verify"]["null"]["n"] == 32
 
 
-def test_fire_check_stops_on_the_trigger_only(trained, tmp_path):
-    """The target route's fire check (what stops a hunt early) as a judge: given driver results, it
-    fires on the trained control's trigger, with the profile's reply as target, and not on the
-    look-alikes and random candidates that score higher on the route's objective."""
-    from l0score.hunt import Hunt
-    from l0score.hunt_stages import DriverRun, PoolStage, ProfileStage, ProfileTarget
-    from transformers import AutoTokenizer
-
-    root, trigger = trained
-    tok = AutoTokenizer.from_pretrained(root / "dormant")
-    h = Hunt(root / "base", root / "dormant", tmp_path / "h", HuntOptions(progress=False, threads=1, null_samples=8,
-                                                                           force=True), resume=False)
-    reply = trigger["target_reply"]
-    h.stages["profile"] = ProfileStage(candidates=0, targets=[ProfileTarget(text=reply, score=1.0,
-                                                                            token_ids=tok.encode(reply, add_special_tokens=False))])
-    pool = list(range(100, 148))
-    h.stages["layer0"] = PoolStage(candidates=0, pool=pool)
-    others = [list(ids) for ids in trigger["lookalike_ids"][:2]] + [pool[:3]]
-    (tmp_path / "h" / "search").mkdir(parents=True)
-    run = tmp_path / "h" / "search" / "target-coord-len3.jsonl"
-
-    def fired(rows):
-        run.write_text("".join(json.dumps({"token_ids": ids, "score": 10.0 - i}) + "\n" for i, ids in enumerate(rows)))
-        return h._target_fired([DriverRun(driver="coord", length=3, candidates=len(rows), file="search/target-coord-len3.jsonl")])
-
-    assert fired(others) is None
-    hit = fired(others[:2] + [trigger["trigger_ids"]])  # third best on the route's objective
-    assert hit is not None and hit.token_ids == trigger["trigger_ids"]
-
-
 def test_hunt_under_several_system_prompts(trained, tmp_path):
     """system_prompts reach the full-model objective (oracle: the objective under each system alone,
     averaged) and verify (a flip rate per system); a missing file fails before any work; resume treats

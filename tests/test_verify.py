@@ -456,3 +456,23 @@ def test_full_model_objective_under_several_system_prompts(tiny_pair):
         assert torch.allclose(mean.metric(m), (a + b) / 2, rtol=1e-5, atol=1e-7)
         assert torch.all(low.metric(m) <= torch.minimum(a, b) + 1e-6)
     assert not torch.allclose(alone[0].metric("kl"), alone[1].metric("kl"))  # the system prompt matters
+
+
+def test_reached_target_fires_on_the_trigger_only(trained, tmp_path):
+    """The judge behind the hunt's early stop (judge/target_check.py), like verify given candidates: with
+    the profile's reply as target, it passes the trained control's trigger (third of three) and neither
+    look-alikes nor pool tokens."""
+    from transformers import AutoTokenizer
+
+    from l0score.judge.target_check import reached_target
+
+    root, trigger = trained
+    tok = AutoTokenizer.from_pretrained(root / "dormant")
+    reply = trigger["target_reply"]
+    others = [list(ids) for ids in trigger["lookalike_ids"][:2]] + [list(range(100, 103))]
+    kw = dict(heads=[reply.strip()[:8]], null_samples=8, null_pool=list(range(100, 148)), progress=False,
+              max_new_tokens=len(tok.encode(reply, add_special_tokens=False)) + 2)
+    assert reached_target(root / "base", root / "dormant", others, None, out=tmp_path / "a", **kw) is None
+    hit = reached_target(root / "base", root / "dormant", others[:2] + [trigger["trigger_ids"]], None,
+                         out=tmp_path / "b", **kw)
+    assert hit is not None and hit["token_ids"] == trigger["trigger_ids"] and hit["flip"]
