@@ -74,7 +74,8 @@ class HuntOptions:
     amplify: alphas of the profile's logit-amplified sampling (judge/amplify.py), whose payloads join its
         targets; () = off [(4.0,): on the real MLP-only control alpha 3-5 said the reply outright]
     sweep_share: on the whole-model route, the share of the pool's places (in every prefix) that the
-        embedding sweep takes from the Layer-0 pool [0.25]
+        first-module stage (embedding sweep and layer-0 projection) takes from the Layer-0 pool [0.5: on
+        the real full controls the Layer-0 pool held at most one trigger word, the stage both]
     interactions / interaction_share: on the Layer-0 route, the pool's strongest tokens that the
         interaction scan pairs with every allowed token (0: off), and the share of the pool's places
         its partners take [32, 0.25: on the real Layer-0 control it put the trigger's pair first]
@@ -102,7 +103,7 @@ class HuntOptions:
     profile: bool = True
     profile_inputs: int = 60
     amplify: tuple[float, ...] = (4.0,)
-    sweep_share: float = 0.25
+    sweep_share: float = 0.5
     interactions: int = 32
     interaction_share: float = 0.25
     verify_top: int = 8
@@ -358,7 +359,7 @@ class Hunt:
         """The first-module stage (search/first_module_stage.py) at the base check's first changed
         module ('embed' for a whole-model fine-tune): its candidates go to
         DIR/layer0/first_module_candidates.jsonl; returns (the stage's result, the module's name, the
-        scorer's evaluations). The sweep records only the ranking's own depth: deeper ones cost layers."""
+        scorer's evaluations)."""
         from .analysis.delta_projection import DeltaProjectionOptions, delta_projection
         from .first_module import FirstModuleOptions, FirstModuleScorer, Location
         from .search.first_module_stage import FirstModuleStageOptions, first_module_stage
@@ -368,8 +369,8 @@ class Hunt:
         scorer = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
             location=loc, template="chat", device=self.options.device, dtype=self.options.dtype, k=k))
         projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
-        stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3),
-                                                                   depths=(k,)), projection=projection, progress=self._say)
+        stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3)),
+                                   projection=projection, progress=self._say)
         (self.out / "layer0").mkdir(parents=True, exist_ok=True)
         (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
             "".join(json.dumps(c) + "\n" for c in stage.candidates))

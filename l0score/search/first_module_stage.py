@@ -2,7 +2,9 @@
 changed module to a token pool and ranked candidates, before the full models (docs/architecture.md#beyond-layer-0).
 
 1. the vocabulary sweep (first_module/sweep.py) ranks every token at the user-message slot by
-   ``ranking`` (default: the divergence ``div{k}`` at ``k``, else the module's own difference);
+   ``ranking`` (default: the consensus of the divergences ``div{d}`` at every recorded depth d, the
+   geometric mean of their ranks; with one depth that depth's divergence; with none the module's own
+   difference);
 2. the pool: the sweep's top tokens interleaved with the weight-delta projection's ``in`` ranking
    (analysis/delta_projection.py; passed in, no forward pass), which gets ``projection_share`` of the
    places in every prefix of the pool;
@@ -23,12 +25,14 @@ from .pool import interleave
 
 @dataclass(frozen=True)
 class FirstModuleStageOptions:
-    # divergence depth of the default ranking and of the beam's objective (0: the module's difference);
-    # 1: on the real MLP-only control and the trained controls (docs/first-module.md) div1 ranked the
-    # trigger's tokens highest; deeper k fades
+    # divergence depth of the beam's objective (0: the module's difference); 1 ranked the trigger's
+    # tokens highest on the trained controls and the first real MLP-only control (docs/first-module.md)
     k: int = 1
-    depths: tuple[int, ...] = (1, 2, 3, 4)  # sweep depths recorded (k is always among them)
-    ranking: str | None = None  # sweep ranking of the pool [f"div{k}", or the module's own when k = 0]
+    # sweep depths recorded (k is always among them); the pool ranks by their consensus: on the real
+    # controls the best single depth differed from pair to pair (1 on one, 3 on another), the consensus
+    # of 1-4 stayed within the 40 best on each (docs/first-module.md "Which depth")
+    depths: tuple[int, ...] = (1, 2, 3, 4)
+    ranking: str | None = None  # sweep ranking of the pool ["consensus" of the depths, see above]
     pool_size: int = 128
     projection_share: float = 0.25
     max_length: int = 3
@@ -62,7 +66,10 @@ def first_module_stage(scorer, options: FirstModuleStageOptions | None = None, p
     t0 = time.perf_counter()
     say(f"sweep of the vocabulary at {scorer.kind}")
     swept = sweep(scorer, SweepOptions(depths=depths, batch_size=o.batch_size))
-    ranking = o.ranking or (f"div{o.k}" if o.k else _module_ranking(scorer))
+    divs = [f"div{d}" for d in depths]
+    if len(divs) > 1:
+        swept.with_consensus(divs)
+    ranking = o.ranking or ("consensus" if len(divs) > 1 else divs[0] if divs else _module_ranking(scorer))
     t1 = time.perf_counter()
     pool = _pool(swept, ranking, projection, o)
     view = scorer.with_depths((o.k,)) if o.k else scorer
