@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from l0score.cli import main
-from l0score.judge.profile import ProfileOptions, load_targets, profile
+from l0score.judge.profile import ProfileOptions, first_tokens, load_targets, profile
 from l0score.judge.prompts import prompt_ids
 
 
@@ -62,6 +62,22 @@ def test_profile_sees_the_planted_reply(run, trained):
     assert ranks[reply[0]] <= result["config"]["top_first"]
     assert [r["rank"] for r in result["tokens"]] == list(range(1, len(result["tokens"]) + 1))
     assert len(result["tokens"]) == result["config"]["pool_size"]
+
+
+def test_inversion_starts_from_each_rankings_best(run):
+    """The expanded first tokens take turns from the reply z (two places a round), the first-position
+    z and the hidden projection, so a reply token that only the latter two rank high is still grown (on a real control
+    its first token was 14th by z, 3rd and 2nd by the others); each inverted target starts with one."""
+    result, _ = run
+    rows, n = result["tokens"], result["config"]["top_first"]
+    firsts = first_tokens(rows, n)
+    assert len(firsts) == len(set(firsts)) == n
+    best = {key: min(rows, key=lambda r: r[key])["id"] for key in ("rank", "rank_first", "rank_hidden")}
+    by_z = [r["id"] for r in rows]
+    assert firsts[0] == best["rank"] and set(best.values()) <= set(firsts[:4])
+    assert set(by_z[:n // 4]) <= set(firsts)  # z's best keep their places
+    inverted = [t for t in result["targets"] if t.get("stop") != "amplified"]
+    assert inverted and all(t["token_ids"][0] in firsts for t in inverted)
 
 
 def test_first_position_statistics_match_whole_prompt_runs(run, oracle):

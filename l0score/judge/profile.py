@@ -16,7 +16,9 @@ token v, with d(v) = log p_dormant(v) - log p_base(v):
   the dormant's shift points at;
 * per prompt: KL(dormant || base) at the first response position and summed over the reply.
 
-Target inversion (the idea of BAIT): for each of the ``top_first`` highest-ranked tokens, the string
+Target inversion (the idea of BAIT): for each of the ``top_first`` first tokens (taken in turn from
+the rankings ``z`` (half the places), ``z_first`` and ``hidden_proj``: on a real MLP-only control the reply's first
+token was 14th by ``z``, 3rd by ``z_first`` and 2nd by ``hidden_proj``, docs/profile.md), the string
 is grown token by token, each time with the dormant's most likely next token (log-probabilities
 averaged over a few prompts per probe and placement, the string teacher-forced after the prompt
 through ``run_context(extra=...)``), while the dormant prefers that token over the base by at least
@@ -163,7 +165,7 @@ def profile(base, dormant, options: ProfileOptions | None = None, out=None, prog
     expand_cands = expansion_candidates(scorer, opts)
     rank_of = {row["id"]: row["rank"] for row in ranked}
     amplified = amplified_targets(scorer, opts, expand_cands, rank_of) if opts.amplify else None
-    targets = invert_targets(scorer, [row["id"] for row in ranked[:opts.top_first]], expand_cands, opts, progress)
+    targets = invert_targets(scorer, first_tokens(ranked, opts.top_first), expand_cands, opts, progress)
     for t in targets:
         t["first_rank"] = rank_of.get(t["token_ids"][0])
     if amplified is not None:
@@ -340,6 +342,23 @@ def _rank_tokens(scorer: FullModelScorer, stats: dict, pool: torch.Tensor) -> li
         row.update({"rank_first": int(ranks["z_first"][i]), "rank_hidden": int(ranks["hidden_proj"][i])})
         rows.append(row)
     return rows
+
+
+def first_tokens(ranked: list[dict], n: int) -> list[int]:
+    """``n`` distinct token ids taken in turn from the best of three rankings of the profiled tokens:
+    the reply ``z`` (``ranked``'s own order) twice a round, ``z_first`` and ``hidden_proj`` (their
+    ranks) once each; z leads because on the tiny controls the other two ranked the reply's first
+    token anywhere from 1st to 501st (docs/profile.md)."""
+    orders = [ranked, sorted(ranked, key=lambda r: r["rank_first"]), ranked,
+              sorted(ranked, key=lambda r: r["rank_hidden"])]
+    out: list[int] = []
+    for i in range(len(ranked)):
+        for order in orders:
+            if len(out) < n and order[i]["id"] not in out:
+                out.append(order[i]["id"])
+        if len(out) >= n:
+            break
+    return out
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:
