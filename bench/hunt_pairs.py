@@ -8,7 +8,7 @@ a second time without the behavioural profile.
 
     python bench/hunt_pairs.py --seconds 600 [--pairs bench/results/trained_pairs.json] [--only 0,1,2]
                                [--compare-profile] [--out bench/results]
-    python bench/hunt_pairs.py --real [--pairs bench/results/real_pairs.json] ...
+    python bench/hunt_pairs.py --real [--pairs bench/results/real_pairs.json] [--max-length 3] ...
 
 `--real` hunts the real pretrained controls of bench/real_pairs.py (SmolLM2-135M fine-tunes) and adds,
 per pair, an independent check: does the top result make the dormant give the pair's reply on the
@@ -26,12 +26,12 @@ def positions(ranked: list[int], ids: list[int]) -> list[int | None]:
     return [ranked.index(t) if t in ranked else None for t in ids]
 
 
-def hunt_one(pair_dir: Path, out: Path, seconds: float, profile: bool) -> dict:
+def hunt_one(pair_dir: Path, out: Path, seconds: float, profile: bool, max_length: int = 3) -> dict:
     from l0score.hunt import HuntOptions, hunt
 
     t0 = time.monotonic()
     # a hunt killed midway resumes from its checkpoints; its time so far counts against the budget
-    hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, threads=1,
+    hunt(pair_dir / "base", pair_dir / "dormant", out, HuntOptions(seconds=seconds, profile=profile, threads=1, max_length=max_length,
                                                                      progress=False), resume=(out / "hunt.json").exists())
     row = summarize(pair_dir, out, profile, time.monotonic() - t0)
     if (pair_dir / "heldout_probes.txt").is_file() and row["top_ids"]:
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
                                      "(default bench/results/trained_pairs.json; with --real bench/results/real_pairs.json)")
     ap.add_argument("--real", action="store_true", help="the real pretrained controls of bench/real_pairs.py")
     ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--max-length", type=int, default=3, help="the hunt's longest candidate, in tokens")
     ap.add_argument("--compare-profile", action="store_true")
     ap.add_argument("--only", help="comma-separated indices of pairs to run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -139,9 +140,9 @@ def main(argv=None) -> int:
             if any(r["pair"] == str(Path(p["dir"])) and r["profile"] == profile for r in rows):
                 continue
             work = Path(args.work) / f"{stamp}-{Path(p['dir']).name}-{'profile' if profile else 'noprofile'}"
-            row = hunt_one(Path(p["dir"]), work, args.seconds, profile)
+            row = hunt_one(Path(p["dir"]), work, args.seconds, profile, args.max_length)
             rows.append(row)
-            out_file.write_text(json.dumps({"seconds_budget": args.seconds, "rows": rows}, indent=1))
+            out_file.write_text(json.dumps({"seconds_budget": args.seconds, "max_length": args.max_length, "rows": rows}, indent=1))
             print(json.dumps({k: row[k] for k in ("trigger", "split", "profile", "trigger_rank", "top", "top_flip",
                                                   "seed_positions", "pool_positions", "seconds")}
                               | {k: row[k] for k in ("top_fires_heldout",) if k in row}), flush=True)
