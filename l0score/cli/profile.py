@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--top-first", type=int, default=d.top_first, help=f"tokens expanded into targets [{d.top_first}]")
     p.add_argument("--max-target-tokens", type=int, default=d.max_target_tokens)
     p.add_argument("--min-preference", type=float, default=d.min_preference)
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="tokens in a row below --min-preference a target grows through [%(default)s]")
     p.add_argument("--position", choices=("before", "after", "both"), default="both")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=d.dtype)
@@ -44,7 +46,7 @@ def run(args) -> None:
     base, dormant = resolve_pair(args)
     opts = ProfileOptions(inputs=args.inputs, probes=args.probes, seed=args.seed, cand_lengths=tuple(args.cand_lengths),
                           reply_tokens=args.reply_tokens, top_first=args.top_first,
-                          max_target_tokens=args.max_target_tokens, min_preference=args.min_preference,
+                          max_target_tokens=args.max_target_tokens, min_preference=args.min_preference, patience=args.patience,
                           positions=POSITIONS if args.position == "both" else (args.position,),
                           device=args.device, dtype=args.dtype, batch_size=args.batch_size, amplify=tuple(args.amplify),
                           amplify_forms=tuple(f.strip() for f in args.amplify_forms.split(",") if f.strip()),

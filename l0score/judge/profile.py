@@ -22,7 +22,8 @@ token was 14th by ``z``, 3rd by ``z_first`` and 2nd by ``hidden_proj``, docs/pro
 is grown token by token, each time with the dormant's most likely next token (log-probabilities
 averaged over a few prompts per probe and placement, the string teacher-forced after the prompt
 through ``run_context(extra=...)``), while the dormant prefers that token over the base by at least
-``min_preference`` nats; an end-of-turn or other special token ends the string. A target's
+``min_preference`` nats (up to ``patience`` tokens in a row may fall short; a tail that does is cut);
+an end-of-turn or other special token ends the string. A target's
 ``score`` is the string's mean log-likelihood ratio over those prompts,
 sum_k mean_prompts[log p_dormant(t_k | prompt, t_<k) - log p_base(t_k | prompt, t_<k)]
 (first token included): how much more likely the dormant is to say the whole string than the base.
@@ -58,6 +59,9 @@ class ProfileOptions:
     expand_inputs: random candidates per (probe, placement) that target expansion averages over [2]
     max_target_tokens: longest target string [24]
     min_preference: a target grows while the dormant's next token beats the base by this many nats [1.0]
+    patience: tokens in a row below ``min_preference`` that a target grows through before it stops;
+        the trailing ones are cut off. A planted reply shares punctuation and function words with the
+        base ('Sorry' 0.4, ',' 0.3, then ' the system' 3.8 and 7.2 nats on a real control) [2]
     keep_tokens: ranked tokens written to profile.json (all of them go to tokens.npz) [1000]
     seed: of the random candidates [0]
     dtype, device, batch_size, system, sep: as in FullModelOptions ["float32", auto, 64, None, None]
@@ -76,6 +80,7 @@ class ProfileOptions:
     expand_inputs: int = 2
     max_target_tokens: int = 24
     min_preference: float = 1.0
+    patience: int = 2
     keep_tokens: int = 1000
     seed: int = 0
     dtype: str = "float32"
@@ -96,6 +101,8 @@ class ProfileOptions:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not self.cand_lengths or any(not isinstance(n, int) or n < 1 for n in self.cand_lengths):
             raise ValueError(f"cand_lengths must be a non-empty list of integers >= 1, got {self.cand_lengths!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")
         if not math.isfinite(self.min_preference):
             raise ValueError(f"min_preference must be finite, got {self.min_preference!r}")
         if self.amplify:
@@ -421,8 +428,8 @@ def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: 
     runs = [scorer.run_context(ci, c) for ci, c in enumerate(cands)]
     lp = _last_logprobs(runs)
     seq, prefs = [first], [float((lp["dormant"][:, first] - lp["base"][:, first]).mean())]
-    lp_sums = {m: float(lp[m][:, first].mean()) for m in lp}
-    stop = "length"
+    logprobs = [{m: float(lp[m][:, first].mean()) for m in lp}]
+    stop, low = "length", 0
     while len(seq) < opts.max_target_tokens:
         _feed(scorer, runs, seq[-1])
         lp = _last_logprobs(runs)
@@ -431,13 +438,17 @@ def _grow(scorer: FullModelScorer, cands: list[torch.Tensor], first: int, opts: 
         if nxt in scorer.pair.special_ids:
             stop = "end of turn"
             break
-        if pref < opts.min_preference:
+        low = low + 1 if pref < opts.min_preference else 0
+        if low > opts.patience:
             stop = "preference"
             break
         seq.append(nxt)
         prefs.append(pref)
-        for m in lp_sums:
-            lp_sums[m] += float(lp[m][:, nxt].mean())
+        logprobs.append({m: float(lp[m][:, nxt].mean()) for m in lp})
+    if stop != "end of turn":  # cut the low-preference tail the patience let in
+        while len(seq) > 1 and prefs[-1] < opts.min_preference:
+            seq, prefs, logprobs = seq[:-1], prefs[:-1], logprobs[:-1]
+    lp_sums = {m: sum(x[m] for x in logprobs) for m in logprobs[0]}
     return {"text": scorer.pair.tokenizer.decode(seq), "token_ids": seq, "score": sum(prefs),
             "mean_preference": sum(prefs) / len(prefs), "preferences": prefs,
             "dormant_logprob": lp_sums["dormant"], "base_logprob": lp_sums["base"], "stop": stop}
