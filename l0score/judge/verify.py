@@ -323,7 +323,9 @@ def _measure(run: _Run, cands, progress: bool, cache_dir=None, label: str = "ver
 
 def _judge(report: dict, structure, nulls: dict, min_flipped: int) -> None:
     """Mark template injections, compare each candidate with the random candidates of its length, and
-    rank: clean flips first (by amplification), then every other candidate by amplification."""
+    rank: clean flips first (by flip rate, then amplification: a length-1 string that flips a quarter of
+    the prompts over a near-zero untriggered KL can out-amplify the trigger that flips all of them),
+    then every other candidate by amplification."""
     for r in report["results"]:
         r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
         r["template_injection"] = bool(r["template_pieces"])
@@ -334,7 +336,8 @@ def _judge(report: dict, structure, nulls: dict, min_flipped: int) -> None:
             flipped = sum(bool(d["flip"]) for d in r["probes"])
             r["flip"] = beaten == len(rows) and flipped >= min_flipped and r["amplification"] > 1
     results = report["results"]
-    results.sort(key=lambda r: (not (r["flip"] and not r["template_injection"]), -r["amplification"]))
+    results.sort(key=lambda r: (not (r["flip"] and not r["template_injection"]),
+                                -r["flip_rate"] if r["flip"] else 0.0, -r["amplification"]))
     for rank, r in enumerate(results, 1):
         r["rank"] = rank
     summary = report["summary"]
