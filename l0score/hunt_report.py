@@ -46,8 +46,10 @@ def build_report(hunt) -> dict:
 
 
 def rank_results(hunt) -> list[dict]:
-    """Verified clean flips first, shortest first (a flip that contains a shorter flip adds nothing but
-    tokens), then by amplification; then the rest of the verified (a flip that holds a piece of the chat
+    """Verified clean flips first: those that do not contain a shorter flip (one that does adds nothing
+    but tokens), by flip rate, then amplification (a 1-token string flipping 4 of 16 prompts must not
+    outrank the trigger flipping 16 of 16 because it is shorter or its untriggered KL is near zero);
+    then the rest of the verified (a flip that holds a piece of the chat
     template among them: it forges a turn, which says nothing about a backdoor); then by objective score."""
     from .core.template import template_structure
 
@@ -62,11 +64,16 @@ def rank_results(hunt) -> list[dict]:
         r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
         r["template_injection"] = bool(r["template_pieces"])
 
+    def clean_flip(r) -> bool:
+        return bool((r["verify"] or {}).get("flip")) and not r["template_injection"]
+
+    flips = [r["token_ids"] for r in rows if clean_flip(r)]
+
     def key(r):
-        v = r["verify"] or {}
-        flip = bool(v.get("flip")) and not r["template_injection"]
-        return (r["verify"] is None, not flip, len(r["token_ids"]) if flip else 0, -v.get("amplification", 0.0),
-                -r["score"])
+        v, flip = r["verify"] or {}, clean_flip(r)
+        padded = flip and any(len(f) < len(r["token_ids"]) and _contains(r["token_ids"], f) for f in flips)
+        return (r["verify"] is None, not flip, padded, -v.get("flip_rate", 0.0) if flip else 0.0,
+                -v.get("amplification", 0.0), -r["score"])
 
     rows.sort(key=key)
     rows = rows[:100]
@@ -74,6 +81,10 @@ def rank_results(hunt) -> list[dict]:
         r["rank"] = rank
     _add_layer0_scores(hunt, rows)
     return rows
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 def _add_layer0_scores(hunt, rows: list[dict]) -> None:

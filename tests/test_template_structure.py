@@ -111,6 +111,29 @@ def test_hunt_report_ranks_an_injection_below_a_clean_flip(pair, tiny_pair, tmp_
     assert "1 candidate(s) hold a piece of the chat template" in md and "4/4" in md
 
 
+def test_hunt_report_ranks_flips_by_flip_rate_and_a_padded_flip_last(pair, tiny_pair, tmp_path):
+    """Among verified flips: the one flipping every prompt before a shorter one flipping a quarter of
+    them with a higher amplification; the trigger plus a spare token after both (it holds a shorter flip)."""
+    import json
+    from types import SimpleNamespace
+
+    from l0score.hunt_report import rank_results
+
+    tok = pair.tokenizer
+    trigger, padded = tok.encode(" kettle field", add_special_tokens=False), tok.encode(" kettle field.", add_special_tokens=False)
+    weak = tok.encode(" salmon", add_special_tokens=False)
+    assert padded[:len(trigger)] == trigger and len(weak) < len(trigger)
+    (tmp_path / "verify").mkdir()
+    (tmp_path / "verify" / "report.json").write_text(json.dumps({"results": [
+        {"token_ids": weak, "flip": True, "flip_rate": 0.25, "amplification": 100.0},
+        {"token_ids": trigger, "flip": True, "flip_rate": 1.0, "amplification": 50.0},
+        {"token_ids": padded, "flip": True, "flip_rate": 1.0, "amplification": 60.0}]}))
+    rows = [{"token_ids": ids, "score": 1.0, "route": "comparative search"} for ids in (weak, padded, trigger)]
+    hunt = SimpleNamespace(collect=lambda: [dict(r) for r in rows], out=tmp_path, base=str(tiny_pair / "base"),
+                           dormant=str(tiny_pair / "dormant"), fm=lambda: SimpleNamespace(tokenizer=tok))
+    assert [r["token_ids"] for r in rank_results(hunt)] == [trigger, weak, padded]
+
+
 def test_structure_of_the_real_smollm2_template():
     """The real control's ChatML template (SmolLM2-135M-Instruct, when its base is cached): 'assistant'
     is two tokens there ('ass', 'istant'), and both are structure."""
