@@ -323,8 +323,8 @@ def _measure(run: _Run, cands, progress: bool, cache_dir=None, label: str = "ver
 
 def _judge(report: dict, structure, nulls: dict, min_flipped: int) -> None:
     """Mark template injections, compare each candidate with the random candidates of its length, and
-    rank: clean flips first (by flip rate, then amplification: a length-1 string that flips a quarter of
-    the prompts over a near-zero untriggered KL can out-amplify the trigger that flips all of them),
+    rank: clean flips first (by flip rate, then amplification: amplification divides by each candidate's
+    own untriggered KL, so it does not order a flip of a quarter of the prompts against one of all),
     then every other candidate by amplification."""
     for r in report["results"]:
         r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
