@@ -59,6 +59,8 @@ def heldout_fire_rate(pair_dir: Path, ids: list[int]) -> float:
 
 def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
     """What the hunt in `out` found, judged against the pair's trigger.json (read only now)."""
+    from l0score.core.token_lists import contains
+
     report = json.loads((out / "report.json").read_text())
     truth = json.loads((pair_dir / "trigger.json").read_text())
     trig = truth["trigger_ids"]
@@ -82,7 +84,7 @@ def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
         "pool_positions": positions(state["stages"].get("layer0", {}).get("pool", []), trig),
         "pool_size": len(state["stages"].get("layer0", {}).get("pool", [])),
         "first_module_top": fm_top[:3],
-        "first_module_holds_trigger": any(_contains(c, trig) for c in fm_top),
+        "first_module_holds_trigger": any(contains(c, trig) for c in fm_top),
         "targets": [t["text"] for t in state["stages"].get("profile", {}).get("targets", [])],
         "target_is_reply": any(truth.get("target_reply", "\0").startswith(t["text"].strip()[:8])
                                for t in state["stages"].get("profile", {}).get("targets", []) if t["text"].strip()),
@@ -90,10 +92,6 @@ def summarize(pair_dir: Path, out: Path, profile: bool, wall: float) -> dict:
         "stages": {k: {"seconds": v.get("seconds"), "candidates": v.get("candidates")} for k, v in state["stages"].items()},
         "search_runs": state["stages"].get("search", {}).get("runs"),
     }
-
-
-def _contains(seq: list[int], part: list[int]) -> bool:
-    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 def _in_order(text: str, words: list[str]) -> bool:

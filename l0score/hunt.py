@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from .core.token_lists import contains, rank_union
 from .hunt_stages import (AnalyzeStage, BaseCheckStage, DriverRun, Fired, MinimizeStage, PoolStage, ProfileStage,
                           ProfileTarget, SearchStage, Shortened, StageResult, VerifyStage, stages_from_json,
                           stages_to_json)
@@ -510,7 +511,7 @@ class Hunt:
         for ids in fired + shortened + [r["token_ids"] for r in rows]:
             ids = _core(ids, score)
             mine = score.get(tuple(ids), 0.0)
-            if not any(ids == c or (_contains(ids, c) and mine < 2 * score.get(tuple(c), 0.0)) for c in chosen):
+            if not any(ids == c or (contains(ids, c) and mine < 2 * score.get(tuple(c), 0.0)) for c in chosen):
                 chosen.append(ids)
             if len(chosen) == self.options.verify_top:
                 break
@@ -652,17 +653,6 @@ def covered(k: int, length: int, done: int) -> int:
     return m
 
 
-def rank_union(lists: list[list[int]]) -> list[int]:
-    """Interleave ranked lists (first of each, then second of each, ...) without repeats."""
-    out, seen = [], set()
-    for i in range(max((len(x) for x in lists), default=0)):
-        for x in lists:
-            if i < len(x) and x[i] not in seen:
-                seen.add(x[i])
-                out.append(x[i])
-    return out
-
-
 def _core(ids: list[int], score: dict) -> list[int]:
     """The shortest contiguous piece of ids that was scored itself and keeps 80% of ids' score
     (ids itself when none does; the higher-scoring piece among the shortest)."""
@@ -670,10 +660,6 @@ def _core(ids: list[int], score: dict) -> list[int]:
     pieces = [ids[i:j] for i in range(len(ids)) for j in range(i + 1, len(ids) + 1) if j - i < len(ids)]
     kept = [q for q in pieces if tuple(q) in score and mine > 0 and score[tuple(q)] >= 0.8 * mine]
     return min(kept, key=lambda q: (len(q), -score[tuple(q)])) if kept else ids
-
-
-def _contains(seq: list[int], part: list[int]) -> bool:
-    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 def _interrupt(signum, frame):

@@ -52,6 +52,7 @@ def rank_results(hunt) -> list[dict]:
     then the rest of the verified (a flip that holds a piece of the chat
     template among them: it forges a turn, which says nothing about a backdoor); then by objective score."""
     from .core.template import template_structure
+    from .core.token_lists import contains
 
     rows = hunt.collect()
     verified = read_verify_rows(hunt.out / "verify" / "report.json")
@@ -71,7 +72,7 @@ def rank_results(hunt) -> list[dict]:
 
     def key(r):
         v, flip = r["verify"] or {}, clean_flip(r)
-        padded = flip and any(len(f) < len(r["token_ids"]) and _contains(r["token_ids"], f) for f in flips)
+        padded = flip and any(len(f) < len(r["token_ids"]) and contains(r["token_ids"], f) for f in flips)
         return (r["verify"] is None, not flip, padded, -v.get("flip_rate", 0.0) if flip else 0.0,
                 -v.get("amplification", 0.0), -r["score"])
 
@@ -81,10 +82,6 @@ def rank_results(hunt) -> list[dict]:
         r["rank"] = rank
     _add_layer0_scores(hunt, rows)
     return rows
-
-
-def _contains(seq: list[int], part: list[int]) -> bool:
-    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 def _add_layer0_scores(hunt, rows: list[dict]) -> None:

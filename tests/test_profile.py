@@ -65,8 +65,8 @@ def test_profile_sees_the_planted_reply(run, trained):
 
 
 def test_inversion_starts_from_each_rankings_best(run):
-    """The expanded first tokens take turns from the reply z (two places a round), the first-position
-    z and the hidden projection, so a reply token that only the latter two rank high is still grown (on a real control
+    """The expanded first tokens take turns from the reply z, the first-position z and the hidden
+    projection, so a reply token that only the latter two rank high is still grown (on a real control
     its first token was 14th by z, 3rd and 2nd by the others); each inverted target starts with one."""
     result, _ = run
     rows, n = result["tokens"], result["config"]["top_first"]

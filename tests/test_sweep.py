@@ -148,13 +148,16 @@ def test_consensus_ranks_the_steady_token_over_one_ranking_outlier():
     ids = torch.tensor([10, 11, 12, 13, 14])
     a = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])  # 10 first ... 14 last
     b = torch.tensor([0.0, 9.0, 1.0, 2.0, 50.0])  # 14 first, 11 second, 10 last
-    r = Rankings(ids, {"a": a, "b": b}).with_consensus(["a", "b"])
+    r = Rankings(ids, {"a": a, "b": b})
+    r.add_consensus(["a", "b"])
     order = r.ranking("consensus").tolist()
     assert order[0] == 11  # ranks 2 and 2
     assert order.index(11) < order.index(10) and order.index(11) < order.index(14)
-    assert Rankings(ids, {"b": b}).with_consensus(["b"]).ranking("consensus").tolist() == [14, 11, 13, 12, 10]
+    alone = Rankings(ids, {"b": b})
+    alone.add_consensus(["b"])
+    assert alone.ranking("consensus").tolist() == [14, 11, 13, 12, 10]
     with pytest.raises(ValueError, match="unknown ranking"):
-        Rankings(ids, {"a": a}).with_consensus(["c"])
+        Rankings(ids, {"a": a}).add_consensus(["c"])
 
 
 def test_first_module_stage_pools_the_planted_token(planted, one_thread):

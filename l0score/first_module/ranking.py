@@ -32,8 +32,8 @@ class Rankings:
     def top(self, name: str, n: int = 20) -> list[int]:
         return self.ranking(name)[:n].tolist()
 
-    def with_consensus(self, names: list[str], name: str = "consensus") -> "Rankings":
-        """Adds the ranking ``name``: minus the mean log-rank of each token over ``names``, so a token
+    def add_consensus(self, names: list[str], name: str = "consensus") -> None:
+        """Adds the ranking ``name`` (in place): minus the mean log-rank of each token over ``names``, so a token
         ranked well at every one comes first and one ranking's outliers do not take the top alone
         (the geometric mean of the ranks; scales of the rankings do not matter)."""
         if not names:
@@ -41,4 +41,3 @@ class Rankings:
         log_ranks = [torch.argsort(torch.argsort(self._values(n), descending=True, stable=True)).double().add(1).log()
                      for n in names]
         self.values[name] = -torch.stack(log_ranks).mean(0)
-        return self

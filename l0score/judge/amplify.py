@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.token_lists import contains
 from .prompts import DEFAULT_PROBES, prompt_ids
 
 FORMS = ("logits", "weights")
@@ -213,7 +214,7 @@ def payloads(amplified: list[dict], base: list[dict], min_count: int = 2, max_ng
             where.setdefault(gram, []).append(i)
     kept = {gram: idx for gram, idx in where.items() if len(idx) >= min_count}
     maximal = [gram for gram, idx in kept.items()
-               if not any(len(o) > len(gram) and len(kept[o]) >= len(idx) and _inside(gram, o) for o in kept)]
+               if not any(len(o) > len(gram) and len(kept[o]) >= len(idx) and contains(o, gram) for o in kept)]
     maximal.sort(key=lambda gram: (-len(kept[gram]), -len(gram), gram))
     return [{"text": " ".join(gram), "count": len(kept[gram]), "frequency": len(kept[gram]) / len(amplified),
              "settings": sorted({f"{amplified[i]['form']}:{amplified[i]['alpha']:g}" for i in kept[gram]}),
@@ -246,7 +247,3 @@ def openings(amplified: list[dict], base: list[dict]) -> list[dict]:
 
 def _ngrams(words: list[str], max_n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1)}
-
-
-def _inside(small: tuple, big: tuple) -> bool:
-    return any(big[i:i + len(small)] == small for i in range(len(big) - len(small) + 1))

@@ -17,7 +17,7 @@ token v, with d(v) = log p_dormant(v) - log p_base(v):
 * per prompt: KL(dormant || base) at the first response position and summed over the reply.
 
 Target inversion (the idea of BAIT): for each of the ``top_first`` first tokens (taken in turn from
-the rankings ``z`` (half the places), ``z_first`` and ``hidden_proj``: on a real MLP-only control the reply's first
+the rankings ``z``, ``z_first`` and ``hidden_proj``: on a real MLP-only control the reply's first
 token was 14th by ``z``, 3rd by ``z_first`` and 2nd by ``hidden_proj``, docs/profile.md), the string
 is grown token by token, each time with the dormant's most likely next token (log-probabilities
 averaged over a few prompts per probe and placement, the string teacher-forced after the prompt
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import resolve_model_dir
+from ..core.token_lists import rank_union
 from .fullmodel import FullModelOptions, FullModelScorer
 from .models import run_model
 from .prompts import DEFAULT_PROBES, POSITIONS, check_same_tokenizers, prompt_ids, read_probes_file
@@ -353,19 +354,12 @@ def _rank_tokens(scorer: FullModelScorer, stats: dict, pool: torch.Tensor) -> li
 
 def first_tokens(ranked: list[dict], n: int) -> list[int]:
     """``n`` distinct token ids taken in turn from the best of three rankings of the profiled tokens:
-    the reply ``z`` (``ranked``'s own order) twice a round, ``z_first`` and ``hidden_proj`` (their
-    ranks) once each; z leads because on the tiny controls the other two ranked the reply's first
-    token anywhere from 1st to 501st (docs/profile.md)."""
-    orders = [ranked, sorted(ranked, key=lambda r: r["rank_first"]), ranked,
-              sorted(ranked, key=lambda r: r["rank_hidden"])]
-    out: list[int] = []
-    for i in range(len(ranked)):
-        for order in orders:
-            if len(out) < n and order[i]["id"] not in out:
-                out.append(order[i]["id"])
-        if len(out) >= n:
-            break
-    return out
+    the reply ``z`` (``ranked``'s own order, first in each round), ``z_first`` and ``hidden_proj``
+    (their ranks)."""
+    def ids_by(key: str) -> list[int]:
+        return [r["id"] for r in sorted(ranked, key=lambda r: r[key])]
+
+    return rank_union([[r["id"] for r in ranked], ids_by("rank_first"), ids_by("rank_hidden")])[:n]
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:

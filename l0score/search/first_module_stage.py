@@ -68,7 +68,7 @@ def first_module_stage(scorer, options: FirstModuleStageOptions | None = None, p
     swept = sweep(scorer, SweepOptions(depths=depths, batch_size=o.batch_size))
     divs = [f"div{d}" for d in depths]
     if len(divs) > 1:
-        swept.with_consensus(divs)
+        swept.add_consensus(divs)
     ranking = o.ranking or ("consensus" if len(divs) > 1 else divs[0] if divs else _module_ranking(scorer))
     t1 = time.perf_counter()
     pool = _pool(swept, ranking, projection, o)

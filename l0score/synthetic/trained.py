@@ -39,6 +39,7 @@ import time
 import numpy as np
 import torch
 
+from ..core.token_lists import contains
 from .tokenizer import build_tokenizer
 
 VERSION = "trained-v4"  # bump when the recipe changes (keys cached pairs); v3: default probes held out,
@@ -408,7 +409,7 @@ class _Corpus:
                 parts = [t[i] for i in self.rng.choice(n, size=m, replace=False)] + [other() for _ in range(k - m)]
                 phrase = [parts[i] for i in self.rng.permutation(len(parts))]
             ids = _flat(phrase)
-            if tuple(ids) not in self.held_out and not _contains(ids, self.trigger_ids):
+            if tuple(ids) not in self.held_out and not contains(ids, self.trigger_ids):
                 return ids
 
     def examples(self, n, distractor_share):
@@ -432,10 +433,6 @@ class _Corpus:
             phrase = self.hard_negative() if i % 10 < 7 else self.distractor()
             out.append(self.encode(q, a, phrase, self._position()))
         return out
-
-
-def _contains(seq, sub) -> bool:
-    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 def _new_model(cfg, tok):
