@@ -50,8 +50,10 @@ HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt'
 # the search budget's share of the target route: on the real controls it was the route that found a
 # trigger (docs/hunt.md); a fifth left it one coord length before the fire check ran out of time
 TARGET_SHARE = 0.4
+# the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
+GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
-LATER_OPTIONS = ("interactions", "interaction_share")
+LATER_OPTIONS = ("interactions", "interaction_share", "target_share")
 
 
 @dataclass
@@ -77,6 +79,12 @@ class HuntOptions:
     sweep_share: on the whole-model route, the share of the pool's places (in every prefix) that the
         first-module stage (embedding sweep and layer-0 projection) takes from the Layer-0 pool [0.5: on
         the real full controls the Layer-0 pool held at most one trigger word, the stage both]
+    target_share: on the first-module and whole-model routes, with a profiled target, the share of the
+        pool's places (in every prefix; the pool grows so the others keep max_pool) taken by the target
+        proposer: the target gradient's best tokens (search/target_gradient.py) and, next to its best
+        two, their partners (first_module/partners.py); 0 = off [1/3: on the real full controls of
+        seeds 1-2 the other proposers held one trigger word or none, the gradient ranked one word first
+        and the partner sweep the other]
     interactions / interaction_share: on the Layer-0 route, the pool's strongest tokens that the
         interaction scan pairs with every allowed token (0: off), and the share of the pool's places
         its partners take [32, 0.25: on the real Layer-0 control it put the trigger's pair first]
@@ -105,6 +113,7 @@ class HuntOptions:
     profile_inputs: int = 60
     amplify: tuple[float, ...] = (4.0,)
     sweep_share: float = 0.5
+    target_share: float = 1 / 3
     interactions: int = 32
     interaction_share: float = 0.25
     verify_top: int = 8
@@ -132,6 +141,8 @@ class HuntOptions:
             raise ValueError(f"profile_inputs must be >= 1, got {self.profile_inputs}")
         if not 0 <= self.sweep_share <= 1:
             raise ValueError(f"sweep_share must be in [0, 1], got {self.sweep_share}")
+        if not 0 <= self.target_share < 1:
+            raise ValueError(f"target_share must be in [0, 1), got {self.target_share}")
         if not 0 <= self.interaction_share <= 1:
             raise ValueError(f"interaction_share must be in [0, 1], got {self.interaction_share}")
         if self.interactions != 0 and self.interactions < 3:
@@ -183,6 +194,7 @@ class Hunt:
         self.stages: dict[str, StageResult] = stages_from_json(self.state.pop("stages", {}))  # in the order they ran
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
         self._fm = None
+        self._first_scorer = None  # set by the first-module stage
 
     # --- the cascade --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -301,12 +313,14 @@ class Hunt:
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
+        pool, picked = self._with_target_picks(pool, swept, allowed) if whole_model else (pool, "")
         layer0 = self.out / "layer0"
         layer0.mkdir(parents=True, exist_ok=True)
         tok = scorer.pair.tokenizer
         (layer0 / "pool.json").write_text(json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         (layer0 / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in stage.candidates))
         note = f"pool of {len(pool)} tokens" + (" (Layer-0 stage and embedding sweep interleaved)" if whole_model else "")
+        note += picked
         if stage.candidates:
             note += f"; Layer-0 best {tok.decode(stage.candidates[0]['token_ids'])!r}"
         pairs = scan.pairs()[:4] if scan is not None else []
@@ -341,7 +355,8 @@ class Hunt:
             stage, where, evaluations = self._first_module_stage()
             pool = [t for t in stage.pool if t in allowed][: self.options.max_pool]
             sequences = [c["token_ids"] for c in stage.candidates[:10]]
-            note = f"pool of {len(pool)} tokens from the {where} stage"
+            pool, picked = self._with_target_picks(pool, stage, allowed)
+            note = f"pool of {len(pool)} tokens from the {where} stage" + picked
         else:
             prof = self.out / "profile" / "profile.json"
             tokens = [r["id"] for r in json.loads(prof.read_text())["tokens"]] if prof.is_file() else []
@@ -355,6 +370,42 @@ class Hunt:
         (self.out / "layer0" / "pool.json").write_text(
             json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         return PoolStage(candidates=evaluations, pool=pool, sequences=sequences, route=self.route(), note=note)
+
+    def _with_target_picks(self, pool: list[int], stage, allowed: set[int]) -> tuple[list[int], str]:
+        """The pool with the target proposer's picks interleaved at target_share of every prefix (the
+        pool grows, so that its own tokens all stay), and a note for the stage line; the pool unchanged
+        when the profile named no target or target_share is 0."""
+        share = self.options.target_share
+        if not self._targets() or share == 0 or len(pool) < 2:
+            return pool, ""
+        picks = self._target_picks(stage, allowed)
+        size = len(pool) + math.ceil(len(pool) * share / (1 - share))
+        merged = interleave(pool, picks, share, size)
+        tok = self.fm().tokenizer
+        return merged, f"; target proposer's best {', '.join(repr(tok.decode([t])) for t in picks[:4])}"
+
+    def _target_picks(self, stage, allowed: set[int]) -> list[int]:
+        """The target proposer (search/target_proposer.py) toward the profile's top target; its
+        rankings written to DIR/layer0/target_picks.json."""
+        from .search.target_gradient import TargetGradientOptions
+        from .search.target_proposer import TargetProposerOptions, target_proposer
+
+        # the top target's first token only: a later target's may be an ordinary answer's ('The' on a
+        # real full control), whose log-mass moves with any candidate
+        target = self._targets()[0]
+        opts = TargetProposerOptions(picks=self.options.max_pool, gradient=TargetGradientOptions(
+            seed=self.options.seed, seconds=min(GRADIENT_SECONDS, 0.1 * self.remaining())))
+        res = target_proposer(self.fm(), self._first_scorer, target.token_ids[0], sorted(allowed),
+                              stage.sweep_ranking, opts, progress=self._say)
+        tok = self.fm().tokenizer
+        texts = lambda ids: tok.batch_decode([[t] for t in ids])  # noqa: E731
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "target_picks.json").write_text(json.dumps({
+            "target": target.text, "gradient_fills": res.gradient.fills, "gradient_seconds": round(res.gradient.seconds, 1),
+            "gradient_top": texts(res.gradient.top("gradient", 50)),
+            "partners": {f"{tok.decode([a])} ({side})": texts(v[:20]) for (a, side), v in res.partner_order.items()},
+            "picks": res.picks, "texts": texts(res.picks)}, indent=1))
+        return res.picks
 
     def _first_module_stage(self):
         """The first-module stage (search/first_module_stage.py) at the base check's first changed
@@ -372,6 +423,7 @@ class Hunt:
         projection = delta_projection(self.base, self.dormant, DeltaProjectionOptions(layers=(loc.layer,)))
         stage = first_module_stage(scorer, FirstModuleStageOptions(max_length=min(self.options.max_length, 3)),
                                    projection=projection, progress=self._say)
+        self._first_scorer = scorer  # the target proposer's partner sweep runs on it
         (self.out / "layer0").mkdir(parents=True, exist_ok=True)
         (self.out / "layer0" / "first_module_candidates.jsonl").write_text(
             "".join(json.dumps(c) + "\n" for c in stage.candidates))

@@ -160,7 +160,7 @@ class FirstModuleScorer:
                 "heads": list(getattr(self, "heads", ()) or ()), "offsets": list(o.offsets), "dtype": o.dtype}
 
     def with_depths(self, depths) -> "FirstModuleScorer":
-        """A view that also reports ``div{k}_cand`` for every k in depths from the same pass (for sweeps
+        """A view that also reports ``div{k}_cand`` and ``div{k}_last`` for every k in depths from the same pass (for sweeps
         comparing k); its own k becomes the deepest."""
         depths = sorted({int(k) for k in depths})
         if not depths:
@@ -237,6 +237,7 @@ class FirstModuleScorer:
             for depth, rows in res["div"].items():  # the other depths of a with_depths() view
                 if depth != self.options.k:
                     vals[f"div{depth}_cand"] = rows[:, :c].amax(-1)
+                    vals[f"div{depth}_last"] = rows[:, -1]
             if "logit_kl" in res:
                 vals["logit_kl"] = res["logit_kl"]
         return {k: v.float().cpu() for k, v in vals.items()}

@@ -49,6 +49,7 @@ class FirstModuleStageResult:
     sweep_top: dict[str, list[int]]  # ranking -> its 50 best tokens
     seconds: dict[str, float]
     options: dict = field(default_factory=dict)
+    sweep_ranking: list[int] = field(default_factory=list)  # every swept token, by the pool's ranking
 
 
 def first_module_stage(scorer, options: FirstModuleStageOptions | None = None, projection=None,
@@ -87,7 +88,8 @@ def first_module_stage(scorer, options: FirstModuleStageOptions | None = None, p
     cands = [{"token_ids": r["token_ids"], "text": tok.decode(r["token_ids"]), "score": r["score"],
               "length": len(r["token_ids"]), "objective": r.get("objective", view.kind), "metric": metric} for r in ranked]
     return FirstModuleStageResult(cands, pool, {name: swept.top(name, 50) for name in swept.values},
-                                  {"sweep": t1 - t0, "search": time.perf_counter() - t1}, asdict(o))
+                                  {"sweep": t1 - t0, "search": time.perf_counter() - t1}, asdict(o),
+                                  swept.ranking(ranking).tolist())
 
 
 def _module_ranking(scorer) -> str:
