@@ -474,14 +474,18 @@ class Hunt:
         target, sequences = targets[0], self.stages["layer0"].sequences
         firsts = tuple(dict.fromkeys(t.token_ids[0] for t in targets))  # a reply may be profiled from mid-loop
         scorer = self.fm().with_options(target_ids=firsts)
-        runs, deadline = [], time.monotonic() + seconds
+        runs = []
         plan = [("coord", n) for n in range(1, self.options.max_length + 1)] + [("gcg", self.options.max_length)]
-        for i, (driver, length) in enumerate(plan):
-            share = (deadline - time.monotonic()) / (len(plan) - i)
-            if share <= 0.5:
+        # each driver its own share, fixed up front, whatever the fire checks before it took: on the real
+        # full control of seed 1 a length-1 candidate said the target on half the probes, its null check
+        # took three minutes of a shared deadline, and coord never ran at length 2 (2026-12-02)
+        share = seconds / len(plan)
+        for driver, length in plan:
+            run_for = min(share, self.remaining() - self._verify_reserve())
+            if run_for <= 0.5:
                 break
             path = self.out / "search" / f"target-{driver}-len{length}.jsonl"
-            kw = dict(length=length, pool=pool, objective="target", out=path, seconds=share, calibrate=16, keep=50,
+            kw = dict(length=length, pool=pool, objective="target", out=path, seconds=run_for, calibrate=16, keep=50,
                       resume=path.with_name(path.name + ".ckpt.json").exists(), progress=self.options.progress,
                       seed=self.options.seed, executor=self.executor)
             t0 = time.monotonic()

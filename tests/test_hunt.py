@@ -149,9 +149,10 @@ def test_hunt_rejects_pairs_whose_tokenizers_differ(trained, tmp_path):
 # force: the trained controls are full fine-tunes, which the base check calls a different model.
 # The seed was measured on the Layer-0 pool and the inverted targets alone: the whole-model route's
 # embedding sweep (sweep_share) and the amplified targets change coord's pool and objective, and with
-# them seed 1 did not reach the trigger (measured 2026-12-02), so this test keeps them out.
+# them seed 1 did not reach the trigger (measured 2026-12-02), so this test keeps them out, and the
+# target proposer's picks too (target_share; test_target_proposer_joins_the_whole_model_pool has them).
 PROFILED = dict(seconds=1500, max_length=3, max_pool=64, verify_top=4, profile=True, profile_inputs=60,
-                progress=False, threads=1, seed=1, force=True, sweep_share=0.0, amplify=())
+                progress=False, threads=1, seed=1, force=True, sweep_share=0.0, amplify=(), target_share=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,28 @@ def test_profiled_hunt_ranks_the_trigger_first(profiled):
     assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
     assert not top["template_injection"]
     assert top["verify"]["flip"] and top["verify"]["null"]["beaten"] == top["verify"]["null"]["n"] == 32
+
+
+def test_target_proposer_joins_the_whole_model_pool(trained, tmp_path):
+    """With a profiled target on the whole-model route, the pool grows by half for the target
+    proposer's picks: a third of every prefix, the gradient's best first among them, and the other
+    proposers' 8 tokens all kept; its rankings are written down."""
+    root, _ = trained
+    small = dict(seconds=900, max_length=1, max_pool=8, verify_top=1, null_samples=2, profile=True, profile_inputs=8,
+                 amplify=(), progress=False, threads=1, force=True)
+    out = tmp_path / "h"
+    hunt(root / "base", root / "dormant", out, HuntOptions(**small))
+    layer0 = json.loads((out / "hunt.json").read_text())["stages"]["layer0"]
+    picks = json.loads((out / "layer0" / "target_picks.json").read_text())
+    assert picks["gradient_fills"] >= 1 and len(picks["partners"]) == 4  # two anchors, both sides
+    pool = layer0["pool"]
+    assert len(pool) == 12 and "target proposer" in layer0["note"]
+    assert picks["picks"][0] in pool[:3]
+    assert sum(t in picks["picks"] for t in pool[:6]) >= 2
+    alone = tmp_path / "alone"
+    hunt(root / "base", root / "dormant", alone, HuntOptions(**{**small, "profile": False}))  # no target: no picks
+    others = json.loads((alone / "hunt.json").read_text())["stages"]["layer0"]["pool"]
+    assert len(others) == 8 and set(others) <= set(pool) and not (alone / "layer0" / "target_picks.json").exists()
 
 
 def test_hunt_under_several_system_prompts(trained, tmp_path):

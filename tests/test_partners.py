@@ -93,3 +93,17 @@ def test_target_gradient_best_tokens_raise_the_exact_target_more(pair_factory, o
     assert best > worst
     with pytest.raises(ValueError, match="target token"):
         target_gradient(fm, (), pool)
+
+
+def test_anchors_are_distinct_words():
+    """' purple', 'purple' and ' Purple' are one anchor: their partners would be swept twice."""
+    from l0score.search.target_proposer import _distinct_words
+
+    class Tok:
+        words = {1: " purple", 2: "purple", 3: " Purple", 4: " honey", 5: " evil"}
+
+        def decode(self, ids):
+            return self.words[ids[0]]
+
+    assert _distinct_words([1, 2, 3, 4, 5], Tok(), 2) == [1, 4]
+    assert _distinct_words([2, 1], Tok(), 3) == [2]

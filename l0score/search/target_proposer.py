@@ -5,7 +5,7 @@ rankings of the whole vocabulary.
    first token in the dormant over the base. On the real full controls it ranked one trigger word
    first and left the other thousands down: a trigger is an AND, and the gradient at random fills
    sees each word alone;
-2. the partner sweep (first_module/partners.py) next to the gradient's best ``anchors`` tokens, on
+2. the partner sweep (first_module/partners.py) next to the gradient's best ``anchors`` words, on
    both sides, over the ``partner_pool`` best tokens of the first-module sweep: the second word
    shows once the first stands beside it. Its depths take turns.
 
@@ -60,7 +60,7 @@ def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int
     ranked = grad.ranking("gradient").tolist()
     partner_pool = tuple(t for t in sweep_ranking if t in allowed)[:o.partner_pool]
     partners, order = {}, {}
-    for anchor in ranked[:o.anchors]:
+    for anchor in _distinct_words(ranked, full_scorer.pair.tokenizer, o.anchors):
         for side in SIDES:
             say(f"partner sweep {side} of token {anchor}")
             r = partner_sweep(first_scorer, anchor, PartnerOptions(depths=o.partner_depths, side=side, pool=partner_pool))
@@ -68,3 +68,17 @@ def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int
             order[(anchor, side)] = rank_union([r.top(name, o.picks) for name in r.values])
     picks = interleave(ranked, rank_union(list(order.values())), 0.5, o.picks)
     return TargetProposerResult(picks, grad, partners, order)
+
+
+def _distinct_words(ranked: list[int], tokenizer, n: int) -> list[int]:
+    """The first n tokens of a ranking that spell different words (case and spaces aside): on a real
+    full control the gradient's second token was 'purple' after ' purple', whose partners are the same."""
+    out, seen = [], set()
+    for t in ranked:
+        word = tokenizer.decode([t]).strip().lower()
+        if word not in seen:
+            seen.add(word)
+            out.append(t)
+        if len(out) == n:
+            break
+    return out
