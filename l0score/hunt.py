@@ -50,6 +50,7 @@ HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt'
 # the search budget's share of the target route: on the real controls it was the route that found a
 # trigger (docs/hunt.md); a fifth left it one coord length before the fire check ran out of time
 TARGET_SHARE = 0.4
+VERIFY_NEW_TOKENS = 16  # tokens verify generates per prompt
 # the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
 GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
@@ -195,6 +196,7 @@ class Hunt:
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
         self._fm = None
         self._first_scorer = None  # set by the first-module stage
+        self._generation_rate = None  # seconds per candidate and new token over every context (_target_fired)
 
     # --- the cascade --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -434,13 +436,12 @@ class Hunt:
 
         pool = self.stages["layer0"].pool
         budget = self.remaining() - self._verify_reserve()
-        t0 = time.monotonic()
         runs, fired = self._target_search(pool, TARGET_SHARE * budget)
         used = sum(r.candidates for r in runs)
         if fired is not None:
             return SearchStage(candidates=used, runs=runs, fired=fired,
                                note=f"stopped early: {fired.text!r} makes the dormant say the profiled target")
-        budget -= time.monotonic() - t0
+        budget = self.remaining() - self._verify_reserve()  # the fire checks may have measured verify's cost
         for length in range(1, self.options.max_length + 1):
             share = budget / (self.options.max_length - length + 1)
             t0 = time.monotonic()
@@ -518,8 +519,11 @@ class Hunt:
                            heads=[t.text.strip()[:8] for t in targets if t.text.strip()], out=self.out / "search",
                            null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
                            device=self.options.device, dtype=self.options.dtype, progress=False,
-                           max_new_tokens=max(len(t.token_ids) for t in targets) + 2,
+                           # verify's length at least: its null of this length is then cached for verify
+                           max_new_tokens=max(VERIFY_NEW_TOKENS, max(len(t.token_ids) for t in targets) + 2),
                            system_prompts=self.options.systems(), executor=self.executor)
+        says = json.loads((self.out / "search" / "target-says.json").read_text())
+        self._generation_rate = says["config"]["seconds"] / ((len(rows) + 1) * says["config"]["max_new_tokens"])
         return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r else None
 
     def _targets(self) -> list[ProfileTarget]:
@@ -545,7 +549,7 @@ class Hunt:
         cands = self.verify_candidates()
         probes = self.options_probes()
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
-                     device=self.options.device, dtype=self.options.dtype, max_new_tokens=16, progress=self.options.progress,
+                     device=self.options.device, dtype=self.options.dtype, max_new_tokens=VERIFY_NEW_TOKENS, progress=self.options.progress,
                      null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
                      system_prompts=self.options.systems(), executor=self.executor)
         return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
@@ -629,7 +633,14 @@ class Hunt:
         return self.options.seconds - (time.monotonic() - self.started)
 
     def _verify_reserve(self) -> float:
-        return min(0.1 * self.options.seconds, 120.0)
+        """Seconds kept for verify: its generations (the candidates, the untriggered prompts and the null
+        candidates of every length) at the rate a fire check measured, when one ran (at most half the
+        budget); else a tenth of the budget, at most 120 s. On the real full control of seed 1 verify
+        took 612 s against the old fixed 120."""
+        if self._generation_rate is None:
+            return min(0.1 * self.options.seconds, 120.0)
+        sets = self.options.verify_top + 1 + self.options.null_samples * self.options.max_length
+        return min(self._generation_rate * VERIFY_NEW_TOKENS * sets, 0.5 * self.options.seconds)
 
     def _say(self, text: str) -> None:
         if self.say is not None and self.options.progress:
