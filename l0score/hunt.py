@@ -315,7 +315,7 @@ class Hunt:
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
-        pool, picked = self._with_target_picks(pool, swept, allowed) if whole_model else (pool, "")
+        pool, picked, starts = self._with_target_picks(pool, swept, allowed) if whole_model else (pool, "", [])
         layer0 = self.out / "layer0"
         layer0.mkdir(parents=True, exist_ok=True)
         tok = scorer.pair.tokenizer
@@ -328,7 +328,7 @@ class Hunt:
         pairs = scan.pairs()[:4] if scan is not None else []
         if pairs:
             note += f"; strongest interactions {', '.join(repr(tok.decode(p)) for p in pairs)}"
-        sequences = pairs + [c["token_ids"] for c in stage.candidates[:10]]
+        sequences = starts + pairs + [c["token_ids"] for c in stage.candidates[:10]]
         return PoolStage(candidates=evaluations, pool=pool, note=note, sequences=sequences)
 
     def _interactions(self, scorer, ranked: list[int], allowed: list[int]):
@@ -356,8 +356,8 @@ class Hunt:
         if self.route() == "first-module":
             stage, where, evaluations = self._first_module_stage()
             pool = [t for t in stage.pool if t in allowed][: self.options.max_pool]
-            sequences = [c["token_ids"] for c in stage.candidates[:10]]
-            pool, picked = self._with_target_picks(pool, stage, allowed)
+            pool, picked, starts = self._with_target_picks(pool, stage, allowed)
+            sequences = starts + [c["token_ids"] for c in stage.candidates[:10]]
             note = f"pool of {len(pool)} tokens from the {where} stage" + picked
         else:
             prof = self.out / "profile" / "profile.json"
@@ -373,20 +373,22 @@ class Hunt:
             json.dumps({"token_ids": pool, "texts": tok.batch_decode([[t] for t in pool])}, indent=1))
         return PoolStage(candidates=evaluations, pool=pool, sequences=sequences, route=self.route(), note=note)
 
-    def _with_target_picks(self, pool: list[int], stage, allowed: set[int]) -> tuple[list[int], str]:
+    def _with_target_picks(self, pool: list[int], stage, allowed: set[int]) -> tuple[list[int], str, list[list[int]]]:
         """The pool with the target proposer's picks interleaved at target_share of every prefix (the
-        pool grows, so that its own tokens all stay), and a note for the stage line; the pool unchanged
-        when the profile named no target or target_share is 0."""
+        pool grows, so that its own tokens all stay), a note for the stage line, and the proposer's
+        anchor-partner pairs, which start the target route's coord (on the real full control of seed 1,
+        coord's other starts climbed to 'edipus graffiti' with both trigger words in the pool); the pool
+        unchanged and no pairs when the profile named no target or target_share is 0."""
         share = self.options.target_share
         if not self._targets() or share == 0 or len(pool) < 2:
-            return pool, ""
-        picks = self._target_picks(stage, allowed)
+            return pool, "", []
+        res = self._target_picks(stage, allowed)
         size = len(pool) + math.ceil(len(pool) * share / (1 - share))
-        merged = interleave(pool, picks, share, size)
+        merged = interleave(pool, res.picks, share, size)
         tok = self.fm().tokenizer
-        return merged, f"; target proposer's best {', '.join(repr(tok.decode([t])) for t in picks[:4])}"
+        return merged, f"; target proposer's best {', '.join(repr(tok.decode([t])) for t in res.picks[:4])}", res.pairs()
 
-    def _target_picks(self, stage, allowed: set[int]) -> list[int]:
+    def _target_picks(self, stage, allowed: set[int]):
         """The target proposer (search/target_proposer.py) toward the profile's top target; its
         rankings written to DIR/layer0/target_picks.json."""
         from .search.target_gradient import TargetGradientOptions
@@ -406,8 +408,8 @@ class Hunt:
             "target": target.text, "gradient_fills": res.gradient.fills, "gradient_seconds": round(res.gradient.seconds, 1),
             "gradient_top": texts(res.gradient.top("gradient", 50)),
             "partners": {f"{tok.decode([a])} ({side})": texts(v[:20]) for (a, side), v in res.partner_order.items()},
-            "picks": res.picks, "texts": texts(res.picks)}, indent=1))
-        return res.picks
+            "picks": res.picks, "texts": texts(res.picks), "pairs": [tok.decode(q) for q in res.pairs()]}, indent=1))
+        return res
 
     def _first_module_stage(self):
         """The first-module stage (search/first_module_stage.py) at the base check's first changed
@@ -441,7 +443,7 @@ class Hunt:
         if fired is not None:
             return SearchStage(candidates=used, runs=runs, fired=fired,
                                note=f"stopped early: {fired.text!r} makes the dormant say the profiled target")
-        budget = self.remaining() - self._verify_reserve()  # the fire checks may have measured verify's cost
+        budget = self.remaining() - self._measured_verify_reserve()
         for length in range(1, self.options.max_length + 1):
             share = budget / (self.options.max_length - length + 1)
             t0 = time.monotonic()
@@ -633,14 +635,19 @@ class Hunt:
         return self.options.seconds - (time.monotonic() - self.started)
 
     def _verify_reserve(self) -> float:
-        """Seconds kept for verify: its generations (the candidates, the untriggered prompts and the null
-        candidates of every length) at the rate a fire check measured, when one ran (at most half the
-        budget); else a tenth of the budget, at most 120 s. On the real full control of seed 1 verify
-        took 612 s against the old fixed 120."""
+        """Seconds kept for verify while the target route runs: a tenth of the budget, at most 120 s. The
+        route is where the real controls' triggers were found, so it is not cut for verify's full cost."""
+        return min(0.1 * self.options.seconds, 120.0)
+
+    def _measured_verify_reserve(self) -> float:
+        """Seconds kept for verify from the exhaustive search: its generations (the candidates, the
+        untriggered prompts and the null candidates of every length) at the rate a fire check measured,
+        at most half the budget; the fixed reserve when no check ran. On the real full control of seed
+        1 verify took 612 s against the fixed 120."""
         if self._generation_rate is None:
-            return min(0.1 * self.options.seconds, 120.0)
+            return self._verify_reserve()
         sets = self.options.verify_top + 1 + self.options.null_samples * self.options.max_length
-        return min(self._generation_rate * VERIFY_NEW_TOKENS * sets, 0.5 * self.options.seconds)
+        return max(self._verify_reserve(), min(self._generation_rate * VERIFY_NEW_TOKENS * sets, 0.5 * self.options.seconds))
 
     def _say(self, text: str) -> None:
         if self.say is not None and self.options.progress:

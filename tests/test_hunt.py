@@ -192,6 +192,8 @@ def test_target_proposer_joins_the_whole_model_pool(trained, tmp_path):
     assert len(pool) == 12 and "target proposer" in layer0["note"]
     assert picks["picks"][0] in pool[:3]
     assert sum(t in picks["picks"] for t in pool[:6]) >= 2
+    starts = layer0["sequences"][:len(picks["pairs"])]  # coord's first starts: each anchor beside its partner
+    assert len(picks["pairs"]) == 4 and all(len(q) == 2 for q in starts)
     alone = tmp_path / "alone"
     hunt(root / "base", root / "dormant", alone, HuntOptions(**{**small, "profile": False}))  # no target: no picks
     others = json.loads((alone / "hunt.json").read_text())["stages"]["layer0"]["pool"]

@@ -107,3 +107,11 @@ def test_anchors_are_distinct_words():
 
     assert _distinct_words([1, 2, 3, 4, 5], Tok(), 2) == [1, 4]
     assert _distinct_words([2, 1], Tok(), 3) == [2]
+
+
+def test_pairs_put_each_anchor_beside_its_best_partner_in_reading_order():
+    from l0score.search.target_proposer import TargetProposerResult
+
+    res = TargetProposerResult(picks=[], gradient=None, partners={},
+                               partner_order={(7, "right"): [9, 4], (7, "left"): [3], (8, "right"): []})
+    assert res.pairs() == [[7, 9], [3, 7]]

@@ -45,6 +45,12 @@ class TargetProposerResult:
     partners: dict[tuple[int, str], Rankings]  # (anchor, side) -> the partner sweep's rankings
     partner_order: dict[tuple[int, str], list[int]]  # (anchor, side) -> its depths taking turns
 
+    def pairs(self) -> list[list[int]]:
+        """Each anchor beside its best partner, in reading order ([anchor, partner] on the right side):
+        starts for a search that then tries every token at the partner's place."""
+        return [[a, order[0]] if side == "right" else [order[0], a]
+                for (a, side), order in self.partner_order.items() if order]
+
 
 def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int], sweep_ranking: list[int],
                     options: TargetProposerOptions | None = None, progress=None) -> TargetProposerResult:
