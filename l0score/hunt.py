@@ -478,6 +478,8 @@ class Hunt:
         firsts = tuple(dict.fromkeys(t.token_ids[0] for t in targets))  # a reply may be profiled from mid-loop
         scorer = self.fm().with_options(target_ids=firsts)
         runs = []
+        # the target proposer's anchor-partner pairs lead the starts: their best swap goes first
+        proposed = (self.out / "layer0" / "target_picks.json").is_file()
         plan = [("coord", n) for n in range(1, self.options.max_length + 1)] + [("gcg", self.options.max_length)]
         # each driver its own share, fixed up front, whatever the fire checks before it took: on the real
         # full control of seed 1 a length-1 candidate said the target on half the probes, its null check
@@ -494,7 +496,7 @@ class Hunt:
             t0 = time.monotonic()
             if driver == "coord":  # two of the four starts: the proposer's best sequences that fit, this length first
                 fit = [q for q in sequences if len(q) == length] + [q for q in sequences if len(q) < length]
-                coord(scorer, restarts=4, seeds=fit[:2], **kw)
+                coord(scorer, restarts=4, seeds=fit[:2], best_swap_first=proposed, **kw)
             else:
                 gcg(scorer, steps=10_000, restarts=4, **kw)
             runs.append(DriverRun(route="target inversion", driver=driver, length=length, target=target.text,

@@ -225,3 +225,22 @@ def test_cli_bad_options(tiny_pair, tmp_path):
     assert main(base + ["--length", "0"]) == 2
     assert main(base + ["--length", "2", "--metric", "loss"]) == 2
     assert main(base + ["--length", "2", "--allow-regex", "^zzzz$"]) == 2
+
+
+def test_a_seeded_coord_start_takes_its_best_single_swap_first(pair_factory):
+    """best_swap_first. Oracle: every single swap of the seed scored directly. The seeded start's first
+    step is the best of them (recorded as step 1), wherever it is; the cyclic sweep alone would try
+    the first place first. The planted pair's first token seeds it beside an unrelated token."""
+    pair_dir = pair_factory(seed=1, trigger_length=2)
+    trig = trigger_of(pair_dir)["trigger_ids"]
+    scorer = make_scorer(pair_dir, template="chat")
+    pool = scorer.default_pool()[:300].tolist()
+    pool = sorted(set(pool) | set(trig))
+    seed = [trig[0], next(t for t in pool if t not in trig)]
+    swaps = [seed[:p] + [t] + seed[p + 1:] for p in range(2) for t in pool if t != seed[p]]
+    values = scorer.score_batch(swaps).metric("max_abs")
+    best = swaps[int(values.argmax())]
+    rows = coord(scorer, length=2, restarts=1, max_sweeps=1, seeds=[seed], pool=torch.tensor(pool),
+                 objective="max_abs", progress=False, keep=50, best_swap_first=True)
+    assert any(r["token_ids"] == best and r["step"] == 1 for r in rows)
+    assert rows[0]["score"] >= float(values.max()) * (1 - 1e-6)

@@ -8,16 +8,20 @@ from .beam import _check_length
 from .run import SearchRun, rng_from
 
 
-def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=None, **run_kw) -> list[dict]:
+def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=None, best_swap_first: bool = False,
+          **run_kw) -> list[dict]:
     """From each start (seeds first, each at a random place among random pool tokens, then random
-    sequences), set
-    one position at a time to its best pool token; a sweep visits every position; a start ends when a
-    sweep improves nothing (or after max_sweeps). No gradients: every swap is scored exactly."""
+    sequences), set one position at a time to its best pool token; a sweep visits every position; a
+    start ends when a sweep improves nothing (or after max_sweeps). With best_swap_first, a seeded start
+    first takes its single best swap over every position (_best_swap): for seeds that are evidence
+    as a whole, such as an anchor beside a partner (off by default: on a planted 5-token Layer-0
+    trigger it led seeded starts to a lower optimum). No gradients: every swap is scored exactly."""
     _check_length(length)
     if restarts <= 0 or max_sweeps <= 0:
         raise ValueError(f"restarts and max_sweeps must be positive, got {restarts} and {max_sweeps}")
     seeds = [list(map(int, s))[:length] for s in (seeds or [])]
-    options = {"restarts": restarts, "max_sweeps": max_sweeps, "seeds": seeds}
+    options = {"restarts": restarts, "max_sweeps": max_sweeps, "seeds": seeds,
+               **({"best_swap_first": True} if best_swap_first else {})}  # old checkpoints resume
     with SearchRun(scorer, driver="coord", options=options, length=length, **run_kw) as run:
         pool = run.pool
         state = run.state
@@ -36,7 +40,11 @@ def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=
                 scores, values = run.score([seq])
                 run.offer([seq], scores, values, 0)
                 state.update(seq=seq, value=float(values[0]), pos=0, sweep=0, improved=False,
-                             rng=rng.bit_generator.state)
+                             rng=rng.bit_generator.state, best_swap=best_swap_first and state["restart"] < len(seeds))
+                run.checkpoint(state)
+                continue
+            if state.get("best_swap"):  # a seeded start: its best single swap first
+                state.update(_best_swap(run, list(state["seq"]), state["value"]), best_swap=False)
                 run.checkpoint(state)
                 continue
             seq, pos = list(state["seq"]), state["pos"]
@@ -62,3 +70,23 @@ def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=
             state.update(seq=seq, pos=pos, improved=improved)
             run.checkpoint(state)
         return run.write_results()
+
+
+def _best_swap(run, seq: list[int], value: float) -> dict:
+    """Every position's every pool token in one pass, and the single best swap taken. A seed is
+    evidence: the cyclic sweep would change its first token before the others (on the real full
+    control of seed 1 it swapped ' turtle' out of [' turtle', ' implement'] for 'edipus' before the
+    second place was tried, where ' piano' was)."""
+    pool, length = run.pool, len(seq)
+    cands = np.tile(np.asarray(seq, dtype=np.int64), (length * len(pool), 1))
+    for pos in range(length):
+        cands[pos * len(pool):(pos + 1) * len(pool), pos] = pool.numpy()
+    scores, values = run.score(cands)
+    for pos in range(length):
+        block = values[pos * len(pool):(pos + 1) * len(pool)]
+        block[run.over_repeat(seq[:pos] + seq[pos + 1:])] = -float("inf")
+    run.offer(cands, scores, values, 1, top=8)
+    b = int(torch.argmax(values))
+    if float(values[b]) > value + 1e-7 * max(1.0, abs(value)):
+        return {"seq": cands[b].tolist(), "value": float(values[b]), "pos": 0, "sweep": 0, "improved": False}
+    return {"seq": seq, "value": value, "pos": 0, "sweep": 0, "improved": False}
