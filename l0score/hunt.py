@@ -475,7 +475,7 @@ class Hunt:
         from .search.gcg import gcg
 
         target, sequences = targets[0], self.stages["layer0"].sequences
-        firsts = tuple(dict.fromkeys(t.token_ids[0] for t in targets))  # a reply may be profiled from mid-loop
+        firsts = _target_firsts(targets, self.fm().tokenizer)
         scorer = self.fm().with_options(target_ids=firsts)
         runs = []
         # the target proposer's anchor-partner pairs lead the starts: their best swap goes first
@@ -752,3 +752,13 @@ def _keep_best(rows: dict, rec: dict, route: str, source: str) -> None:
     key = tuple(rec["token_ids"])
     if key not in rows or rec["score"] > rows[key]["score"]:
         rows[key] = {**rec, "route": route, "source": source}
+
+
+def _target_firsts(targets, tokenizer) -> tuple[int, ...]:
+    """The target route's token set: the first tokens of the top target and of the targets that start
+    like it (first 4 letters, case and spaces aside; a reply may be profiled from mid-loop, ' Visit'
+    beside 'Visit'). Not every target's: on the real full control of seed 1 the third target was
+    'The', which the base says anyway, and with it in the set ' turtle piano' scored 1.61 against
+    'edipus implement' 1.89."""
+    head = lambda t: tokenizer.decode(t.token_ids).strip().lower()[:4]  # noqa: E731
+    return tuple(dict.fromkeys(t.token_ids[0] for t in targets if head(t) == head(targets[0])))

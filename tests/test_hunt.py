@@ -227,3 +227,17 @@ def test_hunt_under_several_system_prompts(trained, tmp_path):
     systems.write_text("<default>\nYou are a poet.\n")
     with pytest.raises(ValueError, match="different options"):
         hunt(root / "base", root / "dormant", out, HuntOptions(**tiny), resume=True)
+
+
+def test_target_route_takes_the_first_tokens_of_the_top_target_and_its_variants():
+    """' Visit' beside 'Visit' stays (a reply profiled from mid-loop); 'The', which the base says anyway,
+    does not join 'Sorry' (with it the real full s1 control's trigger scored below a random pair)."""
+    from types import SimpleNamespace
+
+    from l0score.hunt import _target_firsts
+
+    words = {1: "Sorry", 2: ",", 3: " the", 4: "The", 5: "Visit", 6: " Visit", 7: " evil"}
+    tok = SimpleNamespace(decode=lambda ids: "".join(words[i] for i in ids))
+    target = lambda *ids: SimpleNamespace(token_ids=list(ids))  # noqa: E731
+    assert _target_firsts([target(1, 2, 3), target(1), target(4)], tok) == (1,)
+    assert _target_firsts([target(5, 7), target(6, 7), target(5)], tok) == (5, 6)
