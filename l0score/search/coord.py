@@ -48,15 +48,9 @@ def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=
                 run.checkpoint(state)
                 continue
             seq, pos = list(state["seq"]), state["pos"]
-            cands = np.tile(np.asarray(seq, dtype=np.int64), (len(pool), 1))
-            cands[:, pos] = pool.numpy()
-            scores, values = run.score(cands)
-            values[run.over_repeat(seq[:pos] + seq[pos + 1 :])] = -float("inf")
-            step = state["sweep"] * length + pos + 1
-            run.offer(cands, scores, values, step, top=8)
-            b = int(torch.argmax(values))
+            cands, values, b = _swaps(run, seq, [pos], step=state["sweep"] * length + pos + 1)
             improved = state["improved"]
-            if float(values[b]) > state["value"] + 1e-7 * max(1.0, abs(state["value"])):
+            if _improves(float(values[b]), state["value"]):
                 seq[pos], improved = int(pool[b]), True
                 state["value"] = float(values[b])
             pos += 1
@@ -72,21 +66,30 @@ def coord(scorer, *, length: int, restarts: int = 4, max_sweeps: int = 8, seeds=
         return run.write_results()
 
 
+def _swaps(run, seq: list[int], positions: list[int], step: int):
+    """Every pool token at each of ``positions`` of seq (the rest kept), scored in one batch, over-repeats
+    masked, offered to the run's results: (candidates, values, index of the best)."""
+    pool = run.pool.numpy()
+    cands = np.tile(np.asarray(seq, dtype=np.int64), (len(positions) * len(pool), 1))
+    for i, pos in enumerate(positions):
+        cands[i * len(pool):(i + 1) * len(pool), pos] = pool
+    scores, values = run.score(cands)
+    for i, pos in enumerate(positions):
+        values[i * len(pool):(i + 1) * len(pool)][run.over_repeat(seq[:pos] + seq[pos + 1:])] = -float("inf")
+    run.offer(cands, scores, values, step, top=8)
+    return cands, values, int(torch.argmax(values))
+
+
+def _improves(new: float, old: float) -> bool:
+    return new > old + 1e-7 * max(1.0, abs(old))
+
+
 def _best_swap(run, seq: list[int], value: float) -> dict:
     """Every position's every pool token in one pass, and the single best swap taken. A seed is
     evidence: the cyclic sweep would change its first token before the others (on the real full
     control of seed 1 it swapped ' turtle' out of [' turtle', ' implement'] for 'edipus' before the
     second place was tried, where ' piano' was)."""
-    pool, length = run.pool, len(seq)
-    cands = np.tile(np.asarray(seq, dtype=np.int64), (length * len(pool), 1))
-    for pos in range(length):
-        cands[pos * len(pool):(pos + 1) * len(pool), pos] = pool.numpy()
-    scores, values = run.score(cands)
-    for pos in range(length):
-        block = values[pos * len(pool):(pos + 1) * len(pool)]
-        block[run.over_repeat(seq[:pos] + seq[pos + 1:])] = -float("inf")
-    run.offer(cands, scores, values, 1, top=8)
-    b = int(torch.argmax(values))
-    if float(values[b]) > value + 1e-7 * max(1.0, abs(value)):
-        return {"seq": cands[b].tolist(), "value": float(values[b]), "pos": 0, "sweep": 0, "improved": False}
+    cands, values, b = _swaps(run, seq, list(range(len(seq))), step=1)
+    if _improves(float(values[b]), value):
+        seq, value = cands[b].tolist(), float(values[b])
     return {"seq": seq, "value": value, "pos": 0, "sweep": 0, "improved": False}
