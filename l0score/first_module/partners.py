@@ -56,7 +56,7 @@ def partner_sweep(scorer: FirstModuleScorer, anchor: int, options: PartnerOption
     pool = pool[pool != int(anchor)]
     if pool.ndim != 1 or not len(pool):
         raise ValueError("the partner pool must be a non-empty list of token ids other than the anchor")
-    room = scorer.models["base"].config.num_hidden_layers - scorer.location.layer
+    room = scorer.layers_after
     depths = tuple(sorted({k for k in o.depths if k <= room})) or (room,)  # deeper ones do not exist
     view = scorer.with_depths(depths)
     view = view.with_template(Template(view.template.prefix_ids, (), name=view.template.name + "-own"))

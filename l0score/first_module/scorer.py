@@ -140,6 +140,11 @@ class FirstModuleScorer:
     def tokenizer(self):
         return self.pair.tokenizer
 
+    @property
+    def layers_after(self) -> int:
+        """How many layers the models have from the first changed one on: the deepest k a divergence can take."""
+        return self.models["base"].config.num_hidden_layers - self.location.layer
+
     def _metric_names(self) -> tuple[str, ...]:
         names = []
         if self.attention is not None:

@@ -60,7 +60,7 @@ def first_module_stage(scorer, options: FirstModuleStageOptions | None = None, p
     say = progress or (lambda msg: None)
     if not 0 <= o.projection_share <= 1:
         raise ValueError(f"projection_share must be in [0, 1], got {o.projection_share}")
-    room = scorer.models["base"].config.num_hidden_layers - scorer.location.layer
+    room = scorer.layers_after
     if o.k > room:
         raise ValueError(f"k = {o.k} layers after {scorer.kind} is beyond the models' last layer (k <= {room})")
     depths = tuple(sorted({k for k in o.depths if k <= room} | ({o.k} if o.k else set())))  # deeper ones do not exist
