@@ -80,12 +80,13 @@ class HuntOptions:
     sweep_share: on the whole-model route, the share of the pool's places (in every prefix) that the
         first-module stage (embedding sweep and layer-0 projection) takes from the Layer-0 pool [0.5: on
         the real full controls the Layer-0 pool held at most one trigger word, the stage both]
-    target_share: on the first-module and whole-model routes, with a profiled target, the share of the
+    target_share: on the whole-model route, with a profiled target, the share of the
         pool's places (in every prefix; the pool grows so the others keep max_pool) taken by the target
         proposer: the target gradient's best tokens (search/target_gradient.py) and, next to its best
         two, their partners (first_module/partners.py); 0 = off [1/3: on the real full controls of
         seeds 1-2 the other proposers held one trigger word or none, the gradient ranked one word first
-        and the partner sweep the other]
+        and the partner sweep the other; off on the first-module route, where on the real MLP-only
+        control it cost 180 s and added nothing the first-module pool lacked]
     interactions / interaction_share: on the Layer-0 route, the pool's strongest tokens that the
         interaction scan pairs with every allowed token (0: off), and the share of the pool's places
         its partners take [32, 0.25: on the real Layer-0 control it put the trigger's pair first]
@@ -356,9 +357,8 @@ class Hunt:
         if self.route() == "first-module":
             stage, where, evaluations = self._first_module_stage()
             pool = [t for t in stage.pool if t in allowed][: self.options.max_pool]
-            pool, picked, starts = self._with_target_picks(pool, stage, allowed)
-            sequences = starts + [c["token_ids"] for c in stage.candidates[:10]]
-            note = f"pool of {len(pool)} tokens from the {where} stage" + picked
+            sequences = [c["token_ids"] for c in stage.candidates[:10]]
+            note = f"pool of {len(pool)} tokens from the {where} stage"
         else:
             prof = self.out / "profile" / "profile.json"
             tokens = [r["id"] for r in json.loads(prof.read_text())["tokens"]] if prof.is_file() else []
