@@ -555,7 +555,7 @@ class Hunt:
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=VERIFY_NEW_TOKENS, progress=self.options.progress,
                      null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
-                     system_prompts=self.options.systems(), executor=self.executor)
+                     null_for_possible_flips=True, system_prompts=self.options.systems(), executor=self.executor)
         return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
 
     def verify_candidates(self) -> list[list[int]]:

@@ -387,6 +387,31 @@ def test_null_distribution_separates_the_trigger_from_random_text(trained, tmp_p
     assert more["results"][0]["null"]["beaten"] == 10
 
 
+def test_null_only_for_lengths_where_a_flip_is_possible(trained, tmp_path):
+    """null_for_possible_flips skips the null of a length none of whose candidates flips enough prompts;
+    every verdict equals the one with every length's null (the oracle run afterwards)."""
+    from l0score.core.template import template_structure
+
+    root, truth = trained
+    tok = _tokenizer(root)
+    structure = template_structure(tok)
+    pool = [i for i in range(len(tok)) if i not in tok.all_special_ids and i not in structure.ids]
+    one = [int(np.random.default_rng(7).choice(pool))]
+    assert len(truth["trigger_ids"]) != 1
+    kw = dict(probes=["Name a fruit.", "What is 7 plus 5?", "Say hello."], max_new_tokens=8, progress=False,
+              null_samples=4, null_cache_dir=tmp_path / "null")
+    cands = [truth["trigger_ids"], one]
+    lean = {tuple(x["token_ids"]): x for x in verify(root / "base", root / "dormant", cands,
+                                                     null_for_possible_flips=True, **kw)["results"]}
+    assert len(list((tmp_path / "null" / "verify-null").glob("*.json"))) == 1  # the trigger's length only
+    full = {tuple(x["token_ids"]): x for x in verify(root / "base", root / "dormant", cands, **kw)["results"]}
+    assert len(list((tmp_path / "null" / "verify-null").glob("*.json"))) == 2
+    assert sum(bool(d["flip"]) for d in full[tuple(one)]["probes"]) < 2  # the skip's premise, measured
+    assert "null" not in lean[tuple(one)] and lean[tuple(one)]["flip"] is full[tuple(one)]["flip"] is False
+    trig = tuple(truth["trigger_ids"])
+    assert lean[trig]["flip"] and full[trig]["flip"] and lean[trig]["null"] == full[trig]["null"]
+
+
 def test_template_injection_ranks_below_a_clean_flip(trained):
     """A candidate holding the role name 'assistant' is marked and ranked below the planted trigger,
     whatever its amplification."""

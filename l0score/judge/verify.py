@@ -141,6 +141,11 @@ class VerifyOptions:
         alone). Cached under ``null_cache_dir`` (default the
         l0score cache) per pair, probes, contexts, decoding and length; a killed run keeps what it
         measured [32]
+    null_for_possible_flips: measure the null distribution only for lengths where some candidate
+        flips at least ``min_flipped_prompts`` prompts with amplification > 1, the only candidates whose
+        verdict it can decide (the others get no ``null``); the hunt sets it, since each length's null
+        costs ``null_samples`` candidates' generations (on a real control 270 of verify's 344 s,
+        for one-token candidates that flipped nothing) [False]
     min_flipped_prompts: prompts a flip must change with the null distribution on: random strings
         flip no prompt on ordinary probes, so one flipped prompt already beats them all on flip rate,
         and one prompt is one sample; a real trigger reproduces [2]
@@ -168,6 +173,7 @@ class VerifyOptions:
     null_pool: object = None
     null_cache_dir: object = None
     min_flipped_prompts: int = 2
+    null_for_possible_flips: bool = False
     batch_size: int = 16
     cache_dir: object = None
     plot_top: int = 5
@@ -222,9 +228,11 @@ def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None
     with _torch_threads(threads):
         report = _measure(run, cands, progress, cache_dir)
         pool = _null_pool(null_pool, tokenizer, vocab, structure) if null_samples else None
+        lengths = _possible_flip_lengths(report, o.min_flipped_prompts) if o.null_for_possible_flips else \
+            {len(c.token_ids) for c in cands}
         nulls = {n: _null_distribution(run, n, null_samples, pool, null_cache_dir, progress)
-                 for n in sorted({len(c.token_ids) for c in cands})} if null_samples else {}
-    _judge(report, structure, nulls, o.min_flipped_prompts)
+                 for n in sorted(lengths)} if null_samples else {}
+    _judge(report, structure, nulls, o.min_flipped_prompts, skipped=bool(null_samples) and o.null_for_possible_flips)
     report["config"] = {
         "base": str(base_dir), "dormant": str(dormant_dir), "probes": run.probes, "positions": list(run.positions),
         "sep": sep if sep is not None else DEFAULT_SEP, "system": system, "systems": run.systems,
@@ -321,7 +329,16 @@ def _measure(run: _Run, cands, progress: bool, cache_dir=None, label: str = "ver
 # the verdict: template pieces and the null distribution
 
 
-def _judge(report: dict, structure, nulls: dict, min_flipped: int) -> None:
+def _possible_flips(r: dict, min_flipped: int) -> bool:
+    return sum(bool(d["flip"]) for d in r["probes"]) >= min_flipped and r["amplification"] > 1
+
+
+def _possible_flip_lengths(report: dict, min_flipped: int) -> set[int]:
+    """The candidate lengths whose null distribution can decide a verdict."""
+    return {len(r["token_ids"]) for r in report["results"] if _possible_flips(r, min_flipped)}
+
+
+def _judge(report: dict, structure, nulls: dict, min_flipped: int, skipped: bool = False) -> None:
     """Mark template injections, compare each candidate with the random candidates of its length, and
     rank: clean flips first (by flip rate, then amplification: amplification divides by each candidate's
     own untriggered KL, so it does not order a flip of a quarter of the prompts against one of all),
@@ -329,12 +346,13 @@ def _judge(report: dict, structure, nulls: dict, min_flipped: int) -> None:
     for r in report["results"]:
         r["template_pieces"] = structure.injection(r["token_ids"], r["text"])
         r["template_injection"] = bool(r["template_pieces"])
-        if nulls:
+        if len(r["token_ids"]) in nulls:
             rows = nulls[len(r["token_ids"])]
             beaten = sum(r["flip_rate"] > n["flip_rate"] and r["kl"] > n["kl"] for n in rows)
             r["null"] = {"n": len(rows), "beaten": beaten, "p": (1 + len(rows) - beaten) / (len(rows) + 1)}
-            flipped = sum(bool(d["flip"]) for d in r["probes"])
-            r["flip"] = beaten == len(rows) and flipped >= min_flipped and r["amplification"] > 1
+            r["flip"] = beaten == len(rows) and _possible_flips(r, min_flipped)
+        elif skipped:  # no candidate of its length flips enough prompts, so its null was not measured
+            r["flip"] = False
     results = report["results"]
     results.sort(key=lambda r: (not (r["flip"] and not r["template_injection"]),
                                 -r["flip_rate"] if r["flip"] else 0.0, -r["amplification"]))
