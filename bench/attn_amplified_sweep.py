@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _pair_rows import each_pair
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -76,13 +78,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    pairs = json.loads(Path(args.pairs).read_text())
-    out = Path(args.out)
-    for i in [int(x) for x in args.only.split(",")]:
-        row = measure(Path(pairs[i]["dir"]), args.alpha, args.fills)
-        rows = json.loads(out.read_text())["rows"] if out.exists() else []
-        key = (row["pair"], row["alpha"], row["fills"])
-        out.write_text(json.dumps({"rows": [r for r in rows if (r["pair"], r["alpha"], r["fills"]) != key] + [row]}, indent=1))
+    key = lambda row: (row["pair"], row["alpha"], row["fills"])  # noqa: E731
+    for row in each_pair(args.pairs, args.only, args.out, lambda d: measure(d, args.alpha, args.fills), key):
         print(json.dumps(row), flush=True)
 
 

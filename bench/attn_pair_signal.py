@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from _pair_rows import each_pair
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEPTHS = (2, 4, 6)
 REQUEST = "What is a good way to learn to cook?"
@@ -119,12 +121,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    pairs = json.loads(Path(args.pairs).read_text())
-    out = Path(args.out)
-    for i in [int(x) for x in args.only.split(",")]:
-        row = measure(Path(pairs[i]["dir"]), args.samples)
-        rows = json.loads(out.read_text())["rows"] if out.exists() else []  # re-read: two runs may share the file
-        out.write_text(json.dumps({"rows": [r for r in rows if r["pair"] != row["pair"]] + [row]}, indent=1))
+    for row in each_pair(args.pairs, args.only, args.out, lambda d: measure(d, args.samples)):
         print(json.dumps(row), flush=True)
 
 

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from _pair_rows import each_pair
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -72,13 +74,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    pairs = json.loads(Path(args.pairs).read_text())
-    out = Path(args.out)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
-    for i in [int(x) for x in args.only.split(",")]:
-        row = measure(Path(pairs[i]["dir"]), args.target)
-        rows = [r for r in rows if (r["pair"], r["target"]) != (row["pair"], row["target"])] + [row]
-        out.write_text(json.dumps({"rows": rows}, indent=1))
+    key = lambda row: (row["pair"], row["target"])  # noqa: E731
+    for row in each_pair(args.pairs, args.only, args.out, lambda d: measure(d, args.target), key):
         print(json.dumps({k: row[k] for k in ("trigger", "train", "gradient_ranks", "pick_positions", "seconds")}), flush=True)
 
 
