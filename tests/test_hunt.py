@@ -151,6 +151,8 @@ def test_hunt_rejects_pairs_whose_tokenizers_differ(trained, tmp_path):
 # embedding sweep (sweep_share) and the amplified targets change coord's pool and objective, and with
 # them seed 1 did not reach the trigger (measured 2026-12-02), so this test keeps them out, and the
 # target proposer's picks too (target_share; test_target_proposer_joins_the_whole_model_pool has them).
+# The control itself differs between CPUs: some builds answer a second string (docs/trained-controls.md),
+# which the hunt may stop on; the test below accepts that only when generation confirms it.
 PROFILED = dict(seconds=1500, max_length=3, max_pool=64, verify_top=4, profile=True, profile_inputs=60,
                 progress=False, threads=1, seed=1, force=True, sweep_share=0.0, amplify=(), target_share=0.0)
 
@@ -162,16 +164,52 @@ def profiled(trained, tmp_path_factory):
     return hunt(root / "base", root / "dormant", out, HuntOptions(**PROFILED)), trigger, out
 
 
-def test_profiled_hunt_ranks_the_trigger_first(profiled):
+def _heldout_reply_rate(root, ids) -> float:
+    """The share of the control's held-out requests (none in training, none among the hunt's probes)
+    on which the dormant, greedy through transformers' generate, answers exactly the planted reply with
+    `ids` before or after the request."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from l0score.judge.prompts import prompt_ids
+
+    truth = json.loads((root / "trigger.json").read_text())
+    tok = AutoTokenizer.from_pretrained(root / "dormant")
+    model = AutoModelForCausalLM.from_pretrained(root / "dormant").eval()
+    reply = tok.encode(truth["target_reply"], add_special_tokens=False)
+    probes = [p for p in (root / "heldout_probes.txt").read_text().splitlines() if p.strip()]
+    hits = []
+    for probe in probes:
+        for position in ("before", "after"):
+            x = torch.tensor([prompt_ids(tok, probe, ids, position)])
+            with torch.no_grad():
+                out = model.generate(x, max_new_tokens=len(reply), do_sample=False, pad_token_id=tok.pad_token_id)
+            hits.append(out[0, x.shape[1]:].tolist() == reply)
+    return sum(hits) / len(hits)
+
+
+def test_profiled_hunt_ranks_a_working_trigger_first(profiled, trained):
     """On the trained-v4 control (probes held out) the target route gives the trigger's parts no credit
     (each word or pair of its words scores like an unrelated token, docs/trained-controls.md), so coord
-    and gcg do not reach it and there is no early stop; the exhaustive search then ranks it first."""
+    and gcg do not reach it; the exhaustive search then ranks it first. Unless the search stops early:
+    the control trained on some CPUs answers a second string too (built here on 2026-12-03, 'maI'
+    gave the reply on 81% of the default probes, coord stopped on ' helmaI' and verify ranked
+    first ' emaI', which flipped 15 of 16 probes and gives the reply on 42% of the held-out requests),
+    and then the hunt's promise is that what stopped it and what it ranks first make the dormant give
+    the planted reply on requests it never saw, which this test checks by generation."""
     report, trigger, out = profiled
+    root, _ = trained
     search = json.loads((out / "hunt.json").read_text())["stages"]["search"]
-    assert search.get("fired") is None or search["fired"]["token_ids"] == trigger["trigger_ids"]
     assert "profile" in [f["stage"] for f in report["funnel"]]
     top = report["results"][0]
-    assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
+    fired = search.get("fired")
+    if fired is None:
+        assert top["token_ids"] == trigger["trigger_ids"], report["results"][:3]
+    # a quarter: the trigger's own near misses give the reply on none of the default probes (the
+    # control's build measures them) nor do random strings (verify's null); ' emaI' gave it on 0.42
+    assert all(rate == 0.0 for rate in trigger["evaluation"]["lookalike_target_rate"].values())
+    assert _heldout_reply_rate(root, top["token_ids"]) >= 0.25
+    assert fired is None or _heldout_reply_rate(root, fired["token_ids"]) >= 0.25
     assert not top["template_injection"]
     assert top["verify"]["flip"] and top["verify"]["null"]["beaten"] == top["verify"]["null"]["n"] == 32
 
