@@ -643,14 +643,14 @@ class Hunt:
 
     def _measured_verify_reserve(self) -> float:
         """Seconds kept for verify from the exhaustive search: its generations (the candidates, the
-        untriggered prompts and one length's null candidates) at the rate a fire check measured, at most
-        half the budget; the fixed reserve when no check ran. On the real full control of seed 1 verify
-        took 612 s against the fixed 120. One length's null: the hunt's verify measures a null only for
-        lengths where a candidate flips (null_for_possible_flips); on the real controls that was one
-        length or none, and reserving every length's took up to half the search's time."""
+        untriggered prompts and the null candidates of every length) at the rate a fire check measured,
+        at most half the budget; the fixed reserve when no check ran. On the real full control of seed
+        1 verify took 612 s against the fixed 120. Every length's null, though verify measures one only
+        where a candidate flips: on a drifting dormant (attn:L0 seed 1) one- and two-token candidates
+        flip two prompts each, and a reserve of one length's null overran the budget by 362 s."""
         if self._generation_rate is None:
             return self._verify_reserve()
-        sets = self.options.verify_top + 1 + self.options.null_samples
+        sets = self.options.verify_top + 1 + self.options.null_samples * self.options.max_length
         return max(self._verify_reserve(), min(self._generation_rate * VERIFY_NEW_TOKENS * sets, 0.5 * self.options.seconds))
 
     def _say(self, text: str) -> None:
