@@ -50,7 +50,14 @@ HUNT_METRICS = ("kl", "js", "hidden", "tf_kl")  # the full-model metrics a hunt'
 # the search budget's share of the target route: on the real controls it was the route that found a
 # trigger (docs/hunt.md); a fifth left it one coord length before the fire check ran out of time
 TARGET_SHARE = 0.4
+# ... and when the profile's top target does not end the dormant's turn: on the real controls every
+# planted reply that led the targets ended it, and the unfinished ones were drift the route spent
+# 285-293 s on (3-word mlp, attn:L0 seed 1) that the exhaustive search needed
+UNFINISHED_TARGET_SHARE = 0.15
 VERIFY_NEW_TOKENS = 16  # tokens verify generates per prompt
+# of each batch of 256 screened candidates, those the full models judge; on the real 3-word control the
+# trigger was the screen's first of the top 15 tokens' 2,730 triples (docs/hunt.md)
+SCREEN_KEEP = 8
 # the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
 GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
@@ -282,7 +289,7 @@ class Hunt:
         # options are checked against it); a fresh hunt has no checkpoint there
         prof = profile(self.base, self.dormant, opts, out=self.out / "profile", progress=self.options.progress,
                        resume=True)
-        targets = [ProfileTarget(text=t["text"], token_ids=t["token_ids"], score=t["score"])
+        targets = [ProfileTarget(text=t["text"], token_ids=t["token_ids"], score=t["score"], extra={"stop": t["stop"]})
                    for t in prof["targets"][:3]]
         return ProfileStage(candidates=prof["config"]["prompts"], targets=targets,
                             note="top targets: " + ", ".join(repr(t.text) for t in targets))
@@ -438,7 +445,7 @@ class Hunt:
 
         pool = self.stages["layer0"].pool
         budget = self.remaining() - self._verify_reserve()
-        runs, fired = self._target_search(pool, TARGET_SHARE * budget)
+        runs, fired = self._target_search(pool, self._target_share() * budget)
         used = sum(r.candidates for r in runs)
         if fired is not None:
             return SearchStage(candidates=used, runs=runs, fired=fired,
@@ -448,16 +455,19 @@ class Hunt:
             share = budget / (self.options.max_length - length + 1)
             t0 = time.monotonic()
             path = self.out / "search" / f"exhaustive-len{length}.jsonl"
+            # past one token the full models judge only what one context's screen rates best in each
+            # batch (search/exhaustive.py): the shells advance about three times faster
+            screen = self.fm().narrowed() if length > 1 and len(self.fm().contexts) > 1 else None
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
                        resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=max(share, 1.0),
                        calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
-                       executor=self.executor)
-            spent, n = time.monotonic() - t0, _scored(path)
+                       executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP)
+            spent, n, seen = time.monotonic() - t0, _scored(path), _visited(path)
             used += n
             budget -= spent
-            runs.append(DriverRun(length=length, candidates=n, covered=covered(len(pool), length, n),
-                                  exhaustive=n >= math.perm(len(pool), length), seconds=round(spent, 2),
-                                  file=str(path.relative_to(self.out))))
+            runs.append(DriverRun(length=length, candidates=n, covered=covered(len(pool), length, seen),
+                                  exhaustive=seen >= math.perm(len(pool), length), seconds=round(spent, 2),
+                                  file=str(path.relative_to(self.out)), screened=seen if screen else None))
         return SearchStage(candidates=used, runs=runs,
                            note="; ".join(f"len {r.length}: every candidate of the top {r.covered} tokens"
                                           for r in runs if r.covered is not None))
@@ -529,6 +539,13 @@ class Hunt:
         says = json.loads((self.out / "search" / "target-says.json").read_text())
         self._generation_rate = says["config"]["seconds"] / ((len(rows) + 1) * says["config"]["max_new_tokens"])
         return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r else None
+
+    def _target_share(self) -> float:
+        """TARGET_SHARE when the profile's top target is a whole reply (its dormant ends the turn after
+        it), UNFINISHED_TARGET_SHARE when it is a fragment (amplified drift, a first-token preference)."""
+        targets = self._targets()
+        finished = bool(targets) and targets[0].extra.get("stop") == "end of turn"
+        return TARGET_SHARE if finished else UNFINISHED_TARGET_SHARE
 
     def _targets(self) -> list[ProfileTarget]:
         """The profile's top targets ([] when the profile did not run)."""
@@ -748,6 +765,12 @@ def _scored(results: Path) -> int:
     """Candidates a search run scored, from its checkpoint (SearchRun writes it next to the results)."""
     ckpt = results.with_name(results.name + ".ckpt.json")
     return int(json.loads(ckpt.read_text())["used"]) if ckpt.exists() else 0
+
+
+def _visited(results: Path) -> int:
+    """Candidates an exhaustive run went through, screened or scored (its checkpoint's state)."""
+    ckpt = results.with_name(results.name + ".ckpt.json")
+    return int((json.loads(ckpt.read_text())["state"] or {}).get("done", 0)) if ckpt.exists() else 0
 
 
 def _keep_best(rows: dict, rec: dict, route: str, source: str) -> None:

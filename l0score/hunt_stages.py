@@ -158,7 +158,8 @@ class DriverRun:
     """One search run of the search stage: its `length`, candidates scored, seconds and results file
     (relative to the hunt's directory). A target-inversion run also has `route`, `driver` and the
     `target` text; an exhaustive run `covered` (every candidate of the top `covered` pool tokens was
-    scored) and `exhaustive` (the whole pool was)."""
+    scored) and `exhaustive` (the whole pool was); a screened one `screened`, the candidates one
+    context's screen rated (`candidates` are those the full models then judged)."""
 
     length: int
     candidates: int
@@ -169,12 +170,14 @@ class DriverRun:
     target: str | None = None
     covered: int | None = None
     exhaustive: bool | None = None
+    screened: int | None = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {**_some(route=self.route, driver=self.driver), "length": self.length,
                 **_some(target=self.target), "candidates": self.candidates,
-                **_some(covered=self.covered, exhaustive=self.exhaustive, seconds=self.seconds, file=self.file),
+                **_some(screened=self.screened, covered=self.covered, exhaustive=self.exhaustive,
+                        seconds=self.seconds, file=self.file),
                 **self.extra}
 
     @classmethod

@@ -127,3 +127,22 @@ def test_bad_options(pair):
         FullModelScorer.from_pretrained(*pair, metrics=("target",))
     with pytest.raises(TypeError, match="unknown full-model option"):
         FullModelScorer.from_pretrained(*pair, colour="red")
+
+
+def test_narrowed_view_equals_a_scorer_built_on_that_context(pair, scorers):
+    """narrowed() shares the loaded models and scores like a scorer loaded with only the first probe in
+    one placement; the parent keeps its own contexts and values."""
+    cached, _ = scorers
+    before = cached.score_batch(_cands(seed=5))
+    view = cached.narrowed(probes=1, position="before")
+    alone = FullModelScorer.from_pretrained(*pair, probes=PROBES[:1], positions=("before",), metrics=("kl", "js", "hidden"),
+                                            reply_tokens=3, target_ids=(5, 9), target_seq=(12, 40, 7))
+    got, want = view.score_batch(_cands(seed=5)), alone.score_batch(_cands(seed=5))
+    for name in alone.metrics:
+        np.testing.assert_allclose(got.metric(name), want.metric(name), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert view.models is cached.models and len(view.contexts) == 1 and view.describe()["probes"] == list(PROBES[:1])
+    np.testing.assert_allclose(cached.score_batch(_cands(seed=5)).metric("kl"), before.metric("kl"), rtol=1e-6)
+    with pytest.raises(ValueError, match="position must be one of before, after"):
+        cached.narrowed(position="middle")
+    with pytest.raises(ValueError, match="probes must be a count >= 1"):
+        cached.narrowed(probes=0)

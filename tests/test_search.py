@@ -244,3 +244,45 @@ def test_a_seeded_coord_start_takes_its_best_single_swap_first(pair_factory):
                  objective="max_abs", progress=False, keep=50, best_swap_first=True)
     assert any(r["token_ids"] == best and r["step"] == 1 for r in rows)
     assert rows[0]["score"] >= float(values.max()) * (1 - 1e-6)
+
+
+class _Recording:
+    """A scorer that remembers every candidate it was asked to score (delegates everything else)."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score_batch(self, token_ids):
+        self.seen += [tuple(int(t) for t in c) for c in token_ids]
+        return self.inner.score_batch(token_ids)
+
+
+def test_screened_exhaustive_judges_each_batchs_best_by_the_screen(pair_factory, tmp_path):
+    """With a screen, the scorer sees exactly each batch's best `screen_keep` by the screen's objective
+    (recomputed here over every candidate, in shell order); the best overall is kept whatever the
+    screen drops when the screen is the scorer itself; screen_keep >= batch changes nothing."""
+    from l0score.search.exhaustive import exhaustive, shell_order
+
+    pair_dir = pair_factory(seed=1, trigger_length=2)
+    trig = trigger_of(pair_dir)["trigger_ids"]
+    scorer, screen = make_scorer(pair_dir), make_scorer(pair_dir, template="raw")
+    pool = scorer.default_pool()[:30].tolist()
+    pool = pool[:28] + [t for t in trig if t not in pool[:28]] + pool[28:]
+    kw = dict(length=2, pool=pool, objective="kl", progress=False, calibrate=0, keep=20, batch=100)
+    plain = exhaustive(scorer, **kw)
+    rec = _Recording(scorer)
+    exhaustive(rec, screen=screen, screen_keep=5, **kw)
+    cands = [[pool[i] for i in idx] for idx in shell_order(len(pool), 2)]
+    raw = screen.score_batch(cands).metric("kl")
+    want = [tuple(cands[s + i]) for s in range(0, len(cands), 100)
+            for i in sorted(raw[s:s + 100].topk(min(5, len(cands) - s)).indices.tolist())]
+    assert rec.seen == want
+    self_screened = exhaustive(scorer, screen=scorer, screen_keep=3, **kw)
+    assert self_screened[0]["token_ids"] == plain[0]["token_ids"] == trig
+    wide = exhaustive(scorer, screen=screen, screen_keep=100, **kw)
+    assert [r["token_ids"] for r in wide] == [r["token_ids"] for r in plain]
+    with pytest.raises(ValueError, match="screen_keep must be a count >= 1"):
+        exhaustive(scorer, screen=screen, screen_keep=0, **kw)

@@ -178,6 +178,20 @@ class FullModelScorer:
         view._check_targets()
         return view
 
+    def narrowed(self, probes: int = 1, position: str = "after") -> "FullModelScorer":
+        """The same loaded models on fewer contexts: the first system prompt, the first ``probes`` probes,
+        one placement. A cheap screen for the exhaustive search (search/exhaustive.py): a trigger moves
+        the dormant in every context, so one context ranks it high at a fraction of the cost."""
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+            raise ValueError(f"probes must be a count >= 1, got {probes!r}")
+        view = copy.copy(self)
+        view.probes, view.positions, view.systems = self.probes[:probes], (position,), self.systems[:1]
+        view.contexts = [placement(self.tokenizer, p, position, self.options.sep, view.systems[0]) for p in view.probes]
+        view._cache = OrderedDict()  # its keys are context indices, which differ from this scorer's
+        return view
+
     # --- the search interface -----------------------------------------------------------------
     @property
     def tokenizer(self):

@@ -5,6 +5,12 @@ lowest-ranked token is pool[m], so every candidate made of the top m+1 tokens co
 needs a lower one (a budget that runs out has covered the strongest tokens completely). Batches of
 `batch` candidates go to the scorer; the run checkpoints after every batch and resumes at the next.
 With the full-model scorer the prompt before the candidate comes from its KV cache.
+
+With a `screen` (a cheaper scorer of the same metrics, e.g. the full models on one context:
+FullModelScorer.narrowed), every batch is scored by the screen first and only its best `screen_keep`
+go to the scorer; the shells then advance several times faster, and the results hold only what the
+scorer judged. A trigger moves the dormant in every context, so one context keeps it among the best
+of its batch (measured: docs/hunt.md, "Screened exhaustive search").
 """
 from __future__ import annotations
 
@@ -15,13 +21,20 @@ from .beam import _check_length
 from .run import SearchRun
 
 
-def exhaustive(scorer, *, length: int, batch: int = 256, **run_kw) -> list[dict]:
+def exhaustive(scorer, *, length: int, batch: int = 256, screen=None, screen_keep: int = 8, **run_kw) -> list[dict]:
     """Score every ordered `length`-token candidate of distinct pool tokens (or as many as the budget
-    allows, in shell order). Returns ranked results."""
+    allows, in shell order); with `screen`, only each batch's best `screen_keep` by the screen are
+    scored (module docstring). The checkpoint's state counts the candidates visited (`done`).
+    Returns ranked results."""
     _check_length(length)
     if batch <= 0:
         raise ValueError(f"batch must be positive, got {batch}")
-    with SearchRun(scorer, driver="exhaustive", options={"batch": batch}, length=length, **run_kw) as run:
+    options = {"batch": batch}
+    if screen is not None:
+        if isinstance(screen_keep, bool) or not isinstance(screen_keep, int) or screen_keep < 1:
+            raise ValueError(f"screen_keep must be a count >= 1, got {screen_keep!r}")
+        options |= {"screen": screen.describe(), "screen_keep": screen_keep}
+    with SearchRun(scorer, driver="exhaustive", options=options, length=length, **run_kw) as run:
         if length > len(run.pool):
             raise ValueError(f"length {length} needs at least {length} distinct pool tokens, the pool has {len(run.pool)}")
         state = run.state or {"done": 0}
@@ -31,11 +44,20 @@ def exhaustive(scorer, *, length: int, batch: int = 256, **run_kw) -> list[dict]
             chunk = [[pool[i] for i in idx] for idx in itertools.islice(order, batch)]
             if not chunk:
                 break
-            scores, values = run.score(chunk)
+            judged = chunk if screen is None else _screened(screen, run.objective, chunk, screen_keep)
+            scores, values = run.score(judged)
             state = {"done": state["done"] + len(chunk)}
-            run.offer(chunk, scores, values, state["done"])
+            run.offer(judged, scores, values, state["done"])
             run.checkpoint(state)
         return run.write_results()
+
+
+def _screened(screen, objective, chunk: list[list[int]], keep: int) -> list[list[int]]:
+    """The `keep` candidates of chunk the screen rates best by the run's objective, in chunk order."""
+    if len(chunk) <= keep:
+        return chunk
+    best = objective(screen.score_batch(chunk)).float().topk(keep).indices.sort().values
+    return [chunk[i] for i in best.tolist()]
 
 
 def shell_order(k: int, length: int):
