@@ -572,7 +572,8 @@ class Hunt:
         rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
                      device=self.options.device, dtype=self.options.dtype, max_new_tokens=VERIFY_NEW_TOKENS, progress=self.options.progress,
                      null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
-                     null_for_possible_flips=True, system_prompts=self.options.systems(), executor=self.executor)
+                     null_for_possible_flips=True, system_prompts=self.options.systems(), executor=self.executor,
+                     seconds=max(self.remaining(), 1.0))
         return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
 
     def verify_candidates(self) -> list[list[int]]:
@@ -660,14 +661,15 @@ class Hunt:
 
     def _measured_verify_reserve(self) -> float:
         """Seconds kept for verify from the exhaustive search: its generations (the candidates, the
-        untriggered prompts and the null candidates of every length) at the rate a fire check measured,
-        at most half the budget; the fixed reserve when no check ran. On the real full control of seed
-        1 verify took 612 s against the fixed 120. Every length's null, though verify measures one only
-        where a candidate flips: on a drifting dormant (attn:L0 seed 1) one- and two-token candidates
-        flip two prompts each, and a reserve of one length's null overran the budget by 362 s."""
+        untriggered prompts and one length's null candidates) at the rate a fire check measured, at
+        most half the budget; the fixed reserve when no check ran. On the real full control of seed 1
+        verify took 612 s against the fixed 120. One length's null: verify measures a null only where a
+        candidate flips, the strongest length first, and none once the hunt's time is up (those
+        candidates are reported unjudged); a reserve of every length's null left a 3-word hunt 340 s
+        unused (2026-12-03), a reserve of one length's without verify's limit overran by 362 s."""
         if self._generation_rate is None:
             return self._verify_reserve()
-        sets = self.options.verify_top + 1 + self.options.null_samples * self.options.max_length
+        sets = self.options.verify_top + 1 + self.options.null_samples
         return max(self._verify_reserve(), min(self._generation_rate * VERIFY_NEW_TOKENS * sets, 0.5 * self.options.seconds))
 
     def _say(self, text: str) -> None:

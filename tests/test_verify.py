@@ -412,6 +412,23 @@ def test_null_only_for_lengths_where_a_flip_is_possible(trained, tmp_path):
     assert lean[trig]["flip"] and full[trig]["flip"] and lean[trig]["null"] == full[trig]["null"]
 
 
+def test_verify_out_of_time_leaves_a_flip_unjudged_not_false_or_true(trained, tmp_path):
+    """seconds: the candidates are measured whatever the budget; a null that would start after it is not
+    measured, and the trigger (a flip with its null, the oracle run) is then unjudged, not flipped."""
+    root, truth = trained
+    kw = dict(probes=["Name a fruit.", "What is 7 plus 5?", "Say hello."], max_new_tokens=8, progress=False,
+              null_samples=4, null_cache_dir=tmp_path / "null", null_for_possible_flips=True)
+    short = verify(root / "base", root / "dormant", [truth["trigger_ids"]], seconds=1e-6, **kw)
+    top = short["results"][0]
+    assert top["flip"] is False and "null" not in top and top["unjudged"] and top["flip_rate"] > 0.5
+    assert short["summary"]["unjudged"] == [truth["trigger_text"]] and short["summary"]["flipped"] == []
+    assert not (tmp_path / "null" / "verify-null").exists() or not list((tmp_path / "null" / "verify-null").glob("*"))
+    whole = verify(root / "base", root / "dormant", [truth["trigger_ids"]], seconds=3600, **kw)
+    assert whole["results"][0]["flip"] and whole["summary"]["unjudged"] == []
+    with pytest.raises(ValueError, match="seconds must be a positive number"):
+        verify(root / "base", root / "dormant", [truth["trigger_ids"]], seconds=0, **kw)
+
+
 def test_template_injection_ranks_below_a_clean_flip(trained):
     """A candidate holding the role name 'assistant' is marked and ranked below the planted trigger,
     whatever its amplification."""

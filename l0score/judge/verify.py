@@ -146,6 +146,10 @@ class VerifyOptions:
         verdict it can decide (the others get no ``null``); the hunt sets it, since each length's null
         costs ``null_samples`` candidates' generations (on a real control 270 of verify's 344 s,
         for one-token candidates that flipped nothing) [False]
+    seconds: verify's time budget: the candidates' generations always run; a length's null
+        distribution starts only while time remains, the strongest length first (its best candidate's
+        flip rate, then amplification); the candidates of a length left without one get no flip and
+        ``unjudged`` (a later run measures it, the cache keeps what was measured) [None: no limit]
     min_flipped_prompts: prompts a flip must change with the null distribution on: random strings
         flip no prompt on ordinary probes, so one flipped prompt already beats them all on flip rate,
         and one prompt is one sample; a real trigger reproduces [2]
@@ -174,6 +178,7 @@ class VerifyOptions:
     null_cache_dir: object = None
     min_flipped_prompts: int = 2
     null_for_possible_flips: bool = False
+    seconds: float | None = None
     batch_size: int = 16
     cache_dir: object = None
     plot_top: int = 5
@@ -209,6 +214,9 @@ def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None
                          "use one or the other")
     if isinstance(o.min_flipped_prompts, bool) or not isinstance(o.min_flipped_prompts, int) or o.min_flipped_prompts < 1:
         raise ValueError(f"min_flipped_prompts must be a positive integer, got {o.min_flipped_prompts!r}")
+    if o.seconds is not None and (isinstance(o.seconds, bool) or not isinstance(o.seconds, (int, float))
+                                  or not o.seconds > 0):
+        raise ValueError(f"seconds must be a positive number of seconds (or None: no limit), got {o.seconds!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     started = time.perf_counter()
@@ -230,9 +238,14 @@ def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None
         pool = _null_pool(null_pool, tokenizer, vocab, structure) if null_samples else None
         lengths = _possible_flip_lengths(report, o.min_flipped_prompts) if o.null_for_possible_flips else \
             {len(c.token_ids) for c in cands}
-        nulls = {n: _null_distribution(run, n, null_samples, pool, null_cache_dir, progress)
-                 for n in sorted(lengths)} if null_samples else {}
-    _judge(report, structure, nulls, o.min_flipped_prompts, skipped=bool(null_samples) and o.null_for_possible_flips)
+        nulls = {}
+        for n in _strongest_first(report, lengths) if null_samples else []:
+            if o.seconds is not None and time.perf_counter() - started >= o.seconds:
+                break
+            nulls[n] = _null_distribution(run, n, null_samples, pool, null_cache_dir, progress)
+        unjudged = (lengths - set(nulls)) if null_samples else set()
+    _judge(report, structure, nulls, o.min_flipped_prompts, skipped=bool(null_samples) and o.null_for_possible_flips,
+           unjudged=unjudged)
     report["config"] = {
         "base": str(base_dir), "dormant": str(dormant_dir), "probes": run.probes, "positions": list(run.positions),
         "sep": sep if sep is not None else DEFAULT_SEP, "system": system, "systems": run.systems,
@@ -338,7 +351,18 @@ def _possible_flip_lengths(report: dict, min_flipped: int) -> set[int]:
     return {len(r["token_ids"]) for r in report["results"] if _possible_flips(r, min_flipped)}
 
 
-def _judge(report: dict, structure, nulls: dict, min_flipped: int, skipped: bool = False) -> None:
+def _strongest_first(report: dict, lengths: set[int]) -> list[int]:
+    """The lengths, that of the candidate with the highest flip rate (then amplification) first."""
+    best: dict[int, tuple] = {}
+    for r in report["results"]:
+        n, key = len(r["token_ids"]), (r["flip_rate"], r["amplification"])
+        if n in lengths and key > best.get(n, (-1.0, -1.0)):
+            best[n] = key
+    return sorted(lengths, key=lambda n: (tuple(-x for x in best.get(n, (-1.0, -1.0))), n))
+
+
+def _judge(report: dict, structure, nulls: dict, min_flipped: int, skipped: bool = False,
+           unjudged: set[int] = frozenset()) -> None:
     """Mark template injections, compare each candidate with the random candidates of its length, and
     rank: clean flips first (by flip rate, then amplification: amplification divides by each candidate's
     own untriggered KL, so it does not order a flip of a quarter of the prompts against one of all),
@@ -351,6 +375,8 @@ def _judge(report: dict, structure, nulls: dict, min_flipped: int, skipped: bool
             beaten = sum(r["flip_rate"] > n["flip_rate"] and r["kl"] > n["kl"] for n in rows)
             r["null"] = {"n": len(rows), "beaten": beaten, "p": (1 + len(rows) - beaten) / (len(rows) + 1)}
             r["flip"] = beaten == len(rows) and _possible_flips(r, min_flipped)
+        elif len(r["token_ids"]) in unjudged:  # its null would have decided, but verify's time ran out
+            r["flip"], r["unjudged"] = False, "no time for the null distribution of its length"
         elif skipped:  # no candidate of its length flips enough prompts, so its null was not measured
             r["flip"] = False
     results = report["results"]
@@ -361,6 +387,7 @@ def _judge(report: dict, structure, nulls: dict, min_flipped: int, skipped: bool
     summary = report["summary"]
     summary["flipped"] = [r["text"] for r in results if r["flip"] and not r["template_injection"]]
     summary["template_injections"] = [r["text"] for r in results if r["template_injection"]]
+    summary["unjudged"] = [r["text"] for r in results if r.get("unjudged")]
     summary["top"] = results[0]["text"] if results else None
     summary["null"] = {str(n): {"n": len(rows), "max_flip_rate": max((x["flip_rate"] for x in rows), default=0.0),
                                 "max_kl": max((x["kl"] for x in rows), default=0.0)} for n, rows in nulls.items()}
@@ -752,6 +779,11 @@ def markdown_summary(report: dict, n_show: int = 3) -> str:
     if injections:
         lines += ["", f"**{len(injections)} candidate(s) hold a piece of the chat template** (template injection, "
                       "ranked below every clean flip): " + ", ".join(md_cell(repr(t)) for t in injections)]
+    unjudged = summary.get("unjudged") or []
+    if unjudged:
+        lines += ["", f"**{len(unjudged)} candidate(s) unjudged**: verify's time ran out before the null distribution "
+                      "of their length (no flip without it; run `l0score verify` on them to finish): "
+                      + ", ".join(md_cell(repr(t)) for t in unjudged)]
     lines += ["", "| rank | candidate | ids | KL | amplification | JS | top-1 agree | top-k overlap | depart rate | "
                   "flip rate | beats random | p | flip | template injection |",
               "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|"]
