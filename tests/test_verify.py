@@ -418,9 +418,13 @@ def test_verify_out_of_time_leaves_a_flip_unjudged_not_false_or_true(trained, tm
     root, truth = trained
     kw = dict(probes=["Name a fruit.", "What is 7 plus 5?", "Say hello."], max_new_tokens=8, progress=False,
               null_samples=4, null_cache_dir=tmp_path / "null", null_for_possible_flips=True)
-    short = verify(root / "base", root / "dormant", [truth["trigger_ids"]], seconds=1e-6, **kw)
-    top = short["results"][0]
+    tok = _tokenizer(root)
+    other = tok.encode(" the quiet harbor river", add_special_tokens=False)[:len(truth["trigger_ids"])]
+    short = verify(root / "base", root / "dormant", [truth["trigger_ids"], other], seconds=1e-6, **kw)
+    top, rest = short["results"]
     assert top["flip"] is False and "null" not in top and top["unjudged"] and top["flip_rate"] > 0.5
+    # same length, flips nothing: its null could not have made it a flip, so it is judged (no flip)
+    assert rest["token_ids"] == other and rest["flip_rate"] < 0.5 and "unjudged" not in rest and rest["flip"] is False
     assert short["summary"]["unjudged"] == [truth["trigger_text"]] and short["summary"]["flipped"] == []
     assert not (tmp_path / "null" / "verify-null").exists() or not list((tmp_path / "null" / "verify-null").glob("*"))
     whole = verify(root / "base", root / "dormant", [truth["trigger_ids"]], seconds=3600, **kw)

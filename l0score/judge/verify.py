@@ -148,8 +148,9 @@ class VerifyOptions:
         for one-token candidates that flipped nothing) [False]
     seconds: verify's time budget: the candidates' generations always run; a length's null
         distribution starts only while time remains, the strongest length first (its best candidate's
-        flip rate, then amplification); the candidates of a length left without one get no flip and
-        ``unjudged`` (a later run measures it, the cache keeps what was measured) [None: no limit]
+        flip rate, then amplification); a candidate that flips enough prompts but whose length was left
+        without one gets no flip and ``unjudged`` (a later run measures it; the cache keeps what was
+        measured) [None: no limit]
     min_flipped_prompts: prompts a flip must change with the null distribution on: random strings
         flip no prompt on ordinary probes, so one flipped prompt already beats them all on flip rate,
         and one prompt is one sample; a real trigger reproduces [2]
@@ -375,9 +376,10 @@ def _judge(report: dict, structure, nulls: dict, min_flipped: int, skipped: bool
             beaten = sum(r["flip_rate"] > n["flip_rate"] and r["kl"] > n["kl"] for n in rows)
             r["null"] = {"n": len(rows), "beaten": beaten, "p": (1 + len(rows) - beaten) / (len(rows) + 1)}
             r["flip"] = beaten == len(rows) and _possible_flips(r, min_flipped)
-        elif len(r["token_ids"]) in unjudged:  # its null would have decided, but verify's time ran out
+        elif len(r["token_ids"]) in unjudged and _possible_flips(r, min_flipped):
+            # its null would have decided, but verify's time ran out
             r["flip"], r["unjudged"] = False, "no time for the null distribution of its length"
-        elif skipped:  # no candidate of its length flips enough prompts, so its null was not measured
+        elif skipped or len(r["token_ids"]) in unjudged:  # no null measured, and none could make it a flip
             r["flip"] = False
     results = report["results"]
     results.sort(key=lambda r: (not (r["flip"] and not r["template_injection"]),
