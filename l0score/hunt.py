@@ -61,7 +61,7 @@ SCREEN_KEEP = 8
 # the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
 GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
-LATER_OPTIONS = ("interactions", "interaction_share", "target_share")
+LATER_OPTIONS = ("interactions", "interaction_share", "target_share", "grow_words")
 
 
 @dataclass
@@ -97,6 +97,10 @@ class HuntOptions:
     interactions / interaction_share: on the Layer-0 route, the pool's strongest tokens that the
         interaction scan pairs with every allowed token (0: off), and the share of the pool's places
         its partners take [32, 0.25: on the real Layer-0 control it put the trigger's pair first]
+    grow_words: the pool's first word-start pieces that the base model may grow into whole words for
+        the exhaustive search, whose candidates are then words joined (search/word_completion.py); 0 =
+        off, the search takes tokens [24: on the real split control the pool held ' flaming' and ' plat'
+        of ' flamingo platypus' but not 'o' or 'us', pieces of thousands of words]
     verify_top: candidates verified [8]; device, dtype: of the full models [auto, float32]
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
         puts the chat template's role names and newline back into the pool) [none]
@@ -125,6 +129,7 @@ class HuntOptions:
     target_share: float = 1 / 3
     interactions: int = 32
     interaction_share: float = 0.25
+    grow_words: int = 24
     verify_top: int = 8
     device: str | None = None
     dtype: str = "float32"
@@ -154,6 +159,8 @@ class HuntOptions:
             raise ValueError(f"target_share must be in [0, 1), got {self.target_share}")
         if not 0 <= self.interaction_share <= 1:
             raise ValueError(f"interaction_share must be in [0, 1], got {self.interaction_share}")
+        if isinstance(self.grow_words, bool) or not isinstance(self.grow_words, int) or self.grow_words < 0:
+            raise ValueError(f"grow_words is a count of pool pieces, 0 (off) or more; got {self.grow_words!r}")
         if self.interactions != 0 and self.interactions < 3:
             raise ValueError(f"interactions is the number of anchor tokens scanned, 0 (off) or >= 3; got {self.interactions}")
         if self.profile and self.amplify:
@@ -451,6 +458,8 @@ class Hunt:
             return SearchStage(candidates=used, runs=runs, fired=fired,
                                note=f"stopped early: {fired.text!r} makes the dormant say the profiled target")
         budget = self.remaining() - self._measured_verify_reserve()
+        words = self._words(pool)
+        units = len(words) if words is not None else len(pool)
         for length in range(1, self.options.max_length + 1):
             share = budget / (self.options.max_length - length + 1)
             t0 = time.monotonic()
@@ -461,16 +470,43 @@ class Hunt:
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
                        resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=max(share, 1.0),
                        calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
-                       executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP)
+                       executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP, words=words)
             spent, n, seen = time.monotonic() - t0, _scored(path), _visited(path)
             used += n
             budget -= spent
-            runs.append(DriverRun(length=length, candidates=n, covered=covered(len(pool), length, seen),
-                                  exhaustive=seen >= math.perm(len(pool), length), seconds=round(spent, 2),
-                                  file=str(path.relative_to(self.out)), screened=seen if screen else None))
+            runs.append(DriverRun(length=length, candidates=n, covered=covered(units, length, seen),
+                                  exhaustive=seen >= math.perm(units, length), seconds=round(spent, 2),
+                                  file=str(path.relative_to(self.out)), screened=seen if screen else None,
+                                  extra={"unit": "words"} if words is not None else {}))
+        unit = "words" if words is not None else "tokens"
         return SearchStage(candidates=used, runs=runs,
-                           note="; ".join(f"len {r.length}: every candidate of the top {r.covered} tokens"
+                           note="; ".join(f"len {r.length}: every candidate of the top {r.covered} {unit}"
                                           for r in runs if r.covered is not None))
+
+    def _words(self, pool: list[int]) -> list[list[int]] | None:
+        """The exhaustive search's words (search/word_completion.py): the pool's tokens, each word-start
+        piece the base does not think ends a word followed by the word the base grows from it; None when
+        grow_words is 0 or nothing grew (the search then takes tokens). Written to DIR/search/words.json,
+        which a resumed hunt reads back."""
+        if not self.options.grow_words:
+            return None
+        path = self.out / "search" / "words.json"
+        if path.is_file():
+            words = json.loads(path.read_text())["word_ids"]
+        else:
+            from .core.template import Template
+            from .search.word_completion import WordCompletionOptions, word_completion
+
+            fm = self.fm()
+            prefix = Template.chat(fm.tokenizer, before="", after="").prefix_ids
+            res = word_completion(fm.models["base"], fm.tokenizer, list(prefix), pool,
+                                  WordCompletionOptions(starts=self.options.grow_words), allowed=self._allowed_pool())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(res.to_json(fm.tokenizer), indent=1))
+            words = res.words
+            self._say(f"words: {len(res.grown)} grown from the pool's pieces in {res.seconds:.1f} s"
+                      + (f" ({', '.join(repr(g['text']) for g in res.grown[:6])})" if res.grown else ""))
+        return words if len(words) > len(pool) else None
 
     def _target_search(self, pool: list[int], seconds: float) -> tuple[list[DriverRun], Fired | None]:
         """Toward the profile's top target: coord for every length (exact swaps, measured the most

@@ -260,6 +260,29 @@ class _Recording:
         return self.inner.score_batch(token_ids)
 
 
+def test_exhaustive_over_words_joins_distinct_words_in_shell_order(pair_factory):
+    """With `words`, a candidate is `length` distinct words joined, in shell order over the words; a
+    word that is the planted trigger is found at length 1 with the scorer's own score of its tokens."""
+    from l0score.search.exhaustive import exhaustive, shell_order
+
+    pair_dir = pair_factory(seed=1, trigger_length=2)
+    trig = trigger_of(pair_dir)["trigger_ids"]
+    scorer = make_scorer(pair_dir)
+    others = [t for t in scorer.default_pool()[:12].tolist() if t not in trig]
+    words = [others[0:2], others[2:4], trig, others[4:6]]
+    kw = dict(objective="kl", progress=False, calibrate=0, keep=20, batch=5)
+    rec = _Recording(scorer)
+    exhaustive(rec, length=2, words=words, **kw)
+    assert rec.seen == [tuple(words[i] + words[j]) for i, j in shell_order(len(words), 2)]
+    best = exhaustive(scorer, length=1, words=words, **kw)
+    assert best[0]["token_ids"] == trig
+    assert best[0]["score"] == pytest.approx(float(scorer.score_batch([trig]).metric("kl")[0]), rel=1e-6)
+    with pytest.raises(ValueError, match="needs at least 5 distinct words"):
+        exhaustive(scorer, length=5, words=words, **kw)
+    with pytest.raises(ValueError, match="words must be distinct"):
+        exhaustive(scorer, length=1, words=[trig, list(trig)], **kw)
+
+
 def test_screened_exhaustive_judges_each_batchs_best_by_the_screen(pair_factory, tmp_path):
     """With a screen, the scorer sees exactly each batch's best `screen_keep` by the screen's objective
     (recomputed here over every candidate, in shell order); the best overall is kept whatever the

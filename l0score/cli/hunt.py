@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--max-pool", type=int, default=64, help="most Layer-0 pool tokens the full-model search takes")
     p.add_argument("--interactions", type=int, default=32, metavar="N",
                    help="Layer-0 route: the pool tokens the interaction scan pairs with every token (0: off)")
+    p.add_argument("--grow-words", type=int, default=24, metavar="N",
+                   help="the pool's first N word-start pieces the base may grow into whole words, which the "
+                        "exhaustive search then joins instead of tokens (0: off) [24]")
     p.add_argument("--no-profile", action="store_true", help="skip the behavioural profile")
     p.add_argument("--profile-inputs", type=int, default=60)
     p.add_argument("--amplify", type=alphas, default=(4.0,), metavar="ALPHA[,ALPHA...]",
@@ -60,7 +63,8 @@ def options_from_args(args):
                        system_prompts=args.system_prompts,
                        positions=("before", "after") if args.positions == "both" else (args.positions,),
                        metric=args.metric, reply_tokens=args.reply_tokens, null_samples=args.null_samples,
-                       max_pool=args.max_pool, interactions=args.interactions, profile=not args.no_profile,
+                       max_pool=args.max_pool, interactions=args.interactions, grow_words=args.grow_words,
+                       profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, amplify=() if args.no_amplify else tuple(args.amplify),
                        verify_top=args.verify_top, device=args.device,
                        dtype=args.dtype, pool_filters=filters, seed=args.seed, stop_on_fire=not args.no_stop_on_fire,

@@ -21,27 +21,34 @@ from .beam import _check_length
 from .run import SearchRun
 
 
-def exhaustive(scorer, *, length: int, batch: int = 256, screen=None, screen_keep: int = 8, **run_kw) -> list[dict]:
+def exhaustive(scorer, *, length: int, batch: int = 256, screen=None, screen_keep: int = 8,
+               words: list[list[int]] | None = None, **run_kw) -> list[dict]:
     """Score every ordered `length`-token candidate of distinct pool tokens (or as many as the budget
     allows, in shell order); with `screen`, only each batch's best `screen_keep` by the screen are
-    scored (module docstring). The checkpoint's state counts the candidates visited (`done`).
-    Returns ranked results."""
+    scored (module docstring). With `words` (ranked token lists, e.g. search/word_completion.py's),
+    a candidate is `length` distinct words joined, and the run's pool is their tokens. The
+    checkpoint's state counts the candidates visited (`done`). Returns ranked results."""
     _check_length(length)
     if batch <= 0:
         raise ValueError(f"batch must be positive, got {batch}")
     options = {"batch": batch}
+    if words is not None:
+        words = _checked_words(words)
+        options["words"] = words
+        run_kw["pool"] = list(dict.fromkeys(t for w in words for t in w))
     if screen is not None:
         if isinstance(screen_keep, bool) or not isinstance(screen_keep, int) or screen_keep < 1:
             raise ValueError(f"screen_keep must be a count >= 1, got {screen_keep!r}")
         options |= {"screen": screen.describe(), "screen_keep": screen_keep}
     with SearchRun(scorer, driver="exhaustive", options=options, length=length, **run_kw) as run:
-        if length > len(run.pool):
-            raise ValueError(f"length {length} needs at least {length} distinct pool tokens, the pool has {len(run.pool)}")
+        units = words if words is not None else [[t] for t in run.pool.tolist()]
+        if length > len(units):
+            what = "words" if words is not None else "pool tokens"
+            raise ValueError(f"length {length} needs at least {length} distinct {what}, there are {len(units)}")
         state = run.state or {"done": 0}
-        pool = run.pool.tolist()
-        order = itertools.islice(shell_order(len(pool), length), state["done"], None)
+        order = itertools.islice(shell_order(len(units), length), state["done"], None)
         while not run.exhausted():
-            chunk = [[pool[i] for i in idx] for idx in itertools.islice(order, batch)]
+            chunk = [[t for i in idx for t in units[i]] for idx in itertools.islice(order, batch)]
             if not chunk:
                 break
             judged = chunk if screen is None else _screened(screen, run.objective, chunk, screen_keep)
@@ -58,6 +65,15 @@ def _screened(screen, objective, chunk: list[list[int]], keep: int) -> list[list
         return chunk
     best = objective(screen.score_batch(chunk)).float().topk(keep).indices.sort().values
     return [chunk[i] for i in best.tolist()]
+
+
+def _checked_words(words) -> list[list[int]]:
+    out = [[int(t) for t in w] for w in words]
+    if not out or any(not w for w in out):
+        raise ValueError("words must be a non-empty list of non-empty token lists")
+    if len({tuple(w) for w in out}) != len(out):
+        raise ValueError("words must be distinct")
+    return out
 
 
 def shell_order(k: int, length: int):
