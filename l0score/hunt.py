@@ -55,6 +55,8 @@ TARGET_SHARE = 0.4
 # 285-293 s on (3-word mlp, attn:L0 seed 1) that the exhaustive search needed
 UNFINISHED_TARGET_SHARE = 0.15
 VERIFY_NEW_TOKENS = 16  # tokens verify generates per prompt
+# minimize's seconds on the real controls: 7-25 (bench/results/hunt-*.json)
+MINIMIZE_SECONDS = 25.0
 # of each batch of 256 screened candidates, those the full models judge; on the real 3-word control the
 # trigger was the screen's first of the top 15 tokens' 2,730 triples (docs/hunt.md)
 SCREEN_KEEP = 8
@@ -211,7 +213,8 @@ class Hunt:
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
         self._fm = None
         self._first_scorer = None  # set by the first-module stage
-        self._generation_rate = None  # seconds per candidate and new token over every context (_target_fired)
+        self._generation_rate = None  # seconds per prompt and new token, measured by a fire check (_target_fired)
+        self._verify_prompts = None  # prompts per candidate, and untriggered prompts, of verify's measure
 
     # --- the cascade --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -457,8 +460,8 @@ class Hunt:
         if fired is not None:
             return SearchStage(candidates=used, runs=runs, fired=fired,
                                note=f"stopped early: {fired.text!r} makes the dormant say the profiled target")
-        budget = self.remaining() - self._measured_verify_reserve()
         words = self._words(pool)
+        budget = self.remaining() - self._measured_verify_reserve()
         units = len(words) if words is not None else len(pool)
         for length in range(1, self.options.max_length + 1):
             share = budget / (self.options.max_length - length + 1)
@@ -479,9 +482,12 @@ class Hunt:
                                   file=str(path.relative_to(self.out)), screened=seen if screen else None,
                                   extra={"unit": "words"} if words is not None else {}))
         unit = "words" if words is not None else "tokens"
-        return SearchStage(candidates=used, runs=runs,
-                           note="; ".join(f"len {r.length}: every candidate of the top {r.covered} {unit}"
-                                          for r in runs if r.covered is not None))
+        note = "; ".join(f"len {r.length}: every candidate of the top {r.covered} {unit}" for r in runs if r.covered is not None)
+        if words is not None:
+            grown = [w for w in words if len(w) > 1]
+            texts = ", ".join(repr(self.fm().tokenizer.decode(w)) for w in grown[:4])
+            note = f"{len(grown)} words grown from the pool's pieces ({texts}{', ...' if len(grown) > 4 else ''}); {note}"
+        return SearchStage(candidates=used, runs=runs, note=note)
 
     def _words(self, pool: list[int]) -> list[list[int]] | None:
         """The exhaustive search's words (search/word_completion.py): the pool's tokens, each word-start
@@ -573,7 +579,9 @@ class Hunt:
                            max_new_tokens=max(VERIFY_NEW_TOKENS, max(len(t.token_ids) for t in targets) + 2),
                            system_prompts=self.options.systems(), executor=self.executor)
         says = json.loads((self.out / "search" / "target-says.json").read_text())
-        self._generation_rate = says["config"]["seconds"] / ((len(rows) + 1) * says["config"]["max_new_tokens"])
+        cfg, untriggered = says["config"], says["summary"]["n_contexts"]
+        self._generation_rate = cfg["seconds"] / (cfg["n_prompts"] * cfg["max_new_tokens"])
+        self._verify_prompts = ((cfg["n_prompts"] - untriggered) / len(rows), untriggered)
         return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r else None
 
     def _target_share(self) -> float:
@@ -696,17 +704,21 @@ class Hunt:
         return min(0.1 * self.options.seconds, 120.0)
 
     def _measured_verify_reserve(self) -> float:
-        """Seconds kept for verify from the exhaustive search: its generations (the candidates, the
-        untriggered prompts and one length's null candidates) at the rate a fire check measured, at
-        most half the budget; the fixed reserve when no check ran. On the real full control of seed 1
-        verify took 612 s against the fixed 120. One length's null: verify measures a null only where a
-        candidate flips, the strongest length first, and none once the hunt's time is up (those
-        candidates are reported unjudged); a reserve of every length's null left a 3-word hunt 340 s
-        unused (2026-12-03), a reserve of one length's without verify's limit overran by 362 s."""
+        """Seconds kept for verify (and minimize before it) from the exhaustive search: verify's prompts
+        (each candidate's, one length's null candidates', the untriggered ones) at the rate per prompt
+        and new token a fire check measured, plus MINIMIZE_SECONDS, at most half the budget; the fixed
+        reserve when no check ran. On the real full control of seed 1 verify took 612 s against the
+        fixed 120. One length's null: verify measures a null only where a candidate flips, the
+        strongest length first, and none once the hunt's time is up (those candidates are reported
+        unjudged); a reserve of every length's null left a 3-word hunt 340 s unused (2026-12-03). A
+        rate per candidate (the untriggered prompts counted as a candidate's) and no minimize allowance
+        left the split control's hunt 65 s over (2026-12-04)."""
         if self._generation_rate is None:
             return self._verify_reserve()
-        sets = self.options.verify_top + 1 + self.options.null_samples
-        return max(self._verify_reserve(), min(self._generation_rate * VERIFY_NEW_TOKENS * sets, 0.5 * self.options.seconds))
+        per_candidate, untriggered = self._verify_prompts
+        prompts = (self.options.verify_top + self.options.null_samples) * per_candidate + untriggered
+        need = self._generation_rate * VERIFY_NEW_TOKENS * prompts + MINIMIZE_SECONDS
+        return max(self._verify_reserve(), min(need, 0.5 * self.options.seconds))
 
     def _say(self, text: str) -> None:
         if self.say is not None and self.options.progress:
