@@ -5,6 +5,7 @@ l0score cache directory (L0SCORE_CACHE), keyed by seed and recipe version: the f
 (about 2-3 minutes on one core), later runs reuse it.
 """
 import json
+import time
 
 import numpy as np
 import pytest
@@ -431,6 +432,31 @@ def test_verify_out_of_time_leaves_a_flip_unjudged_not_false_or_true(trained, tm
     assert whole["results"][0]["flip"] and whole["summary"]["unjudged"] == []
     with pytest.raises(ValueError, match="seconds must be a positive number"):
         verify(root / "base", root / "dormant", [truth["trigger_ids"]], seconds=0, **kw)
+
+
+def test_verify_starts_a_second_null_only_when_it_fits(trained, tmp_path):
+    """seconds: after the strongest length's null (here cached by an earlier run), a second length's
+    null starts only if it fits in the time left at the rate of the candidates' own generations: with
+    about half a measure's time left and a null of 4 candidates to go, the longer flip is unjudged and
+    its null never started; with time, both are judged."""
+    root, truth = trained
+    kw = dict(probes=["Name a fruit.", "What is 7 plus 5?", "Say hello."], max_new_tokens=8, progress=False,
+              null_samples=4, null_cache_dir=tmp_path / "null", null_for_possible_flips=True)
+    longer = truth["trigger_ids"] + _tokenizer(root).encode(" today", add_special_tokens=False)
+    t0 = time.perf_counter()
+    plain = verify(root / "base", root / "dormant", [truth["trigger_ids"], longer], **{**kw, "null_samples": 0})
+    measure = time.perf_counter() - t0
+    assert plain["results"][0]["flip_rate"] > 0.5 and plain["results"][1]["flip_rate"] > 0.5  # both may flip
+    first = verify(root / "base", root / "dormant", [truth["trigger_ids"]], **kw)  # caches the trigger length's null
+    assert first["results"][0]["flip"]
+    cached = set((tmp_path / "null" / "verify-null").glob("*.json"))
+    short = verify(root / "base", root / "dormant", [truth["trigger_ids"], longer], seconds=1.5 * measure, **kw)
+    by_ids = {tuple(r["token_ids"]): r for r in short["results"]}
+    assert by_ids[tuple(truth["trigger_ids"])]["flip"]
+    assert by_ids[tuple(longer)]["flip"] is False and by_ids[tuple(longer)]["unjudged"]
+    assert set((tmp_path / "null" / "verify-null").glob("*.json")) == cached  # the second null never started
+    whole = verify(root / "base", root / "dormant", [truth["trigger_ids"], longer], seconds=3600, **kw)
+    assert whole["summary"]["unjudged"] == [] and len(whole["summary"]["null"]) == 2
 
 
 def test_template_injection_ranks_below_a_clean_flip(trained):

@@ -148,7 +148,8 @@ class VerifyOptions:
         for one-token candidates that flipped nothing) [False]
     seconds: verify's time budget: the candidates' generations always run; a length's null
         distribution starts only while time remains, the strongest length first (its best candidate's
-        flip rate, then amplification); a candidate that flips enough prompts but whose length was left
+        flip rate, then amplification), and each after the first only if it fits in the time left at
+        the rate the candidates' generations took (cached candidates cost nothing); a candidate that flips enough prompts but whose length was left
         without one gets no flip and ``unjudged`` (a later run measures it; the cache keeps what was
         measured) [None: no limit]
     min_flipped_prompts: prompts a flip must change with the null distribution on: random strings
@@ -235,13 +236,19 @@ def verify(base, dormant, candidates, probes=None, options: VerifyOptions | None
         threads=threads, top_k=top_k, flip_threshold=flip_threshold, flip_rate_threshold=flip_rate_threshold)
     structure = template_structure(tokenizer)
     with _torch_threads(threads):
+        measured = time.perf_counter()
         report = _measure(run, cands, progress, cache_dir)
+        per_candidate = (time.perf_counter() - measured) / len(cands)  # with the untriggered prompts: an upper bound
         pool = _null_pool(null_pool, tokenizer, vocab, structure) if null_samples else None
         lengths = _possible_flip_lengths(report, o.min_flipped_prompts) if o.null_for_possible_flips else \
             {len(c.token_ids) for c in cands}
         nulls = {}
         for n in _strongest_first(report, lengths) if null_samples else []:
-            if o.seconds is not None and time.perf_counter() - started >= o.seconds:
+            left = None if o.seconds is None else o.seconds - (time.perf_counter() - started)
+            missing = null_samples - _null_cached(run, n, pool, null_cache_dir)
+            # the strongest length's null starts while any time is left (a hunt keeps time for it);
+            # a later one only when it fits: on the real split control a second null ran verify 80 s over
+            if left is not None and (left <= 0 or (nulls and missing * per_candidate > left)):
                 break
             nulls[n] = _null_distribution(run, n, null_samples, pool, null_cache_dir, progress)
         unjudged = (lengths - set(nulls)) if null_samples else set()
@@ -410,14 +417,24 @@ def _null_pool(null_pool, tokenizer, vocab: int, structure) -> list[int]:
 _NULL_CHUNK = 8  # random candidates measured (and cached) at a time: a killed run loses at most this many
 
 
+def _null_path(run: _Run, length: int, pool: list[int], root) -> Path:
+    from ..core.cache_dir import cache_dir as default_cache
+
+    return Path(root if root is not None else default_cache()) / "verify-null" / f"{_null_key(run, length, pool)}.json"
+
+
+def _null_cached(run: _Run, length: int, pool: list[int], root) -> int:
+    """How many of a length's null candidates the cache already holds."""
+    path = _null_path(run, length, pool, root)
+    return len(json.loads(path.read_text())["rows"]) if path.is_file() else 0
+
+
 def _null_distribution(run: _Run, length: int, n: int, pool: list[int], root, progress: bool) -> list[dict]:
     """flip rate and KL of ``n`` random candidates of ``length`` tokens from ``pool``, measured as the
     user's candidates are; cached per pair, probes, contexts, decoding and length (the draws are
     seeded by that key, so the first n of a larger cache are the same candidates)."""
-    from ..core.cache_dir import cache_dir as default_cache
-
     key = _null_key(run, length, pool)
-    path = Path(root if root is not None else default_cache()) / "verify-null" / f"{key}.json"
+    path = _null_path(run, length, pool, root)
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     rng = np.random.default_rng(int(key[:15], 16))
     draws = [rng.choice(pool, length).tolist() for _ in range(n)]
