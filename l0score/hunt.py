@@ -63,7 +63,7 @@ SCREEN_KEEP = 8
 # the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
 GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
-LATER_OPTIONS = ("interactions", "interaction_share", "target_share", "grow_words")
+LATER_OPTIONS = ("interactions", "interaction_share", "target_share", "grow_words", "partner_anchors")
 
 
 @dataclass
@@ -99,6 +99,11 @@ class HuntOptions:
     interactions / interaction_share: on the Layer-0 route, the pool's strongest tokens that the
         interaction scan pairs with every allowed token (0: off), and the share of the pool's places
         its partners take [32, 0.25: on the real Layer-0 control it put the trigger's pair first]
+    partner_anchors: on the Layer-0 route, the pool's first words whose partners the partner scan
+        ranks over every allowed token, on both sides, by the two models' divergence 1-2 layers on
+        (search/partner_scan.py); they take interaction_share of the pool's places; 0 = off [4: on the
+        real attn:L0 control of seed 2 Layer 0 ranked ' purple' 5,564th beside ' honey' (4th in the
+        pool), the scan 1st of the vocabulary]
     grow_words: the pool's first word-start pieces that the base model may grow into whole words for
         the exhaustive search, whose candidates are then words joined (search/word_completion.py); 0 =
         off, the search takes tokens [24: on the real split control the pool held ' flaming' and ' plat'
@@ -131,6 +136,7 @@ class HuntOptions:
     target_share: float = 1 / 3
     interactions: int = 32
     interaction_share: float = 0.25
+    partner_anchors: int = 4
     grow_words: int = 24
     verify_top: int = 8
     device: str | None = None
@@ -163,6 +169,8 @@ class HuntOptions:
             raise ValueError(f"interaction_share must be in [0, 1], got {self.interaction_share}")
         if isinstance(self.grow_words, bool) or not isinstance(self.grow_words, int) or self.grow_words < 0:
             raise ValueError(f"grow_words is a count of pool pieces, 0 (off) or more; got {self.grow_words!r}")
+        if isinstance(self.partner_anchors, bool) or not isinstance(self.partner_anchors, int) or self.partner_anchors < 0:
+            raise ValueError(f"partner_anchors must be an integer >= 0 (0: off), got {self.partner_anchors!r}")
         if self.interactions != 0 and self.interactions < 3:
             raise ValueError(f"interactions is the number of anchor tokens scanned, 0 (off) or >= 3; got {self.interactions}")
         if self.profile and self.amplify:
@@ -321,15 +329,21 @@ class Hunt:
         sources = analysis.seed_sources
         allowed = set(self._allowed_pool())
         ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis.seed_tokens])
-        evaluations, whole_model, scan = scorer.evaluations, self.route() == "whole-model", None
+        evaluations, whole_model, scan, partners = scorer.evaluations, self.route() == "whole-model", None, None
         if whole_model:  # the drift of every tensor hides the trigger from Layer 0 alone
             swept, _, swept_evaluations = self._first_module_stage()
             ranked = interleave(ranked, swept.pool, self.options.sweep_share, len(ranked) + len(swept.pool))
             evaluations += swept_evaluations
-        elif self.options.interactions:
-            scan = self._interactions(scorer, [t for t in ranked if t in allowed], sorted(allowed))
-            ranked = interleave(ranked, scan.partners(), self.options.interaction_share, len(ranked) + len(scan.rows))
-            evaluations += scan.evaluations
+        else:
+            if self.options.interactions:
+                scan = self._interactions(scorer, [t for t in ranked if t in allowed], sorted(allowed))
+                ranked = interleave(ranked, scan.partners(), self.options.interaction_share, len(ranked) + len(scan.rows))
+                evaluations += scan.evaluations
+            if self.options.partner_anchors:
+                partners = self._partner_scan([t for t in ranked if t in allowed], sorted(allowed))
+                found = partners.partners()
+                ranked = interleave(ranked, found, self.options.interaction_share, len(ranked) + len(found))
+                evaluations += partners.evaluations
         pool = [t for t in ranked if t in allowed][: self.options.max_pool]
         if len(pool) < 2:
             raise ValueError("the token pool is empty after filters; loosen the pool filters")
@@ -346,6 +360,10 @@ class Hunt:
         pairs = scan.pairs()[:4] if scan is not None else []
         if pairs:
             note += f"; strongest interactions {', '.join(repr(tok.decode(p)) for p in pairs)}"
+        if partners is not None:
+            note += (f"; partner scan of {len(partners.anchors)} anchors ({partners.seconds:.0f} s): "
+                     + ", ".join(repr(tok.decode(p)) for p in partners.pairs()[:4]))
+            pairs += partners.pairs()
         sequences = starts + pairs + [c["token_ids"] for c in stage.candidates[:10]]
         return PoolStage(candidates=evaluations, pool=pool, note=note, sequences=sequences)
 
@@ -363,6 +381,30 @@ class Hunt:
         (self.out / "layer0" / "interactions.json").write_text(json.dumps(
             {"options": scan.options, "rows": [{**r, "text": tok.decode(r["token_ids"])} for r in scan.rows]}, indent=1))
         return scan
+
+    def _partner_scan(self, ranked: list[int], allowed: list[int]):
+        """The partner scan (search/partner_scan.py) of the pool's first partner_anchors words on the
+        first-module scorer at Layer 0's attention (the full models' weights, not reloaded); written to
+        DIR/layer0/partners.json."""
+        from .first_module import FirstModuleOptions, FirstModuleScorer, Location
+        from .search.partner_scan import PartnerScanOptions, partner_scan
+
+        fm = self.fm()
+        loc = Location.from_first_changed(self.stages["base_check"].first_changed)
+        first = FirstModuleScorer(self.base, self.dormant, FirstModuleOptions(
+            location=loc, template="chat", device=self.options.device, dtype=self.options.dtype),
+            models=(fm.models["base"], fm.models["dormant"]))
+        res = partner_scan(first, ranked, allowed, PartnerScanOptions(anchors=self.options.partner_anchors),
+                           progress=self._say)
+        tok = fm.tokenizer
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "partners.json").write_text(json.dumps({
+            "anchors": tok.batch_decode([[a] for a in res.anchors]), "seconds": round(res.seconds, 1),
+            "evaluations": res.evaluations,
+            "partners": {f"{tok.decode([a])} ({side})": tok.batch_decode([[t] for t in p])
+                         for (a, side), p in res.order.items()},
+            "pairs": [tok.decode(q) for q in res.pairs()]}, indent=1))
+        return res
 
     def _other_pool(self) -> PoolStage:
         """The pool when Layer 0 sees nothing. Route first-module: the first-module stage

@@ -97,7 +97,7 @@ def test_target_gradient_best_tokens_raise_the_exact_target_more(pair_factory, o
 
 def test_anchors_are_distinct_words():
     """' purple', 'purple' and ' Purple' are one anchor: their partners would be swept twice."""
-    from l0score.search.target_proposer import _distinct_words
+    from l0score.core.token_lists import distinct_words as _distinct_words
 
     class Tok:
         words = {1: " purple", 2: "purple", 3: " Purple", 4: " honey", 5: " evil"}
@@ -115,3 +115,27 @@ def test_pairs_put_each_anchor_beside_its_best_partner_in_reading_order():
     res = TargetProposerResult(picks=[], gradient=None, partners={},
                                partner_order={(7, "right"): [9, 4], (7, "left"): [3], (8, "right"): []})
     assert res.pairs() == [[7, 9], [3, 7]]
+
+
+def test_partner_scan_finds_the_planted_pairs_partners_on_the_right_side(pair_factory, one_thread):
+    """On the tiny planted pair (Layer 0's q/k edited so that each trigger token attends to the one
+    before it; the trigger comes from trigger.json, never from the code under test), with a junk
+    token as the first anchor: the key token's best right partner is its query token, the query
+    token's best left partner is its key token, and pairs() reads them in that order."""
+    from conftest import trigger_of
+    from l0score.search.partner_scan import PartnerScanOptions, partner_scan
+
+    pair = pair_factory()
+    planted = trigger_of(pair)["pairs"][0]
+    key, query = planted["key_token"], planted["query_token"]
+    scorer = FirstModuleScorer.from_pretrained(pair / "base", pair / "dormant", location="attn@L0", device="cpu",
+                                               check=False)  # every tensor carries small noise
+    allowed = scorer.default_pool().tolist()
+    junk = next(t for t in allowed if t not in trigger_of(pair)["trigger_ids"])
+    r = partner_scan(scorer, [junk, key, query], allowed, PartnerScanOptions(anchors=3, keep=4))
+    assert r.anchors == [junk, key, query]
+    assert r.order[(key, "right")][0] == query and r.order[(query, "left")][0] == key
+    assert [key, query] in r.pairs() and all(len(p) == 2 for p in r.pairs())
+    assert r.evaluations == 3 * 2 * (len(allowed) - 1)
+    with pytest.raises(ValueError, match="anchors must be a positive integer"):
+        partner_scan(scorer, [key], allowed, PartnerScanOptions(anchors=0))

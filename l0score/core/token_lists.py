@@ -18,3 +18,18 @@ def rank_union(lists: list[list[int]]) -> list[int]:
                 seen.add(x[i])
                 out.append(x[i])
     return out
+
+
+def distinct_words(ranked: list[int], tokenizer, n: int) -> list[int]:
+    """The first n tokens of a ranking that spell different words (case and spaces aside): on a real
+    full control the target gradient's second token was 'purple' after ' purple', whose partners are
+    the same."""
+    out, seen = [], set()
+    for t in ranked:
+        word = tokenizer.decode([t]).strip().lower()
+        if word not in seen:
+            seen.add(word)
+            out.append(t)
+        if len(out) == n:
+            break
+    return out

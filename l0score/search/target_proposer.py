@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.token_lists import rank_union
+from ..core.token_lists import distinct_words, rank_union
 from ..first_module.partners import SIDES, PartnerOptions, partner_sweep
 from ..first_module.ranking import Rankings
 from .pool import interleave
@@ -66,7 +66,7 @@ def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int
     ranked = grad.ranking("gradient").tolist()
     partner_pool = tuple(t for t in sweep_ranking if t in allowed)[:o.partner_pool]
     partners, order = {}, {}
-    for anchor in _distinct_words(ranked, full_scorer.pair.tokenizer, o.anchors):
+    for anchor in distinct_words(ranked, full_scorer.pair.tokenizer, o.anchors):
         for side in SIDES:
             say(f"partner sweep {side} of token {anchor}")
             r = partner_sweep(first_scorer, anchor, PartnerOptions(depths=o.partner_depths, side=side, pool=partner_pool))
@@ -74,17 +74,3 @@ def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int
             order[(anchor, side)] = rank_union([r.top(name, o.picks) for name in r.values])
     picks = interleave(ranked, rank_union(list(order.values())), 0.5, o.picks)
     return TargetProposerResult(picks, grad, partners, order)
-
-
-def _distinct_words(ranked: list[int], tokenizer, n: int) -> list[int]:
-    """The first n tokens of a ranking that spell different words (case and spaces aside): on a real
-    full control the gradient's second token was 'purple' after ' purple', whose partners are the same."""
-    out, seen = [], set()
-    for t in ranked:
-        word = tokenizer.decode([t]).strip().lower()
-        if word not in seen:
-            seen.add(word)
-            out.append(t)
-        if len(out) == n:
-            break
-    return out
