@@ -433,8 +433,8 @@ def _null_distribution(run: _Run, length: int, n: int, pool: list[int], root, pr
     """flip rate and KL of ``n`` random candidates of ``length`` tokens from ``pool``, measured as the
     user's candidates are; cached per pair, probes, contexts, decoding and length (the draws are
     seeded by that key, so the first n of a larger cache are the same candidates)."""
-    key = _null_key(run, length, pool)
     path = _null_path(run, length, pool, root)
+    key = path.stem
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     rng = np.random.default_rng(int(key[:15], 16))
     draws = [rng.choice(pool, length).tolist() for _ in range(n)]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..core.token_lists import distinct_words, rank_union
 from ..first_module.partners import SIDES, PartnerOptions, partner_sweep
+from ..first_module.ranking import Rankings
 
 
 @dataclass
@@ -42,6 +43,7 @@ class PartnerScanOptions:
 class PartnerScanResult:
     anchors: list[int]
     order: dict[tuple[int, str], list[int]] = field(default_factory=dict)  # (anchor, side) -> partners, best first
+    rankings: dict[tuple[int, str], Rankings] = field(default_factory=dict)  # (anchor, side) -> every depth's
     evaluations: int = 0
     seconds: float = 0.0
 
@@ -50,8 +52,13 @@ class PartnerScanResult:
         return rank_union(list(self.order.values()))
 
     def pairs(self) -> list[list[int]]:
-        """Each anchor beside its best partner, in reading order."""
-        return [[a, p[0]] if side == "right" else [p[0], a] for (a, side), p in self.order.items() if p]
+        return anchor_pairs(self.order)
+
+
+def anchor_pairs(order: dict[tuple[int, str], list[int]]) -> list[list[int]]:
+    """Each anchor beside its best partner, in reading order ([anchor, partner] on the right side):
+    starts for a search that then tries every token at the partner's place."""
+    return [[a, p[0]] if side == "right" else [p[0], a] for (a, side), p in order.items() if p]
 
 
 def partner_scan(first_scorer, ranked: list[int], allowed: list[int], options: PartnerScanOptions | None = None,
@@ -67,6 +74,7 @@ def partner_scan(first_scorer, ranked: list[int], allowed: list[int], options: P
         for side in SIDES:
             say(f"partner scan: {side} of {first_scorer.tokenizer.decode([anchor])!r}")
             r = partner_sweep(first_scorer, anchor, PartnerOptions(depths=o.depths, side=side, pool=tuple(allowed)))
+            result.rankings[(anchor, side)] = r
             result.order[(anchor, side)] = rank_union([r.top(name, o.keep) for name in r.values])[:o.keep]
     result.evaluations = first_scorer.evaluations - before
     result.seconds = time.perf_counter() - started

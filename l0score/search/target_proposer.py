@@ -5,7 +5,7 @@ rankings of the whole vocabulary.
    first token in the dormant over the base. On the real full controls it ranked one trigger word
    first and left the other thousands down: a trigger is an AND, and the gradient at random fills
    sees each word alone;
-2. the partner sweep (first_module/partners.py) next to the gradient's best ``anchors`` words, on
+2. the partner scan (partner_scan.py, on first_module/partners.py) next to the gradient's best ``anchors`` words, on
    both sides, over the ``partner_pool`` best tokens of the first-module sweep: the second word
    shows once the first stands beside it. Its depths take turns.
 
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.token_lists import distinct_words, rank_union
-from ..first_module.partners import SIDES, PartnerOptions, partner_sweep
 from ..first_module.ranking import Rankings
+from .partner_scan import PartnerScanOptions, anchor_pairs, partner_scan
 from .pool import interleave
 from .target_gradient import TargetGradientOptions, TargetGradientResult, target_gradient
 
@@ -46,10 +45,7 @@ class TargetProposerResult:
     partner_order: dict[tuple[int, str], list[int]]  # (anchor, side) -> its depths taking turns
 
     def pairs(self) -> list[list[int]]:
-        """Each anchor beside its best partner, in reading order ([anchor, partner] on the right side):
-        starts for a search that then tries every token at the partner's place."""
-        return [[a, order[0]] if side == "right" else [order[0], a]
-                for (a, side), order in self.partner_order.items() if order]
+        return anchor_pairs(self.partner_order)
 
 
 def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int], sweep_ranking: list[int],
@@ -65,12 +61,8 @@ def target_proposer(full_scorer, first_scorer, target_first: int, pool: list[int
     grad = target_gradient(full_scorer, (target_first,), sorted(allowed), o.gradient)
     ranked = grad.ranking("gradient").tolist()
     partner_pool = tuple(t for t in sweep_ranking if t in allowed)[:o.partner_pool]
-    partners, order = {}, {}
-    for anchor in distinct_words(ranked, full_scorer.pair.tokenizer, o.anchors):
-        for side in SIDES:
-            say(f"partner sweep {side} of token {anchor}")
-            r = partner_sweep(first_scorer, anchor, PartnerOptions(depths=o.partner_depths, side=side, pool=partner_pool))
-            partners[(anchor, side)] = r
-            order[(anchor, side)] = rank_union([r.top(name, o.picks) for name in r.values])
-    picks = interleave(ranked, rank_union(list(order.values())), 0.5, o.picks)
-    return TargetProposerResult(picks, grad, partners, order)
+    # each depth's best `picks` in turns, kept whole (picks per depth)
+    scan = partner_scan(first_scorer, ranked, list(partner_pool), PartnerScanOptions(
+        anchors=o.anchors, depths=o.partner_depths, keep=o.picks * len(o.partner_depths)), progress=say)
+    picks = interleave(ranked, scan.partners(), 0.5, o.picks)
+    return TargetProposerResult(picks, grad, scan.rankings, scan.order)
