@@ -20,7 +20,7 @@ The full-model search scores candidates of the pool in shells (search/exhaustive
 candidate of the top m tokens before any that needs token m+1, so when the budget runs out the
 strongest tokens have been covered completely (`covered` in hunt.json says how far each length got).
 Each length gets an equal share of what is left of the search budget; what a length does not use
-goes to the next.
+goes to the next. A candidate that stands out from random ones and flips in verify ends the search.
 """
 from __future__ import annotations
 
@@ -60,6 +60,10 @@ MINIMIZE_SECONDS = 25.0
 # of each batch of 256 screened candidates, those the full models judge; on the real 3-word control the
 # trigger was the screen's first of the top 15 tokens' 2,730 triples (docs/hunt.md)
 SCREEN_KEEP = 8
+# z against random candidates of its length at which the exhaustive search asks verify whether a candidate
+# flips, to end early: the real controls' triggers stood at z 15-86, other candidates under 7 but for
+# a trigger's fragments (12 and 24 on the split control; bench/results/hunt-*.json)
+STANDOUT_Z = 10.0
 # the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
 GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
@@ -112,7 +116,8 @@ class HuntOptions:
     pool_filters: build_pool options (ascii_only, printable_only, deny_regex, ...; allow_template_tokens
         puts the chat template's role names and newline back into the pool) [none]
     stop_on_fire: skip the exhaustive search when the target route's candidate flips in verify and
-        makes the dormant's reply start with the profiled target [True]
+        makes the dormant's reply start with the profiled target, and end it when a candidate stands
+        out (STANDOUT_Z) and flips in verify against its null [True]
     threads: torch CPU threads during the hunt [torch's default]; on a busy shared CPU 1 avoids
         oversubscription, which slows small models down many times over
     force: hunt even when the base check says the base is a different model, or identical [False]
@@ -221,7 +226,7 @@ class Hunt:
         self.started = time.monotonic() - self.state.get("elapsed", 0.0)
         self._fm = None
         self._first_scorer = None  # set by the first-module stage
-        self._generation_rate = None  # seconds per prompt and new token, measured by a fire check (_target_fired)
+        self._generation_rate = None  # seconds per prompt and new token, measured by a fire check (_read_generation_rate)
         self._verify_prompts = None  # prompts per candidate, and untriggered prompts, of verify's measure
 
     # --- the cascade --------------------------------------------------------------------------
@@ -493,43 +498,83 @@ class Hunt:
         return stage, loc.name, scorer.evaluations
 
     def _run_search(self) -> SearchStage:
-        from .search.exhaustive import exhaustive
-
         pool = self.stages["layer0"].pool
         budget = self.remaining() - self._verify_reserve()
         runs, fired = self._target_search(pool, self._target_share() * budget)
-        used = sum(r.candidates for r in runs)
         if fired is not None:
-            return SearchStage(candidates=used, runs=runs, fired=fired,
+            return SearchStage(candidates=sum(r.candidates for r in runs), runs=runs, fired=fired,
                                note=f"stopped early: {fired.text!r} makes the dormant say the profiled target")
         words = self._words(pool)
+        shells = self._exhaustive_search(pool, words)
+        runs, stood_out = runs + shells, self._stood_out()
+        used = sum(r.candidates for r in runs)
+        unit = "words" if words is not None else "tokens"
+        note = "; ".join(f"len {r.length}: every candidate of the top {r.covered} {unit}" for r in shells)
+        if words is not None:
+            grown = [w for w in words if len(w) > 1]
+            texts = ", ".join(repr(self.fm().tokenizer.decode(w)) for w in grown[:4])
+            note = f"{len(grown)} words grown from the pool's pieces ({texts}{', ...' if len(grown) > 4 else ''}); {note}"
+        if stood_out is not None:
+            note = (f"stopped early: {stood_out.text!r} stands out (z >= {STANDOUT_Z:g} against random candidates "
+                    f"of its length) and flips in verify against its null; {note}")
+        return SearchStage(candidates=used, runs=runs, fired=stood_out, note=note)
+
+    def _exhaustive_search(self, pool: list[int], words: list[list[int]] | None) -> list[DriverRun]:
+        """Every candidate of the pool's strongest tokens (or words) in shells, length by length, each
+        length its share of what is left; a candidate that stands out and flips ends it (_standout)."""
+        from .search.exhaustive import exhaustive
+
         budget = self.remaining() - self._measured_verify_reserve()
         units = len(words) if words is not None else len(pool)
+        runs = []
         for length in range(1, self.options.max_length + 1):
+            path = self.out / "search" / f"exhaustive-len{length}.jsonl"
+            ckpt = path.with_name(path.name + ".ckpt.json")
+            # after a standout a longer length (the trigger plus spare tokens) would only crowd verify;
+            # the lengths that ran are resumed, which ends them at once
+            if self._stood_out() is not None and not ckpt.exists():
+                break
             share = budget / (self.options.max_length - length + 1)
             t0 = time.monotonic()
-            path = self.out / "search" / f"exhaustive-len{length}.jsonl"
             # past one token the full models judge only what one context's screen rates best in each
             # batch (search/exhaustive.py): the shells advance about three times faster
             screen = self.fm().narrowed() if length > 1 and len(self.fm().contexts) > 1 else None
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
-                       resume=path.with_name(path.name + ".ckpt.json").exists(), seconds=max(share, 1.0),
-                       calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
-                       executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP, words=words)
+                       resume=ckpt.exists(), seconds=max(share, 1.0), calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
+                       executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP, words=words,
+                       standout=self._standout())
             spent, n, seen = time.monotonic() - t0, _scored(path), _visited(path)
-            used += n
             budget -= spent
             runs.append(DriverRun(length=length, candidates=n, covered=covered(units, length, seen),
                                   exhaustive=seen >= math.perm(units, length), seconds=round(spent, 2),
                                   file=str(path.relative_to(self.out)), screened=seen if screen else None,
                                   extra={"unit": "words"} if words is not None else {}))
-        unit = "words" if words is not None else "tokens"
-        note = "; ".join(f"len {r.length}: every candidate of the top {r.covered} {unit}" for r in runs if r.covered is not None)
-        if words is not None:
-            grown = [w for w in words if len(w) > 1]
-            texts = ", ".join(repr(self.fm().tokenizer.decode(w)) for w in grown[:4])
-            note = f"{len(grown)} words grown from the pool's pieces ({texts}{', ...' if len(grown) > 4 else ''}); {note}"
-        return SearchStage(candidates=used, runs=runs, note=note)
+        return runs
+
+    def _standout(self):
+        """The exhaustive search's early end (search/exhaustive.py), unless stop_on_fire is off: a
+        candidate STANDOUT_Z above random ones of its length that flips in verify against its null."""
+        from .search.exhaustive import Standout
+
+        return Standout(z=STANDOUT_Z, confirm=self._confirm_standout) if self.options.stop_on_fire else None
+
+    def _confirm_standout(self, ids: list[int]) -> bool:
+        """Whether a standing-out candidate flips in verify against its null (measured as verify's stage
+        measures it, so the stage finds that null cached); a flip is written to search/standout.json."""
+        k = len(list((self.out / "search").glob("standout-check-*.json")))
+        rep = self._verify([ids], self.out / "search" / f"standout-check-{k}.json",
+                           seconds=max(self.remaining() - self._verify_reserve(), 1.0))
+        r = rep["results"][0]
+        self._say(f"search: {r['text']!r} stands out; verify: {'flip' if r['flip'] else 'no flip'}")
+        if r["flip"]:
+            fired = Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"],
+                          extra={"by": "standout"})
+            (self.out / "search" / "standout.json").write_text(json.dumps(fired.to_json(), indent=1))
+        return bool(r["flip"])
+
+    def _stood_out(self) -> Fired | None:
+        path = self.out / "search" / "standout.json"
+        return Fired.from_json(json.loads(path.read_text())) if path.is_file() else None
 
     def _words(self, pool: list[int]) -> list[list[int]] | None:
         """The exhaustive search's words (search/word_completion.py): the pool's tokens, each word-start
@@ -620,10 +665,7 @@ class Hunt:
                            # verify's length at least: its null of this length is then cached for verify
                            max_new_tokens=max(VERIFY_NEW_TOKENS, max(len(t.token_ids) for t in targets) + 2),
                            system_prompts=self.options.systems(), executor=self.executor)
-        says = json.loads((self.out / "search" / "target-says.json").read_text())
-        cfg, untriggered = says["config"], says["summary"]["n_contexts"]
-        self._generation_rate = cfg["seconds"] / (cfg["n_prompts"] * cfg["max_new_tokens"])
-        self._verify_prompts = ((cfg["n_prompts"] - untriggered) / len(rows), untriggered)
+        self._read_generation_rate()
         return Fired(token_ids=r["token_ids"], text=r["text"], amplification=r["amplification"]) if r else None
 
     def _target_share(self) -> float:
@@ -651,16 +693,19 @@ class Hunt:
                              note=f"{len(shortened)} of {len(best)} shortened")
 
     def _run_verify(self) -> VerifyStage:
+        cands = self.verify_candidates()
+        rep = self._verify(cands, self.out / "verify" / "report.json", seconds=max(self.remaining(), 1.0))
+        return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
+
+    def _verify(self, cands: list[list[int]], out: Path, seconds: float) -> dict:
+        """verify's report on cands as the hunt measures: its probes, systems and null pool."""
         from .judge.verify import verify
 
-        cands = self.verify_candidates()
-        probes = self.options_probes()
-        rep = verify(self.base, self.dormant, cands, probes, out=self.out / "verify" / "report.json",
-                     device=self.options.device, dtype=self.options.dtype, max_new_tokens=VERIFY_NEW_TOKENS, progress=self.options.progress,
-                     null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
-                     null_for_possible_flips=True, system_prompts=self.options.systems(), executor=self.executor,
-                     seconds=max(self.remaining(), 1.0))
-        return VerifyStage(candidates=len(cands), note=f"{len(rep['summary']['flipped'])} flipped")
+        return verify(self.base, self.dormant, cands, self.options_probes(), out=out, device=self.options.device,
+                      dtype=self.options.dtype, max_new_tokens=VERIFY_NEW_TOKENS, progress=self.options.progress,
+                      null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
+                      null_for_possible_flips=True, system_prompts=self.options.systems(), executor=self.executor,
+                      seconds=seconds)
 
     def verify_candidates(self) -> list[list[int]]:
         """The target route's fired candidate, the minimised best, then the best by score, each replaced
@@ -755,12 +800,24 @@ class Hunt:
         unjudged); a reserve of every length's null left a 3-word hunt 340 s unused (2026-12-03). A
         rate per candidate (the untriggered prompts counted as a candidate's) and no minimize allowance
         left the split control's hunt 65 s over (2026-12-04)."""
-        if self._generation_rate is None:
+        if self._generation_rate is None and not self._read_generation_rate():
             return self._verify_reserve()
         per_candidate, untriggered = self._verify_prompts
         prompts = (self.options.verify_top + self.options.null_samples) * per_candidate + untriggered
         need = self._generation_rate * VERIFY_NEW_TOKENS * prompts + MINIMIZE_SECONDS
         return max(self._verify_reserve(), min(need, 0.5 * self.options.seconds))
+
+    def _read_generation_rate(self) -> bool:
+        """Set the rate per prompt and new token and verify's prompts per candidate from the last fire
+        check's report (search/target-says.json: a resumed hunt finds it there); False when none ran."""
+        path = self.out / "search" / "target-says.json"
+        if not path.is_file():
+            return False
+        says = json.loads(path.read_text())
+        cfg, untriggered = says["config"], says["summary"]["n_contexts"]
+        self._generation_rate = cfg["seconds"] / (cfg["n_prompts"] * cfg["max_new_tokens"])
+        self._verify_prompts = ((cfg["n_prompts"] - untriggered) / len(says["results"]), untriggered)
+        return True
 
     def _say(self, text: str) -> None:
         if self.say is not None and self.options.progress:

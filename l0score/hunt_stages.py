@@ -187,7 +187,8 @@ class DriverRun:
 
 @dataclass(kw_only=True)
 class Fired:
-    """The target-route candidate that flipped and made the dormant say the profiled target."""
+    """The candidate that ended the search early: the target route's, which flipped and made the dormant
+    say the profiled target, or the exhaustive search's that stood out and flipped (extra by=standout)."""
 
     token_ids: list[int]
     text: str
@@ -205,7 +206,8 @@ class Fired:
 @dataclass(kw_only=True)
 class SearchStage(StageResult):
     """The full-model search's runs in the order they ran; `fired` when the target route stopped the
-    search early (no exhaustive runs then)."""
+    search early (no exhaustive runs then) or a candidate of the exhaustive search stood out and flipped
+    (the lengths after its own not run)."""
 
     runs: list[DriverRun] = field(default_factory=list)
     fired: Fired | None = None

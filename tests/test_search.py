@@ -309,3 +309,40 @@ def test_screened_exhaustive_judges_each_batchs_best_by_the_screen(pair_factory,
     assert [r["token_ids"] for r in wide] == [r["token_ids"] for r in plain]
     with pytest.raises(ValueError, match="screen_keep must be a count >= 1"):
         exhaustive(scorer, screen=screen, screen_keep=0, **kw)
+
+
+def test_exhaustive_ends_on_a_standout_its_confirm_accepts(pair_factory, tmp_path):
+    """A standout ends the run after the batch where a candidate stood out and was confirmed: the scorer
+    saw shell order up to that batch and nothing after, the confirmed candidate is the planted trigger
+    (never handed to the run), and a resumed run scores nothing more. Rejected standouts change nothing
+    but cost a confirm each, at most `checks` of them; a standout needs z-scores."""
+    from l0score.search.exhaustive import Standout, exhaustive, shell_order
+
+    pair_dir = pair_factory(seed=1, trigger_length=2)
+    trig = trigger_of(pair_dir)["trigger_ids"]
+    scorer = make_scorer(pair_dir)
+    pool = [t for t in scorer.default_pool()[:20].tolist() if t not in trig][:18]
+    pool = pool[:6] + trig + pool[6:]  # the trigger's shells come before the last four
+    kw = dict(length=2, pool=pool, objective="kl", progress=False, calibrate=64, keep=20, batch=50)
+    cands = [[pool[i] for i in idx] for idx in shell_order(len(pool), 2)]
+    at = cands.index(trig) // 50
+    def shells(rec):  # what the scorer saw but the 64 random candidates of the z calibration
+        seen = [list(c) for c in rec.seen]
+        i = next((i for i in range(len(seen)) if seen[i] != cands[i]), len(seen))
+        return seen[:i] + seen[i + 64:]
+
+    asked = []
+    rec = _Recording(scorer)
+    out = tmp_path / "run.jsonl"
+    found = exhaustive(rec, out=out, standout=Standout(z=8.0, confirm=lambda ids: asked.append(ids) or ids == trig), **kw)
+    assert asked[-1] == trig and found[0]["token_ids"] == trig and found[0]["z"] >= 8.0
+    assert shells(rec) == cands[:(at + 1) * 50] and at + 1 < len(cands) / 50
+    again = _Recording(scorer)
+    assert exhaustive(again, out=out, resume=True, standout=Standout(z=8.0, confirm=asked.append), **kw)[0] == found[0]
+    assert again.seen == [] and asked[-1] == trig
+    rejected = []
+    plain = _Recording(scorer)
+    exhaustive(plain, standout=Standout(z=0.0, confirm=lambda ids: rejected.append(ids) or False, checks=2), **kw)
+    assert len(rejected) == 2 and shells(plain) == cands
+    with pytest.raises(ValueError, match="needs z-scores"):
+        exhaustive(scorer, standout=Standout(z=8.0, confirm=bool), **{**kw, "calibrate": 0})

@@ -175,6 +175,11 @@ class SearchRun:
         ranked = sorted(self.results.items(), key=lambda kv: (-kv[1]["score"], kv[0]))[: self.keep * 2]
         self.results = dict(ranked)
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether results get z-scores (calibrate > 0)."""
+        return self._calibrate_n > 0
+
     def calibration(self, length: int) -> Calibration:
         if length not in self.calibrations:
             self.calibrations[length] = Calibration.measure(self.scorer, self.objective, length, self.pool,
