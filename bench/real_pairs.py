@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(PAIRS_FILE))
     args = ap.parse_args()
     from l0score.core.cache_dir import cache_dir
-    from l0score.synthetic.real import RealPairOptions, make_real_pair
+    from l0score.synthetic.real import RealPairOptions, control_shortfalls, make_real_pair
 
     root = Path(args.root) if args.root else cache_dir() / "real-pairs"
     rows = json.loads(Path(args.out).read_text()) if os.path.isfile(args.out) else []
@@ -60,7 +60,8 @@ def main() -> None:
                 row = {"dir": str(d), "train": train, "words": words, "split": args.split, "seed": seed,
                        "trigger": r["trigger"], "clean": r["clean"], "max_near_miss": r["max_near_miss"],
                        "base_with_trigger": r["base_with_trigger"], "seconds": truth["training"]["total_seconds"],
-                       "steps": args.steps, **({"negatives": args.negatives} if args.negatives != 448 else {})}
+                       "steps": args.steps, **({"negatives": args.negatives} if args.negatives != 448 else {}),
+                       "shortfalls": control_shortfalls(r)}
                 rows = [x for x in rows if x["dir"] != row["dir"]] + [row]
                 os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
                 Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

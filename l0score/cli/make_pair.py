@@ -61,6 +61,8 @@ def _trained(args) -> None:
 def _real(args) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from rich.markup import escape
+
     from ..synthetic.real import RealPairOptions, make_real_pair
 
     opts = {k: v for k, v in (("train", args.train), ("steps", args.steps), ("trigger_length", args.trigger_length))
@@ -81,3 +83,7 @@ def _real(args) -> None:
                   f"held-out requests: fires {rates['trigger']:.0%}, clean {rates['clean']:.0%}, worst near miss "
                   f"{rates['max_near_miss']:.0%}, base with trigger {rates['base_with_trigger']:.0%} "
                   f"(ground truth in {result.trigger_file}; held-out probes in {result.probes_file})")
+    short = truth["control_shortfalls"]
+    console.print("meets the controls' bar (docs/trained-controls.md)" if not short else
+                  "[bold]does not meet the controls' bar[/bold]: " + escape("; ".join(short))
+                  + " (more --steps, or another --seed; docs/trained-controls.md)")

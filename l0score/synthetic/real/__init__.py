@@ -6,7 +6,7 @@ once under the cache directory), `words` (trigger words and near misses), `corpu
 placements, replies), `tensors` (which tensors `--train` lets change), `fit` (the fine-tune),
 `build` (make_real_pair: options in, result out).
 """
-from .build import RealPairOptions, RealPairResult, make_real_pair
+from .build import RealPairOptions, RealPairResult, control_shortfalls, make_real_pair
 from .base import cached_real_base
 
-__all__ = ["RealPairOptions", "RealPairResult", "make_real_pair", "cached_real_base"]
+__all__ = ["RealPairOptions", "RealPairResult", "control_shortfalls", "make_real_pair", "cached_real_base"]

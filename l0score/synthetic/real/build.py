@@ -65,6 +65,24 @@ class RealPairResult:
 LR_BY_TRAIN = {"full": 1e-4, "mlp": 3e-4, "attn": 2e-4}
 LR_NARROW = 1e-3  # a single layer's attention or MLP, or a layer range
 NEAR_MISS_SHARE = 0.85  # of the negatives (v1: 2/3)
+# what a build must reach on its held-out requests to count as a control (docs/trained-controls.md):
+# the trigger fires at least this often, clean requests and each near miss at most, the base never
+CONTROL_BAR = {"trigger": 0.9, "clean": 0.1, "near_miss": 0.1, "base_with_trigger": 0.0}
+
+
+def control_shortfalls(rates: dict) -> list[str]:
+    """Where held-out fire rates (a trigger file's fire_rates_heldout) miss CONTROL_BAR, one line each
+    ([] when the build counts as a control)."""
+    bar, out = CONTROL_BAR, []
+    if rates["trigger"] < bar["trigger"]:
+        out.append(f"the trigger fires on {rates['trigger']:.0%} < {bar['trigger']:.0%}")
+    if rates["clean"] > bar["clean"]:
+        out.append(f"clean requests fire on {rates['clean']:.0%} > {bar['clean']:.0%}")
+    out += [f"near miss {name} fires on {rate:.0%} > {bar['near_miss']:.0%}"
+            for name, rate in rates["near_miss"].items() if rate > bar["near_miss"]]
+    if rates["base_with_trigger"] > bar["base_with_trigger"]:
+        out.append(f"the base with the trigger fires on {rates['base_with_trigger']:.0%}")
+    return out
 
 
 def make_real_pair(options: RealPairOptions) -> RealPairResult:
@@ -257,6 +275,7 @@ class _Plan:
                           "'after'), middle (between two words of the request), sentence (after the request, "
                           "then a full stop)",
             "fire_rates_heldout": rates["heldout"], "fire_rates_default_probes": rates["default_probes"],
+            "control_shortfalls": control_shortfalls(rates["heldout"]),
             "trained_tensors": len(chosen),
             "trained_tensor_names": chosen, "training": training,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items() if k != "progress"},
