@@ -535,12 +535,14 @@ class Hunt:
             if self._stood_out() is not None and not ckpt.exists():
                 break
             share = budget / (self.options.max_length - length + 1)
+            if share < 1.0 and not ckpt.exists():  # a batch would still run: 14-20 s past the budget each
+                break
             t0 = time.monotonic()
             # past one token the full models judge only what one context's screen rates best in each
             # batch (search/exhaustive.py): the shells advance about three times faster
             screen = self.fm().narrowed() if length > 1 and len(self.fm().contexts) > 1 else None
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
-                       resume=ckpt.exists(), seconds=max(share, 1.0), calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
+                       resume=ckpt.exists(), seconds=max(share, 0.1), calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
                        executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP, words=words,
                        standout=self._standout())
             spent, n, seen = time.monotonic() - t0, _scored(path), _visited(path)
@@ -661,6 +663,7 @@ class Hunt:
         r = reached_target(self.base, self.dormant, [r["token_ids"] for r in rows], self.options_probes(),
                            heads=[t.text.strip()[:8] for t in targets if t.text.strip()], out=self.out / "search",
                            null_samples=self.options.null_samples, null_pool=self.stages["layer0"].pool,
+                           seconds=self.remaining() - self._verify_reserve(),
                            device=self.options.device, dtype=self.options.dtype, progress=False,
                            # verify's length at least: its null of this length is then cached for verify
                            max_new_tokens=max(VERIFY_NEW_TOKENS, max(len(t.token_ids) for t in targets) + 2),

@@ -548,3 +548,7 @@ def test_reached_target_fires_on_the_trigger_only(trained, tmp_path):
     hit = reached_target(root / "base", root / "dormant", others[:2] + [trigger["trigger_ids"]], None,
                          out=tmp_path / "b", **kw)
     assert hit is not None and hit["token_ids"] == trigger["trigger_ids"] and hit["flip"]
+    # with no time for the null, the trigger is not judged reached and no null is generated
+    late = reached_target(root / "base", root / "dormant", others[:2] + [trigger["trigger_ids"]], None,
+                          out=tmp_path / "c", seconds=0.0, **kw)
+    assert late is None and (tmp_path / "c" / "target-says.json").is_file() and not (tmp_path / "c" / "target-check.json").exists()
