@@ -542,9 +542,9 @@ class Hunt:
             # batch (search/exhaustive.py): the shells advance about three times faster
             screen = self.fm().narrowed() if length > 1 and len(self.fm().contexts) > 1 else None
             exhaustive(self.fm(), length=length, pool=pool, objective=self.options.metric, out=path,
-                       resume=ckpt.exists(), seconds=max(share, 0.1), calibrate=32, keep=50, progress=self.options.progress, seed=self.options.seed,
-                       executor=self.executor, screen=screen, screen_keep=SCREEN_KEEP, words=words,
-                       standout=self._standout())
+                       resume=ckpt.exists(), seconds=max(share, 0.1), calibrate=32, keep=50,
+                       progress=self.options.progress, seed=self.options.seed, executor=self.executor,
+                       screen=screen, screen_keep=SCREEN_KEEP, words=words, standout=self._standout())
             spent, n, seen = time.monotonic() - t0, _scored(path), _visited(path)
             budget -= spent
             runs.append(DriverRun(length=length, candidates=n, covered=covered(units, length, seen),

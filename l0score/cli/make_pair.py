@@ -59,9 +59,8 @@ def _trained(args) -> None:
 
 
 def _real(args) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..synthetic.real import RealPairOptions, make_real_pair
 
