@@ -67,7 +67,8 @@ STANDOUT_Z = 10.0
 # the target proposer's gradient: its time cap (6 fills took 90-130 s on the real controls at one thread)
 GRADIENT_SECONDS = 150.0
 # options added after hunt.json's format was fixed (_load_state)
-LATER_OPTIONS = ("interactions", "interaction_share", "target_share", "grow_words", "partner_anchors")
+LATER_OPTIONS = ("interactions", "interaction_share", "target_share", "grow_words", "partner_anchors",
+                 "attention_pairs")
 
 
 @dataclass
@@ -108,6 +109,10 @@ class HuntOptions:
         (search/partner_scan.py); they take interaction_share of the pool's places; 0 = off [4: on the
         real attn:L0 control of seed 2 Layer 0 ranked ' purple' 5,564th beside ' honey' (4th in the
         pool), the scan 1st of the vocabulary]
+    attention_pairs: on the Layer-0 route when attention changed past Layer 0, the attention-pair scan's
+        best pairs (search/attention_pairs.py) whose tokens lead the pool, in place of the interaction
+        and partner scans; 0 = off [16: on the real controls of every layer's attention those scans
+        held neither word, the attention-pair scan put the pair 1st and 5th]
     grow_words: the pool's first word-start pieces that the base model may grow into whole words for
         the exhaustive search, whose candidates are then words joined (search/word_completion.py); 0 =
         off, the search takes tokens [24: on the real split control the pool held ' flaming' and ' plat'
@@ -142,6 +147,7 @@ class HuntOptions:
     interactions: int = 32
     interaction_share: float = 0.25
     partner_anchors: int = 4
+    attention_pairs: int = 16
     grow_words: int = 24
     verify_top: int = 8
     device: str | None = None
@@ -174,8 +180,10 @@ class HuntOptions:
             raise ValueError(f"interaction_share must be in [0, 1], got {self.interaction_share}")
         if isinstance(self.grow_words, bool) or not isinstance(self.grow_words, int) or self.grow_words < 0:
             raise ValueError(f"grow_words is a count of pool pieces, 0 (off) or more; got {self.grow_words!r}")
-        if isinstance(self.partner_anchors, bool) or not isinstance(self.partner_anchors, int) or self.partner_anchors < 0:
-            raise ValueError(f"partner_anchors must be an integer >= 0 (0: off), got {self.partner_anchors!r}")
+        for name in ("partner_anchors", "attention_pairs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: off), got {value!r}")
         if self.interactions != 0 and self.interactions < 3:
             raise ValueError(f"interactions is the number of anchor tokens scanned, 0 (off) or >= 3; got {self.interactions}")
         if self.profile and self.amplify:
@@ -280,8 +288,9 @@ class Hunt:
                              f"Details in {self.out / 'base-check' / 'base-check.md'}; --force hunts anyway")
         route, why = _route(c)
         fc = c.first_changed
+        attention = sorted({t.layer for t in c.tensors if t.module == "attn" and not t.identical})
         return BaseCheckStage(candidates=c.n_tensors, verdict=c.verdict, first_changed=_asdict(fc) if fc else None,
-                              route=route, route_reason=why,
+                              route=route, route_reason=why, attention_layers=attention,
                               note=f"{c.verdict}, first change {fc.label if fc else '-'}; route {route}: {why}")
 
     def route(self) -> str:
@@ -335,7 +344,12 @@ class Hunt:
         allowed = set(self._allowed_pool())
         ranked = rank_union([sources["alignment"], stage.pool, sources["changed_query_keys"], analysis.seed_tokens])
         evaluations, whole_model, scan, partners = scorer.evaluations, self.route() == "whole-model", None, None
-        if whole_model:  # the drift of every tensor hides the trigger from Layer 0 alone
+        attention = self._attention_pairs(sorted(allowed)) if not whole_model and self._deep_attention() else None
+        if attention is not None:  # the pairs' tokens lead: the Layer-0 scans never held such a pair's words
+            lead = set(attention.tokens())
+            ranked = attention.tokens() + [t for t in ranked if t not in lead]
+            evaluations += attention.evaluations
+        elif whole_model:  # the drift of every tensor hides the trigger from Layer 0 alone
             swept, _, swept_evaluations = self._first_module_stage()
             ranked = interleave(ranked, swept.pool, self.options.sweep_share, len(ranked) + len(swept.pool))
             evaluations += swept_evaluations
@@ -365,6 +379,10 @@ class Hunt:
         pairs = scan.pairs()[:4] if scan is not None else []
         if pairs:
             note += f"; strongest interactions {', '.join(repr(tok.decode(p)) for p in pairs)}"
+        if attention is not None:
+            note += (f"; attention-pair scan ({sum(attention.seconds.values()):.0f} s, {attention.crossed} pairs "
+                     "tested): " + ", ".join(repr(tok.decode(p)) for p in attention.pairs[:4]))
+            pairs += attention.pairs[:4]
         if partners is not None:
             note += (f"; partner scan of {len(partners.anchors)} anchors ({partners.seconds:.0f} s): "
                      + ", ".join(repr(tok.decode(p)) for p in partners.pairs()[:4]))
@@ -386,6 +404,39 @@ class Hunt:
         (self.out / "layer0" / "interactions.json").write_text(json.dumps(
             {"options": scan.options, "rows": [{**r, "text": tok.decode(r["token_ids"])} for r in scan.rows]}, indent=1))
         return scan
+
+    def _deep_attention(self) -> bool:
+        """Whether attention changed in a layer past Layer 0 (then a trigger's AND can form there)."""
+        layers = self.stages["base_check"].attention_layers
+        return bool(self.options.attention_pairs) and any(layer > 0 for layer in layers or ())
+
+    def _attention_pairs(self, allowed: list[int]):
+        """The attention-pair scan (search/attention_pairs.py) over every allowed token, on the full
+        models' weights (not reloaded); its best attention_pairs pairs are kept, written to
+        DIR/layer0/attention_pairs.json."""
+        from .core.template import Template
+        from .search.attention_pairs import AttentionPairsOptions, attention_pairs
+
+        fm = self.fm()
+        prefix = list(Template.chat(fm.tokenizer, before="", after="").prefix_ids)
+        quarters = [0]
+
+        def tick(done: int, total: int) -> None:  # a line a quarter: the sweep takes minutes
+            if 4 * done >= (quarters[0] + 1) * total:
+                quarters[0] = 4 * done // total
+                self._say(f"attention-pair scan: {done:,} of {total:,} sequences swept")
+
+        res = attention_pairs(fm.models, fm.tokenizer, prefix, allowed,
+                              AttentionPairsOptions(keep=self.options.attention_pairs, seed=self.options.seed),
+                              progress=tick)
+        tok = fm.tokenizer
+        (self.out / "layer0").mkdir(parents=True, exist_ok=True)
+        (self.out / "layer0" / "attention_pairs.json").write_text(json.dumps({
+            "pairs": [{"token_ids": p, "text": tok.decode(p), "score": e, "layer_head": list(h)}
+                      for p, e, h in zip(res.pairs, res.scores, res.heads)],
+            "fills": [tok.decode(list(f)) for f in res.fills], "crossed": res.crossed,
+            "evaluations": res.evaluations, "seconds": res.seconds}, indent=1))
+        return res
 
     def _partner_scan(self, ranked: list[int], allowed: list[int]):
         """The partner scan (search/partner_scan.py) of the pool's first partner_anchors words on the

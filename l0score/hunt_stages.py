@@ -78,16 +78,18 @@ class StageResult:
 @dataclass(kw_only=True)
 class BaseCheckStage(StageResult):
     """The base check's verdict, the first changed module (FirstChanged as a dict: layer, module,
-    label, tensors; None when nothing changed) and the route it chose (hunt.ROUTES) with the reason."""
+    label, tensors; None when nothing changed), the route it chose (hunt.ROUTES) with the reason, and
+    the layers whose attention changed."""
 
     verdict: str
     first_changed: dict | None
     route: str = "layer0"  # a record without a route: the only route there was
     route_reason: str = ""
+    attention_layers: list[int] | None = None  # decoder layers whose attention changed (older records: None)
 
     def _fields(self) -> dict:
         return {"verdict": self.verdict, "first_changed": self.first_changed, "route": self.route,
-                "route_reason": self.route_reason}
+                "route_reason": self.route_reason, **_some(attention_layers=self.attention_layers)}
 
 
 @dataclass(kw_only=True)

@@ -108,6 +108,7 @@ def test_killed_hunt_loses_nothing_and_resumes(trained, tmp_path):
     (dict(probes=("",)), "non-empty"),
     (dict(grow_words=-1), "grow_words is a count of pool pieces"),
     (dict(partner_anchors=-1), "partner_anchors must be an integer >= 0"),
+    (dict(attention_pairs=True), "attention_pairs must be an integer >= 0"),
     (dict(pool_filters={"allow_regex": "^no token looks like this$"}), "pool is empty"),
 ])
 def test_hunt_bad_options(trained, tmp_path, change, message):

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--partner-anchors", type=int, default=4, metavar="N",
                    help="Layer-0 route: the pool's first N words whose partners the partner scan ranks over "
                         "every token by the two models' divergence 1-2 layers on (0: off) [4]")
+    p.add_argument("--attention-pairs", type=int, default=16, metavar="N",
+                   help="Layer-0 route with attention changed past Layer 0: the attention-pair scan's best N "
+                        "pairs, whose tokens lead the pool, in place of the interaction and partner scans (0: off) [16]")
     p.add_argument("--grow-words", type=int, default=24, metavar="N",
                    help="the pool's first N word-start pieces the base may grow into whole words, which the "
                         "exhaustive search then joins instead of tokens (0: off) [24]")
@@ -67,7 +70,7 @@ def options_from_args(args):
                        positions=("before", "after") if args.positions == "both" else (args.positions,),
                        metric=args.metric, reply_tokens=args.reply_tokens, null_samples=args.null_samples,
                        max_pool=args.max_pool, interactions=args.interactions, grow_words=args.grow_words,
-                       partner_anchors=args.partner_anchors,
+                       partner_anchors=args.partner_anchors, attention_pairs=args.attention_pairs,
                        profile=not args.no_profile,
                        profile_inputs=args.profile_inputs, amplify=() if args.no_amplify else tuple(args.amplify),
                        verify_top=args.verify_top, device=args.device,

@@ -10,6 +10,8 @@ mlp        the relative difference of layer L's two MLP outputs on the shared st
 divergence both models k more layers on: 1 - cos of hidden states, KL of the final logits
 scorer     `FirstModuleScorer`: the search interface of the Layer-0 and full-model scorers
 sweep      every vocabulary token at the candidate slot, ranked (batched, resumable)
+partners   every vocabulary token beside one anchor token, ranked by the divergence at the later row
+attention_mass  the attention the dormant adds from one token to another, head by head (eager attention)
 """
 from .location import MODULES, Location
 from .scorer import FirstModuleOptions, FirstModuleScorer, FirstScores

@@ -28,9 +28,11 @@ class _Capture(nn.Module):
 
 class Segment:
     """Layers [start, stop) of ``model``; ``attention_only`` keeps only the last layer's attention
-    (its MLP replaced by a capture of the MLP's input: the mid-layer residual stream)."""
+    (its MLP replaced by a capture of the MLP's input: the mid-layer residual stream); ``eager`` runs
+    transformers' eager attention, whose modules return their attention probabilities (the fused
+    kernels do not)."""
 
-    def __init__(self, model, start: int, stop: int, attention_only: bool = False):
+    def __init__(self, model, start: int, stop: int, attention_only: bool = False, eager: bool = False):
         n = model.config.num_hidden_layers
         if not 0 <= start < stop <= n:
             raise ValueError(f"segment [{start}, {stop}) outside the model's {n} layers")
@@ -40,8 +42,10 @@ class Segment:
         cfg = copy.deepcopy(inner.config)
         cfg.layer_types = list(cfg.layer_types[start:stop])
         cfg.num_hidden_layers = stop - start
+        if eager:
+            cfg._attn_implementation = "eager"
         view.config = cfg
-        layers = [_renumbered(layer, j) for j, layer in enumerate(inner.layers[start:stop])]
+        layers = [_renumbered(layer, j, cfg if eager else None) for j, layer in enumerate(inner.layers[start:stop])]
         self.capture = None
         if attention_only:
             self.capture = _Capture()
@@ -69,11 +73,13 @@ class Segment:
         return hidden_out, getattr(out, _cache_name(self.view))
 
 
-def _renumbered(layer: nn.Module, index: int) -> nn.Module:
+def _renumbered(layer: nn.Module, index: int, config=None) -> nn.Module:
     view = copy.copy(layer)
     view._modules = dict(layer._modules)
     attn = copy.copy(layer.self_attn)
     attn.layer_idx = index
+    if config is not None:  # the attention picks its kernel from its own config at every call
+        attn.config = config
     view._modules["self_attn"] = attn
     return view
 
