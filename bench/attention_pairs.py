@@ -2,7 +2,7 @@
 rank among the scan's pairs, and each word's best rank over the heads in the sweep's two readings.
 The trigger file is read only afterwards, to place the pair.
 
-    python bench/attention_pairs.py PAIR_DIR [PAIR_DIR ...] [--fills 2] [--per-layer 96] [--layers 5]
+    python bench/attention_pairs.py PAIR_DIR [PAIR_DIR ...] [--fills 2] [--firsts 32] [--seconds 256] [--layers 5]
 
 One torch thread. Appends a row per pair to bench/results/attention_pairs.json.
 """
@@ -18,7 +18,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", nargs="+")
     ap.add_argument("--fills", type=int, default=2)
-    ap.add_argument("--per-layer", type=int, default=96)
+    ap.add_argument("--firsts", type=int, default=32)
+    ap.add_argument("--seconds", type=int, default=256)
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dump", help="also save the sweep's readings here (torch.save), for offline study")
@@ -37,7 +38,7 @@ def main() -> None:
         models = {n: AutoModelForCausalLM.from_pretrained(d / n).eval() for n in ("base", "dormant")}
         pool = ModelPair.load(d / "base", d / "dormant").real_token_ids().tolist()
         prefix = list(Template.chat(tok, before="", after="").prefix_ids)
-        opts = AttentionPairsOptions(layers=args.layers, fills=args.fills, per_layer=args.per_layer, seed=args.seed)
+        opts = AttentionPairsOptions(layers=args.layers, fills=args.fills, firsts=args.firsts, seconds=args.seconds, seed=args.seed)
         t0 = time.perf_counter()
         res = attention_pairs(models, tok, prefix, pool, opts)
         seconds = time.perf_counter() - t0

@@ -69,12 +69,12 @@ def test_scan_puts_the_planted_pairs_first(pair_factory, seed, one_thread):
     d = pair_factory(seed=seed)
     tok, models, prefix = _loaded(d)
     pool = ModelPair.load(d / "base", d / "dormant").real_token_ids().tolist()
-    r = attention_pairs(models, tok, prefix, pool, AttentionPairsOptions(per_layer=16, keep=8))
+    r = attention_pairs(models, tok, prefix, pool, AttentionPairsOptions(firsts=16, seconds=24, keep=8))
     planted = [[p["key_token"], p["query_token"]] for p in trigger_of(d)["pairs"]]
     assert sorted(r.pairs[:2]) == sorted(planted)
     assert r.scores == sorted(r.scores, reverse=True) and len(r.pairs) == 8
     assert r.tokens()[:3] == list(dict.fromkeys(r.pairs[0] + r.pairs[1]))[:3]
-    assert r.crossed == models["base"].config.num_hidden_layers * 16 * 16
+    assert r.crossed == models["base"].config.num_hidden_layers * 16 * 24
 
 
 def test_bad_options_are_named(pair_factory):
@@ -83,8 +83,8 @@ def test_bad_options_are_named(pair_factory):
 
     d = pair_factory()
     tok, models, prefix = _loaded(d)
-    with pytest.raises(ValueError, match="per_layer must be a positive integer"):
-        attention_pairs(models, tok, prefix, [5, 6], AttentionPairsOptions(per_layer=0))
+    with pytest.raises(ValueError, match="seconds must be a positive integer"):
+        attention_pairs(models, tok, prefix, [5, 6], AttentionPairsOptions(seconds=0))
     with pytest.raises(ValueError, match="at least two tokens"):
         attention_pairs(models, tok, prefix, [5])
     with pytest.raises(ValueError, match="no ordinary words"):

@@ -5,9 +5,9 @@ When a fine-tune changed the attention of layers past Layer 0, a two-word trigge
 the second word computes by attending to the first a few layers in, and no single-word ranking of the
 two models' divergence reaches it (docs/first-module.md). The heads that compute it show each word
 beside ordinary words (first_module/attention_mass.py). So: (1) sweep the vocabulary once, each token
-between two fill words; (2) in each of the first layers, take the tokens that draw the most added
-attention (``into``, z over the vocabulary, best head of the layer) and those that give the most
-(``out_of``), and measure their whole grid as pairs; (3) rank a pair by its added attention
+between two fill words; (2) in each of the first layers, take the 32 tokens that draw the most
+added attention (``into``, z over the vocabulary, best head of the layer) and the 256 that give the
+most (``out_of``: a second word stands lower than a first), and measure their whole grid as pairs; (3) rank a pair by its added attention
 double-centred in its grid, at its best head: what the pair adds beyond what its first token adds
 beside any of the grid's second tokens and its second token beside any first (a determiner draws
 attention from every noun after it; a trigger's first word from its partner alone). Tokens that are
@@ -28,19 +28,21 @@ from ..first_module.attention_mass import AttentionMass, MassSweep
 @dataclass
 class AttentionPairsOptions:
     """layers: the first layers whose heads are read [5: the real controls' AND formed in layers 3-4];
-    fills: fill-word pairs each token is swept between [2]; per_layer: tokens of each side in a
-    layer's grid [96]; keep: pairs kept, best first [32]; batch_size: sequences per forward [256];
-    seed: draws the fill words [0]"""
+    fills: fill-word pairs each token is swept between [2]; firsts / seconds: a layer's grid, the tokens
+    of the highest ``into`` by those of the highest ``out_of`` [32 x 256: on the real controls the first
+    word stood 1st-25th in its layer, the second 23rd-157th]; keep: pairs kept, best first [32];
+    batch_size: sequences per forward [256]; seed: draws the fill words [0]"""
 
     layers: int = 5
     fills: int = 2
-    per_layer: int = 96
+    firsts: int = 32
+    seconds: int = 256
     keep: int = 32
     batch_size: int = 256
     seed: int = 0
 
     def check(self) -> None:
-        for name in ("layers", "fills", "per_layer", "keep", "batch_size"):
+        for name in ("layers", "fills", "firsts", "seconds", "keep", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -83,7 +85,7 @@ def attention_pairs(models: dict, tokenizer, prefix_ids: list[int], pool: list[i
     whole = torch.tensor([text.strip() != "" and "\ufffd" not in text for text in texts])
     best: dict[tuple[int, int], tuple[float, int]] = {}  # pool indices -> (score, flat head)
     crossed = 0
-    for firsts, seconds in _grids(swept.into, swept.out_of, whole, o.per_layer):
+    for firsts, seconds in _grids(swept.into, swept.out_of, whole, o.firsts, o.seconds):
         grid = torch.stack(torch.meshgrid(firsts, seconds, indexing="ij"), -1).reshape(-1, 2)
         added = mass.pair_mass(ids[grid], o.batch_size).view(len(firsts), len(seconds), -1)
         centred = added - added.mean(1, keepdim=True) - added.mean(0, keepdim=True) + added.mean((0, 1), keepdim=True)
@@ -109,12 +111,13 @@ def _fills(ids: list[int], texts: list[str], n: int, seed: int) -> list[tuple[in
     return [tuple(rng.sample(words, 2)) for _ in range(n)]
 
 
-def _grids(into: torch.Tensor, out_of: torch.Tensor, whole: torch.Tensor, k: int):
-    """Per layer, (firsts, seconds): the k pool indices of the highest z of ``into`` (resp. ``out_of``)
-    at the layer's best head; z over the vocabulary per head, tokens not ``whole`` left out."""
+def _grids(into: torch.Tensor, out_of: torch.Tensor, whole: torch.Tensor, firsts: int, seconds: int):
+    """Per layer, (firsts, seconds): the pool indices of the highest z of ``into`` (resp. ``out_of``) at
+    the layer's best head; z over the vocabulary per head, tokens not ``whole`` left out."""
     def z(x):
         return ((x - x.mean(0)) / x.std(0).clamp_min(1e-12)).amax(-1).masked_fill(~whole[:, None], float("-inf"))
 
-    k = min(k, int(whole.sum()))
+    n = int(whole.sum())
     zi, zo = z(into), z(out_of)
-    return [(zi[:, layer].topk(k).indices, zo[:, layer].topk(k).indices) for layer in range(into.shape[1])]
+    return [(zi[:, layer].topk(min(firsts, n)).indices, zo[:, layer].topk(min(seconds, n)).indices)
+            for layer in range(into.shape[1])]
