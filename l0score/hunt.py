@@ -112,7 +112,7 @@ class HuntOptions:
     attention_pairs: on the Layer-0 route when attention changed past Layer 0, the attention-pair scan's
         best pairs (search/attention_pairs.py) whose tokens lead the pool, in place of the interaction
         and partner scans; 0 = off [16: on the real controls of every layer's attention those scans
-        held neither word, the attention-pair scan put the pair 1st and 5th]
+        held neither word, the attention-pair scan ranked the pair 1st]
     grow_words: the pool's first word-start pieces that the base model may grow into whole words for
         the exhaustive search, whose candidates are then words joined (search/word_completion.py); 0 =
         off, the search takes tokens [24: on the real split control the pool held ' flaming' and ' plat'
