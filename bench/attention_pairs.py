@@ -53,7 +53,7 @@ def main() -> None:
             z = ((x - x.mean(0)) / x.std(0)).amax(-1)  # a layer's best head, as the grids take it
             i = s.pool.tolist().index(t)
             words[f"{tok.decode([t])} ({side})"] = ((z > z[i]).sum(0) + 1).tolist()
-        row = {"pair": d.name, "trigger": truth["trigger_text"], "options": vars(args) | {"pairs": None},
+        row = {"pair": d.name, "dir": str(d), "trigger": truth["trigger_text"], "options": vars(args) | {"pairs": None},
                "pair_rank": rank, "of_kept": len(res.pairs), "crossed": res.crossed,
                "rank_by_layer": words, "top": [tok.decode(p) for p in res.pairs[:10]],
                "fills": [tok.decode(list(f)) for f in res.fills], "seconds": res.seconds | {"total": round(seconds, 1)},
