@@ -83,23 +83,31 @@ def attention_pairs(models: dict, tokenizer, prefix_ids: list[int], pool: list[i
     swept = mass.sweep(ids, fills, o.batch_size, progress)
     t_sweep = time.perf_counter() - started
     whole = torch.tensor([text.strip() != "" and "\ufffd" not in text for text in texts])
-    best: dict[tuple[int, int], tuple[float, int]] = {}  # pool indices -> (score, flat head)
-    crossed = 0
-    for firsts, seconds in _grids(swept.into, swept.out_of, whole, o.firsts, o.seconds):
-        grid = torch.stack(torch.meshgrid(firsts, seconds, indexing="ij"), -1).reshape(-1, 2)
-        added = mass.pair_mass(ids[grid], o.batch_size).view(len(firsts), len(seconds), -1)
-        centred = added - added.mean(1, keepdim=True) - added.mean(0, keepdim=True) + added.mean((0, 1), keepdim=True)
-        score, head = centred.flatten(0, 1).max(1)
-        crossed += len(grid)
-        for (a, b), v, h in zip(grid.tolist(), score.tolist(), head.tolist()):
-            if a != b and v > best.get((a, b), (float("-inf"), 0))[0]:
-                best[(a, b)] = (v, h)
+    grids = _grids(swept.into, swept.out_of, whole, o.firsts, o.seconds)
+    best = _scored_pairs(mass, ids, grids, o.batch_size)
     order = sorted(best, key=lambda k: -best[k][0])[:o.keep]
     H = swept.into.shape[2]
     return AttentionPairsResult(
         pairs=[[int(ids[a]), int(ids[b])] for a, b in order], scores=[round(best[k][0], 4) for k in order],
-        heads=[divmod(best[k][1], H) for k in order], fills=fills, crossed=crossed, evaluations=mass.evaluations,
-        sweep=swept, seconds={"sweep": round(t_sweep, 1), "pairs": round(time.perf_counter() - started - t_sweep, 1)})
+        heads=[divmod(best[k][1], H) for k in order], fills=fills, crossed=sum(len(f) * len(s) for f, s in grids),
+        evaluations=mass.evaluations, sweep=swept,
+        seconds={"sweep": round(t_sweep, 1), "pairs": round(time.perf_counter() - started - t_sweep, 1)})
+
+
+def _scored_pairs(mass: AttentionMass, ids: torch.Tensor, grids, batch_size: int) -> dict:
+    """{(first, second) pool indices: (score, flat layer-head index)}: each grid measured as pairs, the
+    added attention double-centred in its grid at the pair's best head; a pair in several grids keeps
+    its best."""
+    best: dict[tuple[int, int], tuple[float, int]] = {}
+    for firsts, seconds in grids:
+        grid = torch.stack(torch.meshgrid(firsts, seconds, indexing="ij"), -1).reshape(-1, 2)
+        added = mass.pair_mass(ids[grid], batch_size).view(len(firsts), len(seconds), -1)
+        centred = added - added.mean(1, keepdim=True) - added.mean(0, keepdim=True) + added.mean((0, 1), keepdim=True)
+        score, head = centred.flatten(0, 1).max(1)
+        for (a, b), v, h in zip(grid.tolist(), score.tolist(), head.tolist()):
+            if a != b and v > best.get((a, b), (float("-inf"), 0))[0]:
+                best[(a, b)] = (v, h)
+    return best
 
 
 def _fills(ids: list[int], texts: list[str], n: int, seed: int) -> list[tuple[int, int]]:
