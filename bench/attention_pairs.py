@@ -38,7 +38,8 @@ def main() -> None:
         models = {n: AutoModelForCausalLM.from_pretrained(d / n).eval() for n in ("base", "dormant")}
         pool = ModelPair.load(d / "base", d / "dormant").real_token_ids().tolist()
         prefix = list(Template.chat(tok, before="", after="").prefix_ids)
-        opts = AttentionPairsOptions(layers=args.layers, fills=args.fills, firsts=args.firsts, seconds=args.seconds, seed=args.seed)
+        opts = AttentionPairsOptions(layers=args.layers, fills=args.fills, firsts=args.firsts, seconds=args.seconds,
+                                     seed=args.seed)
         t0 = time.perf_counter()
         res = attention_pairs(models, tok, prefix, pool, opts)
         seconds = time.perf_counter() - t0

@@ -1,17 +1,17 @@
-"""The attention-pair scan: ordered token pairs whose second token's row the dormant turns onto the
-first, proposed from every vocabulary token beside ordinary words and then tested as pairs.
+"""The attention-pair scan: ordered token pairs whose second token's row the dormant turns onto the first,
+proposed from every vocabulary token beside ordinary words and then tested as pairs.
 
-When a fine-tune changed the attention of layers past Layer 0, a two-word trigger can be an AND that
-the second word computes by attending to the first a few layers in, and no single-word ranking of the
-two models' divergence reaches it (docs/first-module.md). The heads that compute it show each word
-beside ordinary words (first_module/attention_mass.py). So: (1) sweep the vocabulary once, each token
-between two fill words; (2) in each of the first layers, take the 32 tokens that draw the most
-added attention (``into``, z over the vocabulary, best head of the layer) and the 256 that give the
-most (``out_of``: a second word stands lower than a first), and measure their whole grid as pairs; (3) rank a pair by its added attention
-double-centred in its grid, at its best head: what the pair adds beyond what its first token adds
-beside any of the grid's second tokens and its second token beside any first (a determiner draws
-attention from every noun after it; a trigger's first word from its partner alone). Tokens that are
-not whole text (an incomplete UTF-8 byte, whitespace only) are left out of the grids: their
+When a fine-tune changed the attention of layers past Layer 0, a two-word trigger can be an AND that the
+second word computes by attending to the first a few layers in, and no single-word ranking of the two
+models' divergence reaches it (docs/first-module.md). The heads that compute it show each word beside
+ordinary words (first_module/attention_mass.py). So: (1) sweep the vocabulary once, each token between
+two fill words; (2) in each of the first layers, take the 32 tokens that draw the most added attention
+(``into``, z over the vocabulary, best head of the layer) and the 256 that give the most (``out_of``: a
+second word stands lower than a first), and measure their whole grid as pairs; (3) rank a pair by its
+added attention double-centred in its grid, at its best head: what the pair adds beyond what its first
+token adds beside any of the grid's second tokens and its second token beside any first (a determiner
+draws attention from every noun after it; a trigger's first word from its partner alone). Tokens that
+are not whole text (an incomplete UTF-8 byte, whitespace only) are left out of the grids: their
 attention moves in every head and they crowd the tops.
 """
 from __future__ import annotations
