@@ -58,10 +58,11 @@ def test_readings_equal_both_transformers_models(pair_factory, one_thread):
     assert swept.evaluations == 2 * 2 * 2 and mass.evaluations == 2 * 2 + 2 * 2 * 2
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_scan_puts_the_planted_pairs_first(pair_factory, seed, one_thread):
     """On a tiny planted pair (Layer 0's q/k edited so that each trigger token attends to the one
-    before it), the scan over the whole vocabulary ranks the two planted (key, query) pairs first."""
+    before it), the scan over the whole vocabulary, at its defaults, ranks the two planted (key, query)
+    pairs first."""
     from conftest import trigger_of
     from l0score.core.model_pair import ModelPair
     from l0score.search.attention_pairs import AttentionPairsOptions, attention_pairs
@@ -69,12 +70,12 @@ def test_scan_puts_the_planted_pairs_first(pair_factory, seed, one_thread):
     d = pair_factory(seed=seed)
     tok, models, prefix = _loaded(d)
     pool = ModelPair.load(d / "base", d / "dormant").real_token_ids().tolist()
-    r = attention_pairs(models, tok, prefix, pool, AttentionPairsOptions(firsts=16, seconds=24, keep=8))
+    r = attention_pairs(models, tok, prefix, pool, AttentionPairsOptions(keep=8))
     planted = [[p["key_token"], p["query_token"]] for p in trigger_of(d)["pairs"]]
     assert sorted(r.pairs[:2]) == sorted(planted)
     assert r.scores == sorted(r.scores, reverse=True) and len(r.pairs) == 8
     assert r.tokens()[:3] == list(dict.fromkeys(r.pairs[0] + r.pairs[1]))[:3]
-    assert r.crossed == models["base"].config.num_hidden_layers * 16 * 24
+    assert r.crossed == models["base"].config.num_hidden_layers * 32 * 256  # the default grids
 
 
 def test_bad_options_are_named(pair_factory):
