@@ -1,6 +1,7 @@
 """Where the attention-pair scan (search/attention_pairs.py) puts a real control's trigger: the pair's
-rank among the scan's pairs, and each word's best rank over the heads in the sweep's two readings.
-The trigger file is read only afterwards, to place the pair.
+rank among the scan's pairs, and each word's rank in every layer of the sweep's reading that the grids
+take it from (z at the layer's best head; all tokens counted, where the grids leave out those that are
+not whole text). The trigger file is read only afterwards, to place the pair.
 
     python bench/attention_pairs.py PAIR_DIR [PAIR_DIR ...] [--fills 2] [--firsts 32] [--seconds 256] [--layers 5]
 

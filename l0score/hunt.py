@@ -419,11 +419,12 @@ class Hunt:
 
         fm = self.fm()
         prefix = list(Template.chat(fm.tokenizer, before="", after="").prefix_ids)
-        quarters = [0]
+        quarter = 0
 
         def tick(done: int, total: int) -> None:  # a line a quarter: the sweep takes minutes
-            if 4 * done >= (quarters[0] + 1) * total:
-                quarters[0] = 4 * done // total
+            nonlocal quarter
+            if 4 * done >= (quarter + 1) * total:
+                quarter = 4 * done // total
                 self._say(f"attention-pair scan: {done:,} of {total:,} sequences swept")
 
         res = attention_pairs(fm.models, fm.tokenizer, prefix, allowed,
